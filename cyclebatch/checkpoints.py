@@ -1,0 +1,218 @@
+"""Reading generator checkpoints safely, in any layout we know, and writing cyclebatch's own format.
+
+Every path goes: raw tensors (never unpickling code) -> key adapters -> architecture read off the
+keys -> strict load. Users never say `--netG` or `--norm`: the keys say it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from .errors import CycleBatchError
+from .networks import GeneratorConfig, ResnetGenerator
+
+FORMAT = "cyclebatch-generator"
+FORMAT_VERSION = 1
+Tensors = dict[str, torch.Tensor]
+
+
+# ---------------------------------------------------------------- raw reading
+
+def read_tensors(path: str | Path) -> tuple[object, dict]:
+    """Return (payload, metadata) of a .pth or .safetensors file; one-line CycleBatchError if unreadable."""
+    path = Path(path)
+    if path.is_dir():
+        raise CycleBatchError(f"{path}: is a folder, not a checkpoint file")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        raise CycleBatchError(f"{path}: cannot read ({e.strerror or e})") from None
+    if size == 0:
+        raise CycleBatchError(f"{path}: empty file (0 bytes), not a checkpoint")
+    if _looks_like_safetensors(head, size):
+        return _read_safetensors(path)
+    return _read_pth(path), {}
+
+
+def _looks_like_safetensors(head: bytes, size: int) -> bool:
+    if len(head) < 9:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return 0 < n <= size - 8 and head[8:9] == b"{"
+
+
+def _read_safetensors(path: Path) -> tuple[Tensors, dict]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            raw = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for every kind of damage
+        raise CycleBatchError(f"{path}: corrupt or truncated safetensors file ({_first_line(e)})") from None
+    meta = {}
+    if "cyclebatch" in raw:
+        try:
+            meta = json.loads(raw["cyclebatch"])
+        except json.JSONDecodeError:
+            raise CycleBatchError(f"{path}: its cyclebatch metadata is not valid JSON") from None
+    return tensors, meta
+
+
+def _read_pth(path: Path) -> object:
+    import pickle
+
+    try:
+        # weights_only=True: tensors and plain containers only; no pickled code ever runs.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        m = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if m:
+            raise CycleBatchError(
+                f"{path}: refused: the file carries Python code or objects ({m.group(1)}), not just tensors; "
+                "cyclebatch never runs code from a checkpoint"
+            ) from None
+        raise CycleBatchError(f"{path}: not a PyTorch checkpoint, or corrupt ({_first_line(e)})") from None
+    except (EOFError, RuntimeError, ValueError, OSError, AttributeError, IndexError, KeyError) as e:
+        what = "truncated or corrupt" if isinstance(e, (EOFError, RuntimeError)) else "unreadable"
+        raise CycleBatchError(f"{path}: {what} checkpoint ({_first_line(e) or type(e).__name__})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    for line in str(e).splitlines():
+        line = line.strip()
+        if line and not line.startswith("Weights only load failed"):
+            return line[:160]
+    return type(e).__name__
+
+
+# ---------------------------------------------------------------- layouts
+
+# Where a file holds several networks (training checkpoints, wrappers), the generator per direction.
+_CONTAINER_KEYS = {"AtoB": ("G_A", "netG_A", "generator_AtoB"), "BtoA": ("G_B", "netG_B", "generator_BtoA")}
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "generator", "netG", "G", "params", "weights")
+
+
+def _is_tensor_dict(obj: object) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(
+        isinstance(v, torch.Tensor) for k, v in obj.items() if k != "_metadata"
+    )
+
+
+def select_state_dict(payload: object, path: Path, direction: Optional[str] = None) -> Tensors:
+    """Find the generator's tensors inside whatever container the file holds.
+
+    direction None: the file's generator, whichever it is; "AtoB"/"BtoA": G_A/G_B of a file holding
+    both, and for a file holding one generator, BtoA is refused (it would silently run the wrong way).
+    """
+    if _is_tensor_dict(payload):
+        if direction == "BtoA":
+            raise CycleBatchError(f"{path}: holds a single generator; --direction BtoA needs a model with "
+                                  "both (a training run, or a folder with latest_net_G_A.pth and latest_net_G_B.pth)")
+        return dict(payload)  # type: ignore[arg-type]
+    if isinstance(payload, dict):
+        for key in _CONTAINER_KEYS.get(direction or "AtoB", ()) + _WRAPPER_KEYS:
+            if key in payload and _is_tensor_dict(payload[key]):
+                return dict(payload[key])
+    raise CycleBatchError(f"{path}: no generator weights found (the file holds {_describe(payload)})")
+
+
+def _describe(obj: object) -> str:
+    if isinstance(obj, dict):
+        keys = ", ".join(list(map(str, obj))[:5])
+        return f"a dict with keys {keys}" if keys else "an empty dict"
+    return f"a {type(obj).__name__}"
+
+
+def _common_cleanup(sd: Tensors) -> Tensors:
+    """What the official loader also strips: DataParallel prefixes and stale InstanceNorm buffers."""
+    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items() if k != "_metadata"}
+    return {k: v for k, v in sd.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+
+
+def _vintagify(sd: Tensors) -> Optional[Tensors]:
+    """vintagify 0.1.2 names the residual branch `block` instead of `conv_block`."""
+    if not any(".block." in k for k in sd):
+        return None
+    return {k.replace(".block.", ".conv_block."): v for k, v in sd.items()}
+
+
+# Foreign layouts: each adapter returns renamed tensors, or None when the layout is not its own.
+ADAPTERS: list[Callable[[Tensors], Optional[Tensors]]] = [_vintagify]
+
+
+def to_official_keys(sd: Tensors) -> Tensors:
+    sd = _common_cleanup(sd)
+    for adapt in ADAPTERS:
+        renamed = adapt(sd)
+        if renamed is not None:
+            return renamed
+    return sd
+
+
+def infer_config(sd: Tensors, path: Path | str = "checkpoint") -> GeneratorConfig:
+    """Read the ResNet generator's architecture off its (official-named) keys."""
+    first = sd.get("model.1.weight")
+    if first is None or first.dim() != 4:
+        raise CycleBatchError(f"{path}: not a ResNet CycleGAN generator (no 'model.1.weight' conv; "
+                              f"keys start {', '.join(list(sd)[:3])})")
+    blocks = sorted({int(m.group(1)) for k in sd if (m := re.match(r"model\.(\d+)\.conv_block\.", k))})
+    if not blocks:
+        raise CycleBatchError(f"{path}: not a ResNet generator (no residual blocks); U-Net generators are not supported")
+    convs = [int(m.group(1)) for k, v in sd.items() if (m := re.match(r"model\.(\d+)\.weight$", k)) and v.dim() == 4]
+    last = sd[f"model.{max(convs)}.weight"]
+    dropout = any(k.endswith("conv_block.6.weight") and v.dim() == 4 for k, v in sd.items())
+    return GeneratorConfig(
+        in_channels=first.shape[1], out_channels=last.shape[0], ngf=first.shape[0],
+        n_blocks=len(blocks), dropout=dropout, affine_norm="model.2.weight" in sd,
+    )
+
+
+def build_generator(sd: Tensors, path: Path | str = "checkpoint", metadata: Optional[dict] = None) -> ResnetGenerator:
+    config = infer_config(sd, path)
+    net = ResnetGenerator(config)
+    sd = {k: v.float() for k, v in sd.items()}
+    result = net.load_state_dict(sd, strict=False)
+    bad = [f"missing {k}" for k in result.missing_keys] + [f"unexpected {k}" for k in result.unexpected_keys]
+    if bad:
+        raise CycleBatchError(f"{path}: keys do not fit a {config.name} generator ({'; '.join(bad[:3])}"
+                              f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''})")
+    net.metadata = dict(metadata or {})
+    return net.eval().requires_grad_(False)
+
+
+def load_file(path: str | Path, direction: Optional[str] = None) -> ResnetGenerator:
+    """Load a generator from one checkpoint file of any supported layout."""
+    path = Path(path)
+    payload, meta = read_tensors(path)
+    if direction and meta.get("direction") and direction != meta["direction"]:
+        raise CycleBatchError(f"{path}: translates {meta['direction']}, not {direction}")
+    sd = to_official_keys(select_state_dict(payload, path, None if meta else direction))
+    net = build_generator(sd, path, meta)
+    net.metadata.setdefault("source", str(path))
+    return net
+
+
+# ---------------------------------------------------------------- own format
+
+def save_generator(net: ResnetGenerator, path: str | Path, metadata: Optional[dict] = None) -> Path:
+    """Write safetensors weights with the architecture and `metadata` as JSON in the header."""
+    from safetensors.torch import save_file
+
+    from .fileio import atomic_path
+
+    path = Path(path)
+    meta = {k: v for k, v in {**net.metadata, **(metadata or {})}.items() if k != "source"}
+    meta.update(format=FORMAT, format_version=FORMAT_VERSION, architecture=net.config.to_dict())
+    tensors = {k: v.detach().float().contiguous().cpu() for k, v in net.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"cyclebatch": json.dumps(meta, sort_keys=True)})
+    return path

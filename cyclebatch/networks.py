@@ -1,0 +1,151 @@
+"""CycleGAN networks whose state_dict keys and shapes equal the official ones.
+
+Official = junyanz/pytorch-CycleGAN-and-pix2pix: `ResnetGenerator` (resnet_6blocks /
+resnet_9blocks) and the 70x70 `NLayerDiscriminator`, both with InstanceNorm. Keeping the
+layer indices identical is what lets every official checkpoint load without renaming.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+# A hook that returns (mean, var) for an InstanceNorm input, each broadcastable to [N, C, 1, 1].
+# Tiling (whole-image statistics) and video (statistics shared across frames) install one.
+StatsHook = Callable[["InstanceNorm", torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
+
+
+class InstanceNorm(nn.InstanceNorm2d):
+    """InstanceNorm2d (official settings: no running stats) whose statistics can come from outside."""
+
+    def __init__(self, channels: int, affine: bool = False):
+        super().__init__(channels, affine=affine, track_running_stats=False)
+        self.stats_hook: Optional[StatsHook] = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stats_hook is None:
+            return super().forward(x)
+        mean, var = self.stats_hook(self, x)
+        y = (x - mean.to(x.dtype)) * torch.rsqrt(var.to(x.dtype) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(1, -1, 1, 1).to(x.dtype) + self.bias.view(1, -1, 1, 1).to(x.dtype)
+        return y
+
+
+def instance_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample, per-channel mean and biased variance, as InstanceNorm computes them."""
+    xf = x.float()
+    var, mean = torch.var_mean(xf, dim=(2, 3), keepdim=True, unbiased=False)
+    return mean, var
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    in_channels: int = 3
+    out_channels: int = 3
+    ngf: int = 64
+    n_blocks: int = 9
+    dropout: bool = False
+    affine_norm: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def name(self) -> str:
+        return f"resnet_{self.n_blocks}blocks"
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, dim: int, affine: bool, dropout: bool):
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), InstanceNorm(dim, affine), nn.ReLU(True)
+        ]
+        if dropout:
+            layers.append(nn.Dropout(0.5))
+        layers += [nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), InstanceNorm(dim, affine)]
+        self.conv_block = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv_block(x)
+
+
+class ResnetGenerator(nn.Module):
+    """c7s1-ngf, d2ngf, d4ngf, n x R4ngf, u2ngf, ungf, c7s1-out, tanh. Input H and W: multiples of 4."""
+
+    def __init__(self, config: GeneratorConfig = GeneratorConfig()):
+        super().__init__()
+        c, ngf, affine = config, config.ngf, config.affine_norm
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(3), nn.Conv2d(c.in_channels, ngf, 7), InstanceNorm(ngf, affine), nn.ReLU(True)
+        ]
+        for mult in (1, 2):
+            layers += [
+                nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1),
+                InstanceNorm(ngf * mult * 2, affine), nn.ReLU(True),
+            ]
+        layers += [ResnetBlock(ngf * 4, affine, c.dropout) for _ in range(c.n_blocks)]
+        for mult in (4, 2):
+            layers += [
+                nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1, output_padding=1),
+                InstanceNorm(ngf * mult // 2, affine), nn.ReLU(True),
+            ]
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, c.out_channels, 7), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+        self.config = config
+        self.metadata: dict = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def norms(self) -> list[InstanceNorm]:
+        return [m for m in self.modules() if isinstance(m, InstanceNorm)]
+
+
+class PatchDiscriminator(nn.Module):
+    """70x70 PatchGAN (n_layers=3): strides 2, 2, 2, 1, 1; InstanceNorm after all but the first conv."""
+
+    def __init__(self, in_channels: int = 3, ndf: int = 64, n_layers: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        mult = 1
+        for n in range(1, n_layers + 1):
+            prev, mult = mult, min(2 ** n, 8)
+            stride = 2 if n < n_layers else 1
+            layers += [
+                nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1),
+                nn.InstanceNorm2d(ndf * mult), nn.LeakyReLU(0.2, True),
+            ]
+        layers.append(nn.Conv2d(ndf * mult, 1, 4, 1, 1))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
+    """The paper's init: conv weights N(0, gain), biases 0; affine norm weights N(1, gain)."""
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.InstanceNorm2d) and m.affine:
+            nn.init.normal_(m.weight, 1.0, gain)
+            nn.init.zeros_(m.bias)
+    return net
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int = 4) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Reflect-pad H and W up to a multiple (the generator's two stride-2 stages need 4)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        mode = "reflect" if (ph < h and pw < w) else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, (h, w)

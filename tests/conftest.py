@@ -1,0 +1,45 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cyclebatch.networks import GeneratorConfig, ResnetGenerator, init_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTOS = ROOT / "examples" / "photos"
+TINY = GeneratorConfig(ngf=8, n_blocks=2)
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def tiny_generator(seed: int = 0, **kw) -> ResnetGenerator:
+    torch.manual_seed(seed)
+    cfg = GeneratorConfig(**{**TINY.to_dict(), **kw})
+    net = init_weights(ResnetGenerator(cfg))
+    # Non-trivial biases and affine weights so that a wrong mapping of any tensor shows in the output.
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.05)
+    return net.eval()
+
+
+@pytest.fixture(autouse=True)
+def cyclebatch_home(tmp_path, monkeypatch):
+    """Every test gets its own empty cache and works in its own folder: nothing leaks between tests."""
+    home = tmp_path / "cbhome"
+    monkeypatch.setenv("CYCLEBATCH_HOME", str(home))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return home
+
+
+def run_cli(*args, cwd=None, env=None, timeout=300):
+    """Run `python -m cyclebatch ...` as a user would, returning the CompletedProcess."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "cyclebatch", *map(str, args)], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,78 @@
+import torch
+
+from cyclebatch.networks import GeneratorConfig, PatchDiscriminator, ResnetGenerator, init_weights, pad_to_multiple
+
+# The official resnet_9blocks generator (ngf 64, InstanceNorm without affine, no dropout), written out by hand
+# from junyanz/pytorch-CycleGAN-and-pix2pix's networks.py.
+OFFICIAL_G_HEAD = [
+    ("model.1.weight", (64, 3, 7, 7)), ("model.1.bias", (64,)),
+    ("model.4.weight", (128, 64, 3, 3)), ("model.4.bias", (128,)),
+    ("model.7.weight", (256, 128, 3, 3)), ("model.7.bias", (256,)),
+]
+OFFICIAL_G_BLOCK = [("conv_block.1.weight", (256, 256, 3, 3)), ("conv_block.1.bias", (256,)),
+                    ("conv_block.5.weight", (256, 256, 3, 3)), ("conv_block.5.bias", (256,))]
+OFFICIAL_G_TAIL = [
+    ("model.19.weight", (256, 128, 3, 3)), ("model.19.bias", (128,)),
+    ("model.22.weight", (128, 64, 3, 3)), ("model.22.bias", (64,)),
+    ("model.26.weight", (3, 64, 7, 7)), ("model.26.bias", (3,)),
+]
+OFFICIAL_D = [
+    ("model.0.weight", (64, 3, 4, 4)), ("model.0.bias", (64,)),
+    ("model.2.weight", (128, 64, 4, 4)), ("model.2.bias", (128,)),
+    ("model.5.weight", (256, 128, 4, 4)), ("model.5.bias", (256,)),
+    ("model.8.weight", (512, 256, 4, 4)), ("model.8.bias", (512,)),
+    ("model.11.weight", (1, 512, 4, 4)), ("model.11.bias", (1,)),
+]
+
+
+def shapes(net):
+    return [(k, tuple(v.shape)) for k, v in net.state_dict().items()]
+
+
+def test_resnet_9blocks_keys_and_shapes_are_official():
+    blocks = [(f"model.{i}.{k}", s) for i in range(10, 19) for k, s in OFFICIAL_G_BLOCK]
+    assert shapes(ResnetGenerator()) == OFFICIAL_G_HEAD + blocks + OFFICIAL_G_TAIL
+    assert len(ResnetGenerator().state_dict()) == 48
+    assert sum(p.numel() for p in ResnetGenerator().parameters()) == 11_378_179
+
+
+def test_resnet_6blocks_shifts_the_tail_indices():
+    net = ResnetGenerator(GeneratorConfig(n_blocks=6))
+    keys = [k for k, _ in shapes(net)]
+    assert "model.15.conv_block.5.weight" in keys and "model.16.weight" in keys and "model.23.weight" in keys
+    assert round(sum(p.numel() for p in net.parameters()) / 1e6, 3) == 7.838
+
+
+def test_dropout_moves_second_conv_and_affine_adds_norm_weights():
+    keys = ResnetGenerator(GeneratorConfig(dropout=True, n_blocks=1)).state_dict().keys()
+    assert "model.10.conv_block.6.weight" in keys and "model.10.conv_block.5.weight" not in keys
+    affine = ResnetGenerator(GeneratorConfig(affine_norm=True)).state_dict()
+    assert len(affine) == 48 + 46 and affine["model.2.weight"].shape == (64,)
+
+
+def test_patch_discriminator_keys_and_shapes_are_official():
+    d = PatchDiscriminator()
+    assert shapes(d) == OFFICIAL_D
+    assert round(sum(p.numel() for p in d.parameters()) / 1e6, 3) == 2.765
+    assert d(torch.zeros(1, 3, 256, 256)).shape == (1, 1, 30, 30)  # 70x70 patches on a 256 image
+
+
+def test_init_is_normal_0_002():
+    net = init_weights(ResnetGenerator())
+    w = net.model[11].conv_block[1].weight
+    assert abs(w.mean().item()) < 1e-3 and abs(w.std().item() - 0.02) < 1e-3
+    assert net.model[1].bias.abs().max() == 0
+
+
+def test_generator_output_shape_and_range():
+    net = ResnetGenerator(GeneratorConfig(ngf=8, n_blocks=1)).eval()
+    y = net(torch.randn(2, 3, 36, 44))
+    assert y.shape == (2, 3, 36, 44) and y.abs().max() <= 1
+
+
+def test_pad_to_multiple_reflects_and_keeps_size():
+    x = torch.arange(2 * 3 * 5 * 7, dtype=torch.float32).view(2, 3, 5, 7)
+    y, (h, w) = pad_to_multiple(x, 4)
+    assert y.shape[-2:] == (8, 8) and (h, w) == (5, 7)
+    assert torch.equal(y[..., :5, :7], x)
+    assert torch.equal(y[..., 5, :7], x[..., 3, :])  # reflection, not zeros
