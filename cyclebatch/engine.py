@@ -1,0 +1,159 @@
+"""The translation engine: device, precision, batching and (for large images) tiling, in one place.
+
+`run`, `video` and Python users all go through `Translator`. Pixels come in and go out as NumPy
+HxWx3 arrays (uint8 or uint16); everything between is torch on the chosen device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .errors import CycleBatchError
+from .networks import ResnetGenerator, pad_to_multiple
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise CycleBatchError(f"unknown device '{name}' (use auto, cpu, cuda, cuda:N or mps)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CycleBatchError(f"device '{name}' asked for, but this PyTorch sees no CUDA GPU")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise CycleBatchError(f"device '{name}' asked for, but MPS is not available here")
+    return dev
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls run at about twice fp32 speed (measured: DESIGN.md section 5)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def pick_precision(name: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype, or None for plain fp32."""
+    if name not in PRECISIONS:
+        raise CycleBatchError(f"unknown precision '{name}' (use one of {', '.join(PRECISIONS)})")
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.float16
+        if device.type == "cpu" and cpu_has_native_bf16():
+            return torch.bfloat16
+        return None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+class Translator:
+    """Runs a generator over images. Same-size images batch together; padding never crosses images."""
+
+    def __init__(self, model: ResnetGenerator, device: str = "auto", precision: str = "auto",
+                 compile: bool = False, batch_size: Optional[int] = None):
+        self.device = pick_device(device)
+        self.dtype = pick_precision(precision, self.device)
+        self.model = model.eval().requires_grad_(False).to(self.device)
+        if self.device.type != "mps":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
+        self.batch_size = batch_size
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+
+    @property
+    def precision(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    # ------------------------------------------------------------ tensors
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] NCHW float in, [-1, 1] NCHW float out, any H and W (reflect-padded to a multiple of 4)."""
+        x = x.to(self.device, non_blocking=True)
+        x, (h, w) = pad_to_multiple(x, 4)
+        x = x.contiguous(memory_format=torch.channels_last) if self.device.type != "mps" else x
+        with self.autocast():
+            y = self._forward(x)
+        return y[..., :h, :w].float()
+
+    # ------------------------------------------------------------ pixels
+
+    def to_tensor(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Stack HxWx3 uint8/uint16 arrays into a [-1, 1] NCHW float batch on the device."""
+        scale = 65535.0 if images[0].dtype == np.uint16 else 255.0
+        arr = np.stack(images)  # a writable copy, whatever the decoder handed us
+        t = torch.from_numpy(arr.astype(np.int32) if arr.dtype == np.uint16 else arr)
+        t = t.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()  # the cast happens on the device
+        return t.mul_(2.0 / scale).sub_(1.0)
+
+    @staticmethod
+    def to_pixels(y: torch.Tensor, dtype=np.uint8) -> list[np.ndarray]:
+        scale = 65535.0 if dtype == np.uint16 else 255.0
+        q = y.add(1.0).mul_(scale / 2.0).round_().clamp_(0, scale)
+        q = q.to(torch.int32 if dtype == np.uint16 else torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return [np.ascontiguousarray(a.astype(dtype, copy=False)) for a in q]
+
+    def translate_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Translate same-size images together; outputs have the input's size and dtype."""
+        if not images:
+            return []
+        shape, dtype = images[0].shape, images[0].dtype
+        if any(im.shape != shape or im.dtype != dtype for im in images):
+            raise ValueError("translate_batch needs images of one size and dtype (batch by size first)")
+        return self.to_pixels(self.forward(self.to_tensor(images)), dtype)
+
+    def translate(self, image: np.ndarray) -> np.ndarray:
+        return self.translate_batch([image])[0]
+
+    # ------------------------------------------------------------ memory
+
+    def auto_batch_size(self, height: int, width: int) -> int:
+        """Images per forward pass for this size: bounded by free memory, capped where batching stops paying."""
+        if self.batch_size:
+            return self.batch_size
+        per_image = estimate_bytes(self.model, height, width, self.dtype)
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return int(max(1, min(32, (free * 0.6) // per_image)))
+        # CPU: batching buys little throughput (DESIGN.md section 5) and costs memory; 4 hides per-call overhead.
+        return int(max(1, min(4, available_memory() * 0.25 // per_image)))
+
+
+def estimate_bytes(model: ResnetGenerator, height: int, width: int, dtype: Optional[torch.dtype]) -> int:
+    """Peak activation memory of one full-frame forward pass (a conservative model of eager PyTorch)."""
+    h, w = height + (-height) % 4, width + (-width) % 4
+    elem = 4 if dtype is None else 2
+    ngf = model.config.ngf
+    # A handful of full-resolution ngf-channel tensors are alive at the head and tail; they dominate.
+    return int(6 * h * w * ngf * elem + h * w * 3 * 4 * 4)
+
+
+def available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
