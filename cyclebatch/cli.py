@@ -131,6 +131,132 @@ def models_convert(src: str = typer.Argument(..., help="Any readable model: name
     out.print(f"wrote {dst} ({net.config.name})")
 
 
+# ---------------------------------------------------------------- run
+
+class _ProgressReporter:
+    """Rich progress with images/s and ETA on stderr; failures as one line each, above the bar."""
+
+    def __init__(self, quiet: bool):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        self.quiet = quiet
+        self.progress = None if quiet else Progress(
+            "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+            "[cyan]{task.fields[rate]}", TimeRemainingColumn(), console=err, transient=True)
+        self.started = 0.0
+
+    def start(self, total: int, skipped: int) -> None:
+        import time
+
+        self.started = time.perf_counter()
+        if self.progress is not None:
+            self.progress.start()
+            self.task = self.progress.add_task("translating", total=total, rate="")
+        if skipped and not self.quiet:
+            err.print(f"skipping {skipped} image(s) whose output exists (--overwrite to redo them)")
+
+    def advance(self, n: int = 1) -> None:
+        import time
+
+        if self.progress is not None:
+            done = self.progress.tasks[0].completed + n
+            rate = done / max(1e-9, time.perf_counter() - self.started)
+            self.progress.update(self.task, advance=n, rate=f"{rate:.2f} img/s")
+
+    def failure(self, path: str, reason: str) -> None:
+        err.print(f"[bold red]error:[/] {path}: {reason}", highlight=False, soft_wrap=True)
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _sigterm_as_interrupt() -> None:
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+@app.command("run")
+def run(
+    inputs: List[str] = typer.Argument(..., help="Image files, folders (recursive) or globs ('photos/**/*.jpg')."),
+    model: str = typer.Option("vintage", "--model", "-m", help="Zoo name, run name, folder or checkpoint file."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder; the input tree is mirrored in it. [default: out]"),
+    direction: str = typer.Option("AtoB", "--direction", "-d", help="AtoB or BtoA, for models holding both generators."),
+    ext: Optional[str] = typer.Option(None, "--ext", help="Output format (jpg, png, webp, tif, bmp); default: the input's."),
+    quality: int = typer.Option(95, "--quality", min=1, max=100, help="JPEG / WebP quality."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo outputs that exist (otherwise skipped, so a re-run resumes)."),
+    side_by_side: bool = typer.Option(False, "--side-by-side", help="Write input|output comparisons."),
+    max_size: Optional[int] = typer.Option(None, "--max-size", min=4, help="Working resolution: longest side at most this (output at that size)."),
+    scale: Optional[float] = typer.Option(None, "--scale", min=0.01, max=8.0, help="Working resolution as a factor (output at that size)."),
+    max_pixels: int = typer.Option(400_000_000, "--max-pixels", help="Refuse images over this many pixels (read from the header)."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps."),
+    precision: str = typer.Option("auto", "--precision", help="auto (fp16 on CUDA, bf16 on CPUs with native bf16), fp32, bf16, fp16."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Images per forward pass; default from free memory."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the generator (pays off on long runs)."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="K/N: translate only the K-th of N shares (0-based), for job arrays."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Decode/encode threads (0: automatic)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary; errors only."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
+    """Translate a folder of images: batched, size-preserving, resumable, and safe for your files."""
+    import json
+
+    from .discover import check_output_location, parse_shard
+    from .distributed import gather, setup
+    from .engine import Translator
+    from .pipeline import RunOptions, Summary, translate_paths
+    from .registry import load_generator
+
+    if direction not in ("AtoB", "BtoA"):
+        fail(f"--direction must be AtoB or BtoA, not '{direction}'", 2)
+    if ext is not None:
+        ext = "." + ext.lower().lstrip(".")
+        from .images import IMAGE_SUFFIXES
+
+        if ext not in IMAGE_SUFFIXES:
+            fail(f"--ext {ext[1:]}: not a format cyclebatch writes ({', '.join(sorted(s[1:] for s in IMAGE_SUFFIXES))})", 2)
+    try:
+        shard_kn = parse_shard(shard)
+    except CycleBatchError as e:
+        fail(str(e), 2)
+    out_dir = output if output is not None else Path("out")
+    check_output_location(inputs, out_dir, explicit=output is not None)
+    _sigterm_as_interrupt()
+    rank_shard, device = setup(device)
+    if shard_kn is not None:  # job array shard, then (under torchrun) split again by rank
+        k, n = shard_kn
+        rank_shard = (k * rank_shard[1] + rank_shard[0], n * rank_shard[1])
+    is_main = rank_shard[0] == 0 or shard_kn is not None
+    translator = Translator(load_generator(model, direction, quiet=quiet or json_out), device, precision,
+                            compile=compile, batch_size=batch_size)
+    opts = RunOptions(ext=ext, quality=quality, overwrite=overwrite, side_by_side=side_by_side,
+                      max_pixels=max_pixels, max_size=max_size, scale=scale, shard=rank_shard, workers=workers)
+    reporter = _ProgressReporter(quiet=quiet or json_out or not is_main)
+    try:
+        summary = translate_paths(inputs, out_dir, translator, opts, reporter)
+    except KeyboardInterrupt:
+        err.print("[bold yellow]interrupted:[/] finished images are kept, no partial file was left; "
+                  "run the same command again to resume")
+        raise typer.Exit(130)
+    parts = gather(summary)
+    if parts is None:  # not rank 0: rank 0 reports for everyone
+        raise typer.Exit(0 if summary.failed == 0 else 1)
+    total = Summary.combine(parts)
+    if json_out:
+        out.print_json(json.dumps({**total.to_dict(), "model": model, "device": str(translator.device),
+                                   "precision": translator.precision, "output": str(out_dir)}))
+    elif not quiet:
+        err.print(f"translated {total.translated}, skipped {total.skipped}, failed {total.failed} "
+                  f"in {total.seconds:.1f} s ({total.images_per_second:.2f} images/s, "
+                  f"{total.megapixels / max(total.seconds, 1e-9):.2f} MP/s) on {translator.device} "
+                  f"{translator.precision} -> {out_dir}")
+    raise typer.Exit(0 if total.failed == 0 else 1)
+
+
 # ---------------------------------------------------------------- entry point
 
 def main() -> None:

@@ -13,8 +13,9 @@ TMP_MARK = ".cyclebatch-tmp-"
 
 
 def temp_name(path: Path) -> Path:
-    # Keep the real suffix last: encoders (PIL, OpenCV, PyAV) pick the format from it.
-    return path.with_name(f"{TMP_MARK}{uuid.uuid4().hex[:12]}-{path.name}")
+    # The writer's pid lets a later run tell a dead run's leftovers from a live writer's file;
+    # the real suffix stays last because encoders (PIL, OpenCV, PyAV) pick the format from it.
+    return path.with_name(f"{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}")
 
 
 @contextlib.contextmanager
@@ -36,3 +37,30 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 def is_temp(path: Path) -> bool:
     return path.name.startswith(TMP_MARK)
+
+
+def sweep_dead_temps(folder: Path) -> int:
+    """Remove temporary files left in `folder` (recursively) by writers that are no longer running."""
+    removed = 0
+    if not folder.is_dir():
+        return 0
+    for p in folder.rglob(f"{TMP_MARK}*"):
+        try:
+            pid = int(p.name[len(TMP_MARK):].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,242 @@
+"""Folder translation: discover -> decode (thread pool, bounded read-ahead) -> batch by size -> model
+-> encode and write (thread pool, atomic) -> summary. Data flows one way; the model never waits on disk.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from .discover import Job, plan
+from .engine import Translator
+from .errors import CycleBatchError
+from .fileio import sweep_dead_temps
+from .images import DEFAULT_MAX_PIXELS, Picture, read_image, write_image
+
+
+@dataclass
+class RunOptions:
+    ext: Optional[str] = None  # output suffix, e.g. ".png"; default: the input's
+    quality: int = 95  # JPEG / WebP
+    overwrite: bool = False
+    side_by_side: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_size: Optional[int] = None  # longest side of the working resolution
+    scale: Optional[float] = None  # working resolution as a factor
+    shard: tuple[int, int] = (0, 1)
+    workers: int = 0  # decode/encode threads; 0 = automatic
+
+
+@dataclass
+class Summary:
+    translated: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    megapixels: float = 0.0
+    interrupted: bool = False
+    failures: list = field(default_factory=list)  # [(path, reason)]
+
+    @property
+    def images_per_second(self) -> float:
+        return self.translated / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["images_per_second"] = round(self.images_per_second, 3)
+        d["megapixels"] = round(self.megapixels, 3)
+        d["seconds"] = round(self.seconds, 3)
+        d["failures"] = [{"path": p, "reason": r} for p, r in self.failures]
+        return d
+
+    @classmethod
+    def combine(cls, parts: Sequence["Summary"]) -> "Summary":
+        """One summary for several ranks or shards: counts add up, the slowest one sets the time."""
+        out = cls()
+        for s in parts:
+            out.translated += s.translated
+            out.skipped += s.skipped
+            out.failed += s.failed
+            out.megapixels += s.megapixels
+            out.seconds = max(out.seconds, s.seconds)
+            out.interrupted |= s.interrupted
+            out.failures += s.failures
+        return out
+
+
+class Reporter:
+    """What the pipeline tells the outside world; the CLI subclasses it with a progress bar."""
+
+    def start(self, total: int, skipped: int) -> None: ...
+
+    def advance(self, n: int = 1) -> None: ...
+
+    def failure(self, path: str, reason: str) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def working_size(w: int, h: int, max_size: Optional[int], scale: Optional[float]) -> tuple[int, int]:
+    f = 1.0
+    if scale:
+        f = scale
+    if max_size and max(w, h) * f > max_size:
+        f = max_size / max(w, h)
+    return (w, h) if f == 1.0 else (max(1, round(w * f)), max(1, round(h * f)))
+
+
+def decode(job: Job, opts: RunOptions) -> Picture:
+    pic = read_image(job.src, opts.max_pixels)
+    w, h = pic.size
+    tw, th = working_size(w, h, opts.max_size, opts.scale)
+    if (tw, th) != (w, h):
+        import cv2
+
+        interp = cv2.INTER_AREA if tw < w else cv2.INTER_CUBIC
+        pic.rgb = cv2.resize(pic.rgb, (tw, th), interpolation=interp)
+        if pic.alpha is not None:
+            pic.alpha = cv2.resize(pic.alpha, (tw, th), interpolation=interp)
+    return pic
+
+
+def encode(job: Job, pic: Picture, out_rgb: np.ndarray, opts: RunOptions) -> None:
+    rgb, alpha = out_rgb, pic.alpha  # translate the colour, put the alpha back
+    if opts.side_by_side:
+        rgb = np.hstack([pic.rgb, out_rgb])
+        alpha = None if alpha is None else np.hstack([alpha, alpha])
+    write_image(job.dst, Picture(rgb, alpha, pic.info), opts.quality)
+
+
+def translate_paths(inputs: Sequence[str], output: str | Path, translator: Translator,
+                    opts: Optional[RunOptions] = None, reporter: Optional[Reporter] = None) -> Summary:
+    """Translate every image under `inputs` into `output`, mirroring the tree. Never raises for a bad file."""
+    opts = opts or RunOptions()
+    reporter = reporter or Reporter()
+    output = Path(output)
+    work = plan(inputs, output, ext=opts.ext, overwrite=opts.overwrite, shard=opts.shard)
+    summary = Summary(skipped=len(work.skipped))
+    for item, reason in work.problems:
+        summary.failed += 1
+        summary.failures.append((item, reason))
+        reporter.failure(item, reason)
+    sweep_dead_temps(output)
+    reporter.start(len(work.jobs), len(work.skipped))
+    started = time.perf_counter()
+    try:
+        _Loop(translator, opts, reporter, summary).run(work.jobs)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        raise
+    finally:
+        summary.seconds = time.perf_counter() - started
+        reporter.stop()
+    return summary
+
+
+class _Loop:
+    """The producer/consumer core. Decodes run ahead by a bounded amount; writes drain behind."""
+
+    def __init__(self, translator: Translator, opts: RunOptions, reporter: Reporter, summary: Summary):
+        self.t, self.opts, self.reporter, self.summary = translator, opts, reporter, summary
+        workers = opts.workers or max(2, min(8, (os.cpu_count() or 2)))
+        self.decoders = ThreadPoolExecutor(workers, thread_name_prefix="cb-decode")
+        self.writers = ThreadPoolExecutor(workers, thread_name_prefix="cb-write")
+        self.readahead = 2 * workers + 8
+        self.writes: collections.deque[tuple[Job, Future]] = collections.deque()
+        self.groups: dict[tuple, list[tuple[Job, Picture]]] = collections.OrderedDict()
+
+    def fail(self, job: Job, reason: str) -> None:
+        self.summary.failed += 1
+        self.summary.failures.append((str(job.src), reason))
+        self.reporter.failure(str(job.src), reason)
+        self.reporter.advance()
+
+    def run(self, jobs: list[Job]) -> None:
+        todo = collections.deque(jobs)
+        decoding: collections.deque[tuple[Job, Future]] = collections.deque()
+        try:
+            while todo or decoding:
+                while todo and len(decoding) + self.buffered() < self.readahead:
+                    job = todo.popleft()
+                    decoding.append((job, self.decoders.submit(decode, job, self.opts)))
+                job, fut = decoding.popleft()
+                try:
+                    pic = fut.result()
+                except CycleBatchError as e:
+                    self.fail(job, _reason(e, job))
+                    continue
+                except Exception as e:  # a decoder bug must cost one file, not the run
+                    self.fail(job, f"cannot decode ({type(e).__name__}: {e})")
+                    continue
+                key = (pic.rgb.shape, pic.rgb.dtype.str)
+                group = self.groups.setdefault(key, [])
+                group.append((job, pic))
+                h, w = pic.rgb.shape[:2]
+                if len(group) >= self.t.auto_batch_size(h, w):
+                    self.flush(key)
+                elif self.buffered() >= self.readahead // 2:
+                    self.flush(max(self.groups, key=lambda k: len(self.groups[k])))
+            for key in list(self.groups):
+                self.flush(key)
+            while self.writes:
+                self.collect_write()
+        finally:
+            for _, fut in decoding:
+                fut.cancel()
+            self.decoders.shutdown(wait=True, cancel_futures=True)
+            self.writers.shutdown(wait=True)  # in-flight writes finish or vanish: they are atomic
+            while self.writes:
+                self.collect_write()
+
+    def buffered(self) -> int:
+        return sum(len(g) for g in self.groups.values())
+
+    def flush(self, key: tuple) -> None:
+        batch = self.groups.pop(key)
+        try:
+            outs = self.t.translate_batch([pic.rgb for _, pic in batch])
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:
+            if len(batch) > 1:  # e.g. out of memory: one at a time before giving any image up
+                for item in batch:
+                    self.groups[key] = [item]
+                    self.flush(key)
+                return
+            self.fail(batch[0][0], f"translation failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+            return
+        for (job, pic), out in zip(batch, outs):
+            while len(self.writes) >= self.readahead:
+                self.collect_write()
+            self.writes.append((job, self.writers.submit(encode, job, pic, out, self.opts)))
+            self.summary.megapixels += out.shape[0] * out.shape[1] / 1e6
+
+    def collect_write(self) -> None:
+        job, fut = self.writes.popleft()
+        try:
+            fut.result()
+        except CycleBatchError as e:
+            self.fail(job, _reason(e, job))
+            return
+        except OSError as e:
+            self.fail(job, f"cannot write {job.dst} ({e.strerror or e})")
+            return
+        except Exception as e:
+            self.fail(job, f"cannot write {job.dst} ({type(e).__name__}: {e})")
+            return
+        self.summary.translated += 1
+        self.reporter.advance()
+
+
+def _reason(e: CycleBatchError, job: Job) -> str:
+    """CycleBatchError messages start with the file name; the reporter adds it back itself."""
+    msg = str(e)
+    prefix = f"{job.src}: "
+    return msg[len(prefix):] if msg.startswith(prefix) else msg
