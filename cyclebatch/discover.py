@@ -83,7 +83,7 @@ def plan(inputs: Sequence[str], output: Path, *, ext: Optional[str] = None, over
     for src, rel in pairs:
         if src.resolve() in seen.values():
             continue  # named twice (a file inside a folder also given): translate once
-        suffix = ext if ext else src.suffix.lower()
+        suffix = ext if ext else src.suffix  # keep the name exactly, case included
         dst = out_root / rel.with_suffix(suffix)
         if dst.resolve() == src.resolve():
             problems.append((str(src), "the output would replace the input itself; choose another -o"))

@@ -40,8 +40,8 @@ def probe(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
         if _orientation(im) in (5, 6, 7, 8):
             w, h = h, w
     if w * h > max_pixels:
-        raise CycleBatchError(f"{path}: {w}x{h} is {w * h / 1e6:.0f} megapixels, over the limit of "
-                              f"{max_pixels / 1e6:.0f} (raise it with --max-pixels)")
+        raise CycleBatchError(f"{path}: {w}x{h} is {w * h:,} pixels, over the limit of {max_pixels:,} "
+                              "(raise it with --max-pixels)")
     return w, h
 
 
@@ -61,7 +61,9 @@ def _open(path: Path) -> Image.Image:
     except Image.UnidentifiedImageError:
         raise CycleBatchError(f"{path}: not an image (unrecognised content)") from None
     except OSError as e:
-        raise CycleBatchError(f"{path}: cannot read ({e})") from None
+        if e.errno is not None:  # the file system refused, not the content
+            raise CycleBatchError(f"{path}: cannot read ({e.strerror})") from None
+        raise CycleBatchError(f"{path}: corrupt or truncated image ({_short(e)})") from None
 
 
 def _orientation(im: Image.Image) -> int:

@@ -149,7 +149,7 @@ class _Loop:
         self.decoders = ThreadPoolExecutor(workers, thread_name_prefix="cb-decode")
         self.writers = ThreadPoolExecutor(workers, thread_name_prefix="cb-write")
         self.readahead = 2 * workers + 8
-        self.writes: collections.deque[tuple[Job, Future]] = collections.deque()
+        self.writes: collections.deque[tuple[Job, Future, float]] = collections.deque()
         self.groups: dict[tuple, list[tuple[Job, Picture]]] = collections.OrderedDict()
 
     def fail(self, job: Job, reason: str) -> None:
@@ -215,11 +215,11 @@ class _Loop:
         for (job, pic), out in zip(batch, outs):
             while len(self.writes) >= self.readahead:
                 self.collect_write()
-            self.writes.append((job, self.writers.submit(encode, job, pic, out, self.opts)))
-            self.summary.megapixels += out.shape[0] * out.shape[1] / 1e6
+            mp = out.shape[0] * out.shape[1] / 1e6
+            self.writes.append((job, self.writers.submit(encode, job, pic, out, self.opts), mp))
 
     def collect_write(self) -> None:
-        job, fut = self.writes.popleft()
+        job, fut, mp = self.writes.popleft()
         try:
             fut.result()
         except CycleBatchError as e:
@@ -232,6 +232,7 @@ class _Loop:
             self.fail(job, f"cannot write {job.dst} ({type(e).__name__}: {e})")
             return
         self.summary.translated += 1
+        self.summary.megapixels += mp
         self.reporter.advance()
 
 
