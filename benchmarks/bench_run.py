@@ -1,0 +1,108 @@
+"""`cyclebatch run` throughput against the raw model and against a naive official-test.py-style loop.
+
+    python benchmarks/bench_run.py [--model vintage] [--n256 16] [--n1024 4]
+
+Prints, per resolution (real photos from examples/photos, centre-cropped and resized):
+  1. raw model throughput: Translator.forward on ready tensors (same precision and batch size as run),
+  2. end-to-end `run` throughput (decode, batch, model, encode, atomic write) and its ratio to (1); goal >= 0.9,
+  3. a naive loop like the official test.py (PIL decode, batch 1, fp32, sequential save) and run's ratio
+     to it; goal >= 2x on a 2-core CPU with default settings.
+All three run in one process, one after another, so the ratios compare like with like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cyclebatch.engine import Translator  # noqa: E402
+from cyclebatch.errors import CycleBatchError  # noqa: E402
+from cyclebatch.networks import ResnetGenerator, init_weights  # noqa: E402
+from cyclebatch.pipeline import translate_paths  # noqa: E402
+from cyclebatch.registry import load_generator  # noqa: E402
+
+
+def get_model(name: str):
+    try:
+        return load_generator(name), name
+    except CycleBatchError as e:
+        print(f"({e}; using a random-init resnet_9blocks instead)")
+        torch.manual_seed(0)
+        return init_weights(ResnetGenerator()).eval(), "random resnet_9blocks"
+
+
+def make_photos(folder: Path, size: int, n: int) -> list[Path]:
+    photos = sorted((ROOT / "examples" / "photos").glob("*.[jp][pn]g"))
+    folder.mkdir(parents=True)
+    paths = []
+    for i in range(n):
+        im = Image.open(photos[i % len(photos)]).convert("RGB")
+        s = min(im.size)
+        im = im.crop(((im.width - s) // 2, (im.height - s) // 2, (im.width + s) // 2, (im.height + s) // 2))
+        p = folder / f"{i:03d}.jpg"
+        im.resize((size, size), Image.BICUBIC).save(p, quality=95)
+        paths.append(p)
+    return paths
+
+
+def raw_throughput(t: Translator, size: int, n: int) -> float:
+    bs = t.auto_batch_size(size, size)
+    x = torch.rand(bs, 3, size, size) * 2 - 1
+    t.forward(x)  # warm-up
+    start = time.perf_counter()
+    done = 0
+    while done < n:
+        t.forward(x)
+        done += bs
+    return done / (time.perf_counter() - start)
+
+
+def naive_loop(net, paths: list[Path], out: Path) -> float:
+    """What the official test.py does per image, minus its resize to 256: decode, fp32, batch 1, save."""
+    out.mkdir()
+    net = net.float()
+    start = time.perf_counter()
+    with torch.no_grad():
+        for p in paths:
+            a = np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 127.5 - 1
+            y = net(torch.from_numpy(a).permute(2, 0, 1)[None])
+            img = ((y[0].permute(1, 2, 0).numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
+            Image.fromarray(img).save(out / p.name)
+    return len(paths) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="vintage")
+    ap.add_argument("--n256", type=int, default=16)
+    ap.add_argument("--n1024", type=int, default=4)
+    args = ap.parse_args()
+    net, name = get_model(args.model)
+    t = Translator(net)
+    print(f"model {name}, device {t.device}, precision {t.precision}, torch threads {torch.get_num_threads()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for size, n in ((256, args.n256), (1024, args.n1024)):
+            paths = make_photos(Path(tmp) / f"in{size}", size, n)
+            raw = raw_throughput(t, size, n)
+            s = translate_paths([str(Path(tmp) / f"in{size}")], Path(tmp) / f"out{size}", t)
+            assert s.translated == n and s.failed == 0, s.failures
+            e2e = s.images_per_second
+            naive = naive_loop(net, paths, Path(tmp) / f"naive{size}")
+            print(f"\n{size}x{size}, {n} real photos, batch {t.auto_batch_size(size, size)}")
+            print(f"  1. raw model      {raw:8.3f} images/s")
+            print(f"  2. run end-to-end {e2e:8.3f} images/s   run / raw   = {e2e / raw:5.2f}  (goal >= 0.90)")
+            print(f"  3. naive loop     {naive:8.3f} images/s   run / naive = {e2e / naive:5.2f}  (goal >= 2.00)")
+
+
+if __name__ == "__main__":
+    main()
