@@ -239,7 +239,9 @@ def test_torchrun_two_ranks_split_the_work_and_report_once(tmp_path, model_file)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{i}.png" for i in range(5)]
 
 
-def test_killed_run_leaves_no_partial_outputs_and_resumes(tmp_path, model_file):
+def test_killed_run_leaves_no_partial_outputs_and_resumes(tmp_path):
+    model_file = tmp_path / "slower.pth"  # slow enough (~0.1 s an image) that the kill lands mid-run
+    torch.save(tiny_generator(ngf=32, n_blocks=4).state_dict(), model_file)
     src = tmp_path / "in"
     src.mkdir()
     for i in range(40):
