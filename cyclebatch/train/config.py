@@ -74,8 +74,8 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def resumed_with(self, current: "TrainConfig") -> "TrainConfig":
-        """This (stored) config with the runtime settings of `current`."""
-        return replace(self, **{k: getattr(current, k) for k in RUNTIME_FIELDS})
+        """This (stored) config with the runtime settings of `current` (data folders: where given)."""
+        return replace(self, **{k: getattr(current, k) for k in RUNTIME_FIELDS if getattr(current, k) != ""})
 
     def validate(self) -> None:
         def bad(msg: str) -> None:

@@ -290,6 +290,10 @@ class Trainer:
     # ------------------------------------------------------------ the loop
 
     def fit(self) -> TrainResult:
+        with StopRequest() as stop:  # from the start: a signal during setup also ends in a checkpoint
+            return self._fit(stop)
+
+    def _fit(self, stop: StopRequest) -> TrainResult:
         c = self.config
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -305,7 +309,7 @@ class Trainer:
                  f"{len(self.dataset.b)} B images ({self.domains['B']}), {n_batches} iterations per epoch, "
                  f"{c.total_epochs} epochs, device {self.device}, precision {_precision_name(self.dtype)}"
                  + (f", {self.world} processes" if self.world > 1 else ""))
-        with StopRequest() as stop, progress:
+        with progress:
             while self.epoch < c.total_epochs and not interrupted:
                 loader = make_loader(self.dataset, self.epoch, self.step, workers, pin, self.rank, self.world)
                 progress.start_epoch(self.epoch, self.step)
