@@ -105,7 +105,7 @@ def _assert_same(x, y, where="state"):
 def test_resume_is_bitwise_exact(tmp_path, monkeypatch):
     a, b = make_domains(tmp_path)
     # dropout on: the global RNG matters too. 3 images per epoch, so 4 iterations cross an epoch and the lr decay.
-    common = dict(epochs=1, decay_epochs=1, dropout=True, pool_size=2)
+    common = dict(epochs=1, decay_epochs=1, dropout=True, pool_size=1)  # pool draws from iteration 2
     straight = tmp_path / "straight"
     straight.mkdir()
     monkeypatch.chdir(straight)

@@ -80,6 +80,7 @@ class TrainResult:
     step_seconds: float = 0.0  # time inside train_step (model, losses, optimizers)
     loop_seconds: float = 0.0  # wall time of the measured iterations, everything included
     measured_iterations: int = 0
+    epoch_end_seconds: float = 0.0  # samples, exports and checkpoints at epoch ends, in all
     exports: list = field(default_factory=list)
 
 
@@ -178,7 +179,7 @@ class Trainer:
         rule = lambda epoch: 1.0 - max(0, epoch + 1 - c.epochs) / float(c.decay_epochs + 1)  # noqa: E731
         self.sched_G = torch.optim.lr_scheduler.LambdaLR(self.opt_G, rule)
         self.sched_D = torch.optim.lr_scheduler.LambdaLR(self.opt_D, rule)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.scaler = _grad_scaler(self.device, enabled=self.dtype == torch.float16)
         self.pool_A = ImagePool(c.pool_size, seed=_seed(c.seed, 1, self.rank))
         self.pool_B = ImagePool(c.pool_size, seed=_seed(c.seed, 2, self.rank))
         self.epoch = self.step = self.iteration = 0
@@ -301,14 +302,16 @@ class Trainer:
         n_batches = batches_per_epoch(len(self.dataset), c, self.world)
         workers = c.workers if c.workers >= 0 else min(4, os.cpu_count() or 1)
         pin = self.device.type == "cuda"
-        interrupted = False
-        step_s = loop_s = 0.0
+        step_s = loop_s = end_s = 0.0
         measured = 0
         progress = _Progress(c.progress and self.is_main, c.total_epochs, n_batches)
         self.log(f"training {self.run_dir}: {len(self.dataset.a)} A images ({self.domains['A']}), "
                  f"{len(self.dataset.b)} B images ({self.domains['B']}), {n_batches} iterations per epoch, "
                  f"{c.total_epochs} epochs, device {self.device}, precision {_precision_name(self.dtype)}"
                  + (f", {self.world} processes" if self.world > 1 else ""))
+        if self.epoch >= c.total_epochs:
+            self.log(f"{self.run_dir}: already finished ({self.epoch} epochs)")
+        interrupted = c.max_iterations is not None and self.iteration >= c.max_iterations
         with progress:
             while self.epoch < c.total_epochs and not interrupted:
                 loader = make_loader(self.dataset, self.epoch, self.step, workers, pin, self.rank, self.world)
@@ -347,7 +350,9 @@ class Trainer:
                         self.save_checkpoint()
                 if interrupted:
                     break
-                self._end_epoch(n_batches)
+                t_end = time.perf_counter()
+                self._end_epoch()
+                end_s += time.perf_counter() - t_end
             self.losses.flush(self.iteration, self.epoch + 1, self.opt_G.param_groups[0]["lr"])
             self.save_checkpoint()
             exports = self.export()
@@ -359,9 +364,9 @@ class Trainer:
             self.warn(f"{self.skipped} image file(s) could not be read and were skipped")
         self.losses.close()
         return TrainResult(self.run_dir, self.epoch, self.iteration, finished, stop.signal is not None,
-                           self.losses.last(), self.skipped, step_s, loop_s, measured, exports)
+                           self.losses.last(), self.skipped, step_s, loop_s, measured, end_s, exports)
 
-    def _end_epoch(self, n_batches: int) -> None:
+    def _end_epoch(self) -> None:
         self.losses.flush(self.iteration, self.epoch + 1, self.opt_G.param_groups[0]["lr"])
         self.epoch += 1
         self.step = 0
@@ -501,6 +506,12 @@ def _autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtyp
     if precision == "fp16" and device.type == "cpu":
         raise CycleBatchError("precision fp16 needs a GPU; on CPU use bf16 or fp32")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _grad_scaler(device: torch.device, enabled: bool):
+    if hasattr(torch, "amp") and hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler(device.type, enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled and device.type == "cuda")  # torch < 2.3
 
 
 def _precision_name(dtype: Optional[torch.dtype]) -> str:
