@@ -1,0 +1,100 @@
+"""Everything a training run is made of, with the paper's and the official code's defaults."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Optional
+
+from ..errors import CycleBatchError
+
+PREPROCESS = ("resize_and_crop", "scale_width_and_crop", "crop")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+# Settings that do not change what is learned: a resumed run takes these from the new call,
+# everything else from the checkpoint (so a resume cannot silently change the experiment).
+RUNTIME_FIELDS = ("data_a", "data_b", "runs_dir", "device", "precision", "workers", "max_iterations",
+                  "resume", "progress")
+
+
+@dataclass
+class TrainConfig:
+    data_a: str
+    data_b: str
+    name: str
+    runs_dir: str = "runs"
+    # networks: resnet_9blocks generators, 70x70 PatchGAN discriminators
+    ngf: int = 64
+    n_blocks: int = 9
+    dropout: bool = False
+    ndf: int = 64
+    d_layers: int = 3
+    init_from: Optional[str] = None  # any model the registry can load: fine-tune its generator(s)
+    # data: resize to 286, random crop 256, random horizontal flip, B drawn at random
+    preprocess: str = "resize_and_crop"
+    load_size: int = 286
+    crop_size: int = 256
+    flip: bool = True
+    batch_size: int = 1
+    # optimisation: Adam(2e-4, 0.5, 0.999), 100 epochs constant + 100 linear decay to 0
+    epochs: int = 100
+    decay_epochs: int = 100
+    lr: float = 2e-4
+    beta1: float = 0.5
+    lambda_cycle: float = 10.0
+    lambda_identity: float = 0.5  # times lambda_cycle
+    pool_size: int = 50
+    seed: int = 0
+    # outputs
+    save_every: int = 5  # epochs between numbered checkpoints
+    latest_every: int = 1000  # iterations between refreshes of checkpoints/latest.pt within an epoch
+    log_every: int = 20  # iterations averaged into one row of losses.csv
+    # runtime
+    device: str = "auto"
+    precision: str = "auto"  # auto: bf16 (or fp16 + grad scaler) on CUDA, fp32 on CPU
+    workers: int = -1  # DataLoader decoding processes; -1: min(4, CPUs)
+    max_iterations: Optional[int] = None  # stop (with a checkpoint) after this many iterations in all
+    resume: bool = False
+    progress: bool = True
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    @property
+    def total_epochs(self) -> int:
+        return self.epochs + self.decay_epochs
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def resumed_with(self, current: "TrainConfig") -> "TrainConfig":
+        """This (stored) config with the runtime settings of `current` (data folders: where given)."""
+        return replace(self, **{k: getattr(current, k) for k in RUNTIME_FIELDS if getattr(current, k) != ""})
+
+    def validate(self) -> None:
+        def bad(msg: str) -> None:
+            raise CycleBatchError(f"training config: {msg}")
+
+        if not self.name or "/" in self.name or self.name in (".", ".."):
+            bad(f"--name must be a plain folder name, not '{self.name}'")
+        if self.preprocess not in PREPROCESS:
+            bad(f"preprocess must be one of {', '.join(PREPROCESS)}, not '{self.preprocess}'")
+        if self.precision not in PRECISIONS:
+            bad(f"precision must be one of {', '.join(PRECISIONS)}, not '{self.precision}'")
+        if self.crop_size < 16 or self.crop_size % 4:
+            bad(f"crop size must be a multiple of 4 and at least 16, not {self.crop_size}")
+        if self.preprocess != "crop" and self.load_size < self.crop_size:
+            bad(f"load size {self.load_size} is smaller than the crop size {self.crop_size}")
+        for name in ("batch_size", "ngf", "ndf", "n_blocks", "d_layers", "save_every", "latest_every", "log_every"):
+            if getattr(self, name) < 1:
+                bad(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.epochs < 0 or self.decay_epochs < 0 or self.total_epochs < 1:
+            bad("epochs + decay epochs must be at least 1")
+        if self.lr <= 0 or self.lambda_cycle < 0 or self.lambda_identity < 0 or self.pool_size < 0:
+            bad("lr must be positive; lambdas and pool size non-negative")

@@ -1,0 +1,586 @@
+"""CycleGAN training as the paper and the official code do it, resumable to the bit.
+
+One iteration: both generators forward (A->B->A, B->A->B, identities); generator losses with the
+discriminators frozen (LSGAN + cycle L1 + identity L1); discriminator losses on fakes drawn from
+the image pools; the losses are checked finite (across all ranks) before either optimizer steps,
+so a NaN stops the run with the last good weights still in hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checkpoints import save_generator
+from ..engine import pick_device
+from ..errors import CycleBatchError
+from ..fileio import atomic_path
+from ..networks import GeneratorConfig, PatchDiscriminator, ResnetGenerator, init_weights
+from .config import TrainConfig
+from .data import UnpairedDataset, augment, batches_per_epoch, load_rgb8, make_loader, usable_images
+from .pool import ImagePool
+from .report import LOSS_NAMES, LossLog, save_grid
+
+CHECKPOINT_FORMAT = "cyclebatch-training"
+
+
+class Generators(nn.Module):
+    """Both generators in one module, so DDP sees one forward per iteration."""
+
+    def __init__(self, G_A: ResnetGenerator, G_B: ResnetGenerator, identity: bool):
+        super().__init__()
+        self.G_A, self.G_B, self.identity = G_A, G_B, identity
+
+    def forward(self, real_A: torch.Tensor, real_B: torch.Tensor):
+        fake_B = self.G_A(real_A)
+        fake_A = self.G_B(real_B)
+        rec_A, rec_B = self.G_B(fake_B), self.G_A(fake_A)
+        idt_A = self.G_A(real_B) if self.identity else None
+        idt_B = self.G_B(real_A) if self.identity else None
+        return fake_B, fake_A, rec_A, rec_B, idt_A, idt_B
+
+
+def lsgan(pred: torch.Tensor, target: float) -> torch.Tensor:
+    pred = pred.float()
+    return F.mse_loss(pred, torch.full_like(pred, target))
+
+
+class Discriminators(nn.Module):
+    """D_A judges domain B (real B vs G_A's fakes), D_B judges domain A. Forward = their losses."""
+
+    def __init__(self, D_A: nn.Module, D_B: nn.Module):
+        super().__init__()
+        self.D_A, self.D_B = D_A, D_B
+
+    def forward(self, real_A, real_B, fake_A, fake_B):
+        loss_A = 0.5 * (lsgan(self.D_A(real_B), 1.0) + lsgan(self.D_A(fake_B), 0.0))
+        loss_B = 0.5 * (lsgan(self.D_B(real_A), 1.0) + lsgan(self.D_B(fake_A), 0.0))
+        return loss_A, loss_B
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epoch: int  # completed epochs
+    iteration: int
+    finished: bool
+    interrupted: bool
+    losses: dict
+    skipped_images: int
+    step_seconds: float = 0.0  # time inside train_step (model, losses, optimizers)
+    loop_seconds: float = 0.0  # wall time of the measured iterations, everything included
+    measured_iterations: int = 0
+    epoch_end_seconds: float = 0.0  # samples, exports and checkpoints at epoch ends, in all
+    exports: list = field(default_factory=list)
+
+
+class StopRequest:
+    """SIGINT / SIGTERM set a flag; the loop checkpoints and returns. A second Ctrl-C aborts at once."""
+
+    def __init__(self):
+        self.signal: Optional[int] = None
+        self._previous: dict = {}
+
+    def __enter__(self):
+        if _main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank); initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, log=print, warn=None):
+        self.rank, self.world, local_rank = _distributed()
+        self.is_main = self.rank == 0
+        self.log = log if self.is_main else (lambda *a, **k: None)
+        self.warn = warn or self.log
+        config.validate()
+        self.run_dir = config.run_dir
+        ckpt_path = self.run_dir / "checkpoints" / "latest.pt"
+        stored = None
+        if config.resume:
+            if not ckpt_path.is_file():
+                raise CycleBatchError(f"{ckpt_path}: no checkpoint to resume from")
+            stored = load_checkpoint(ckpt_path)
+            config = TrainConfig.from_dict(stored["config"]).resumed_with(config)
+            config.validate()
+        elif ckpt_path.exists():
+            raise CycleBatchError(f"{self.run_dir}: already holds a training run; pass --resume to continue "
+                                  "it, or choose another --name")
+        self.config = c = config
+
+        self.device = pick_device(c.device)
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(self.device)
+        self.dtype = _autocast_dtype(c.precision, self.device)
+        self.channels_last = self.device.type == "cuda"
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+
+        # data: validated before any network is built, so a bad folder fails in a second
+        self.skipped = 0
+        files_a, bad_a = usable_images(c.data_a, self.warn)
+        files_b, bad_b = usable_images(c.data_b, self.warn)
+        self.skipped = bad_a + bad_b
+        self.bad_seen: set[str] = set()
+        self.dataset = UnpairedDataset(files_a, files_b, c)
+        self.domains = {"A": _domain_name(c.data_a), "B": _domain_name(c.data_b)}
+        self.samples = self._sample_images(files_a, files_b)
+
+        torch.manual_seed(c.seed)
+        G_A, G_B = self._generators()
+        D_A = init_weights(PatchDiscriminator(G_A.config.out_channels, c.ndf, c.d_layers))
+        D_B = init_weights(PatchDiscriminator(G_A.config.in_channels, c.ndf, c.d_layers))
+        identity = c.lambda_identity > 0 and G_A.config.in_channels == G_A.config.out_channels
+        mf = torch.channels_last if self.channels_last else torch.preserve_format
+        self.gens = Generators(G_A, G_B, identity).to(self.device, memory_format=mf).train()
+        self.dis = Discriminators(D_A, D_B).to(self.device, memory_format=mf).train()
+        betas = (c.beta1, 0.999)
+        self.opt_G = torch.optim.Adam(self.gens.parameters(), lr=c.lr, betas=betas)
+        self.opt_D = torch.optim.Adam(self.dis.parameters(), lr=c.lr, betas=betas)
+        rule = lambda epoch: 1.0 - max(0, epoch + 1 - c.epochs) / float(c.decay_epochs + 1)  # noqa: E731
+        self.sched_G = torch.optim.lr_scheduler.LambdaLR(self.opt_G, rule)
+        self.sched_D = torch.optim.lr_scheduler.LambdaLR(self.opt_D, rule)
+        self.scaler = _grad_scaler(self.device, enabled=self.dtype == torch.float16)
+        self.pool_A = ImagePool(c.pool_size, seed=_seed(c.seed, 1, self.rank))
+        self.pool_B = ImagePool(c.pool_size, seed=_seed(c.seed, 2, self.rank))
+        self.epoch = self.step = self.iteration = 0
+        self.losses = LossLog(self.run_dir, c.log_every, enabled=self.is_main)
+        if stored is not None:
+            self._restore(stored)
+            self.losses.load(self.iteration)
+
+        self.train_gens, self.train_dis = self.gens, self.dis
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_gens = DDP(self.gens, device_ids=ids)
+            self.train_dis = DDP(self.dis, device_ids=ids)
+
+    # ------------------------------------------------------------ setup helpers
+
+    def _generators(self) -> tuple[ResnetGenerator, ResnetGenerator]:
+        c = self.config
+        if not c.init_from:
+            cfg = GeneratorConfig(ngf=c.ngf, n_blocks=c.n_blocks, dropout=c.dropout)
+            return init_weights(ResnetGenerator(cfg)), init_weights(ResnetGenerator(cfg))
+        from ..registry import load_generator, resolve
+
+        G_A = load_generator(c.init_from, "AtoB")
+        try:
+            # A source with one generator (a zoo file) gives G_B a fresh start of the same architecture.
+            single = resolve(c.init_from, "BtoA") == resolve(c.init_from, "AtoB")
+            G_B = None if single else load_generator(c.init_from, "BtoA")
+        except CycleBatchError:
+            G_B = None
+        if G_B is None:
+            self.log(f"init from {c.init_from}: G_A loaded; the source has no B->A generator, G_B starts fresh")
+            G_B = init_weights(ResnetGenerator(_swap_channels(G_A.config)))
+        for net in (G_A, G_B):
+            net.requires_grad_(True).train()
+            net.metadata = {}
+        return G_A, G_B
+
+    def _sample_images(self, files_a, files_b) -> list[tuple[str, torch.Tensor]]:
+        """Up to two centre-cropped images per domain, fixed for the whole run, for the sample grids."""
+        out = []
+        for domain, files in (("A", files_a), ("B", files_b)):
+            for path in files[:2]:
+                try:
+                    rgb = augment(load_rgb8(path), self.config, None)
+                    out.append((domain, torch.from_numpy(rgb).unsqueeze(0)))
+                except Exception:  # reported when the loader meets it; a sample is not worth a crash
+                    pass
+        return out
+
+    def to_input(self, x: torch.Tensor) -> torch.Tensor:
+        """N x H x W x 3 uint8 -> N x 3 x H x W in [-1, 1] on the device."""
+        x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    # ------------------------------------------------------------ one iteration
+
+    def train_step(self, real_A: torch.Tensor, real_B: torch.Tensor, stop: bool = False) -> tuple[list[float], bool]:
+        """One optimisation step of all four networks; returns (the eight losses, whether any rank stops)."""
+        c = self.config
+        lam, lam_idt = c.lambda_cycle, c.lambda_cycle * c.lambda_identity
+        D_A, D_B = self.dis.D_A, self.dis.D_B  # unwrapped: frozen here, so DDP has nothing to sync
+        zero = torch.zeros((), device=self.device)
+        with self.autocast():
+            fake_B, fake_A, rec_A, rec_B, idt_A, idt_B = self.train_gens(real_A, real_B)
+            self.dis.requires_grad_(False)
+            G_A = lsgan(D_A(fake_B), 1.0)
+            G_B = lsgan(D_B(fake_A), 1.0)
+            cyc_A = F.l1_loss(rec_A.float(), real_A) * lam
+            cyc_B = F.l1_loss(rec_B.float(), real_B) * lam
+            idt_A_loss = F.l1_loss(idt_A.float(), real_B) * lam_idt if idt_A is not None else zero
+            idt_B_loss = F.l1_loss(idt_B.float(), real_A) * lam_idt if idt_B is not None else zero
+            loss_G = G_A + G_B + cyc_A + cyc_B + idt_A_loss + idt_B_loss
+        self.opt_G.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_G).backward()
+
+        self.dis.requires_grad_(True)
+        pooled_A = self.pool_A.query(fake_A.detach())
+        pooled_B = self.pool_B.query(fake_B.detach())
+        with self.autocast():
+            D_A_loss, D_B_loss = self.train_dis(real_A, real_B, pooled_A, pooled_B)
+        self.opt_D.zero_grad(set_to_none=True)
+        self.scaler.scale(D_A_loss + D_B_loss).backward()
+
+        values = torch.stack([D_A_loss, G_A, cyc_A, idt_A_loss, D_B_loss, G_B, cyc_B, idt_B_loss]).detach().float()
+        values = torch.cat([values, torch.tensor([float(stop)], device=self.device)])
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(values)  # one small message: mean losses for the log, NaN anywhere, stop anywhere
+            values[:-1] /= self.world
+        values = values.tolist()
+        losses, stop_any = values[:-1], values[-1] > 0
+        if not all(math.isfinite(v) for v in losses):
+            bad = ", ".join(f"{k}={v}" for k, v in zip(LOSS_NAMES, losses) if not math.isfinite(v))
+            raise NonFiniteLoss(bad)
+        self.scaler.step(self.opt_G)
+        self.scaler.step(self.opt_D)
+        self.scaler.update()
+        return losses, stop_any
+
+    # ------------------------------------------------------------ the loop
+
+    def fit(self) -> TrainResult:
+        with StopRequest() as stop:  # from the start: a signal during setup also ends in a checkpoint
+            return self._fit(stop)
+
+    def _fit(self, stop: StopRequest) -> TrainResult:
+        c = self.config
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            _write_json(self.run_dir / "config.json", {**c.to_dict(), "domains": self.domains, "world_size": self.world})
+        n_batches = batches_per_epoch(len(self.dataset), c, self.world)
+        workers = c.workers if c.workers >= 0 else min(4, os.cpu_count() or 1)
+        pin = self.device.type == "cuda"
+        step_s = loop_s = end_s = 0.0
+        measured = 0
+        progress = _Progress(c.progress and self.is_main, c.total_epochs, n_batches)
+        self.log(f"training {self.run_dir}: {len(self.dataset.a)} A images ({self.domains['A']}), "
+                 f"{len(self.dataset.b)} B images ({self.domains['B']}), {n_batches} iterations per epoch, "
+                 f"{c.total_epochs} epochs, device {self.device}, precision {_precision_name(self.dtype)}"
+                 + (f", {self.world} processes" if self.world > 1 else ""))
+        if self.epoch >= c.total_epochs:
+            self.log(f"{self.run_dir}: already finished ({self.epoch} epochs)")
+        interrupted = c.max_iterations is not None and self.iteration >= c.max_iterations
+        with progress:
+            while self.epoch < c.total_epochs and not interrupted:
+                loader = make_loader(self.dataset, self.epoch, self.step, workers, pin, self.rank, self.world)
+                progress.start_epoch(self.epoch, self.step)
+                t_prev = None
+                for batch in loader:
+                    self._report_bad(batch.bad)
+                    real_A, real_B = self.to_input(batch.a), self.to_input(batch.b)
+                    t0 = time.perf_counter()
+                    want_stop = stop.signal is not None or (
+                        c.max_iterations is not None and self.iteration + 1 >= c.max_iterations)
+                    try:
+                        losses, stop_now = self.train_step(real_A, real_B, want_stop)
+                    except NonFiniteLoss as e:
+                        self.save_checkpoint()
+                        raise CycleBatchError(
+                            f"{self.run_dir}: non-finite loss ({e}) at epoch {self.epoch + 1}, iteration "
+                            f"{self.iteration + 1}; stopped without applying that step. The weights before it are in "
+                            f"{self.run_dir / 'checkpoints' / 'latest.pt'}; try a lower --lr or --precision fp32"
+                        ) from None
+                    t1 = time.perf_counter()
+                    if t_prev is not None:  # the first batch of an epoch waits for fresh workers: not steady state
+                        step_s += t1 - t0
+                        loop_s += t1 - t_prev
+                        measured += 1
+                    t_prev = t1
+                    self.step += 1
+                    self.iteration += 1
+                    lr = self.opt_G.param_groups[0]["lr"]
+                    self.losses.add(self.iteration, self.epoch + 1, losses, lr)
+                    progress.advance(losses)
+                    if stop_now:
+                        interrupted = True
+                        break
+                    if self.iteration % c.latest_every == 0:
+                        self.save_checkpoint()
+                if interrupted:
+                    break
+                t_end = time.perf_counter()
+                self._end_epoch()
+                end_s += time.perf_counter() - t_end
+            self.losses.flush(self.iteration, self.epoch + 1, self.opt_G.param_groups[0]["lr"])
+            self.save_checkpoint()
+            exports = self.export()
+        finished = self.epoch >= c.total_epochs
+        if stop.signal is not None:
+            self.log(f"stopped by {signal.Signals(stop.signal).name} at iteration {self.iteration}; "
+                     f"continue with --resume")
+        if self.skipped:
+            self.warn(f"{self.skipped} image file(s) could not be read and were skipped")
+        self.losses.close()
+        return TrainResult(self.run_dir, self.epoch, self.iteration, finished, stop.signal is not None,
+                           self.losses.last(), self.skipped, step_s, loop_s, measured, end_s, exports)
+
+    def _end_epoch(self) -> None:
+        self.losses.flush(self.iteration, self.epoch + 1, self.opt_G.param_groups[0]["lr"])
+        self.epoch += 1
+        self.step = 0
+        self.sched_G.step()
+        self.sched_D.step()
+        if self.is_main:
+            self.save_samples()
+        self.save_checkpoint(numbered=self.epoch % self.config.save_every == 0 or self.epoch == self.config.total_epochs)
+        self.export()
+        last = self.losses.last()
+        self.log(f"epoch {self.epoch}/{self.config.total_epochs} done ({self.iteration} iterations): "
+                 + "  ".join(f"{k} {v:.3f}" for k, v in last.items()))
+
+    def _report_bad(self, messages: list[str]) -> None:
+        for msg in messages:
+            if msg not in self.bad_seen:
+                self.bad_seen.add(msg)
+                self.skipped += 1
+                self.warn(f"skipping {msg}")
+
+    # ------------------------------------------------------------ outputs
+
+    @torch.no_grad()
+    def save_samples(self) -> None:
+        rows = []
+        self.gens.eval()
+        try:
+            with self.autocast():
+                for domain, img in self.samples:
+                    x = self.to_input(img)
+                    there, back = (self.gens.G_A, self.gens.G_B) if domain == "A" else (self.gens.G_B, self.gens.G_A)
+                    y = there(x)
+                    rows.append([x[0], y[0], back(y)[0]])
+        finally:
+            self.gens.train()
+        if rows:
+            save_grid(self.run_dir / "samples" / f"epoch_{self.epoch:03d}.png", rows)
+
+    def export(self) -> list[Path]:
+        """G_A.safetensors (A->B) and G_B.safetensors (B->A) in the run folder: what `run NAME` loads."""
+        if not self.is_main:
+            return []
+        c = self.config
+        training = {"config": c.to_dict(), "epoch": self.epoch, "iterations": self.iteration,
+                    "losses": self.losses.last(), "skipped_images": self.skipped}
+        paths = []
+        for net, direction, letter in ((self.gens.G_A, "AtoB", "A"), (self.gens.G_B, "BtoA", "B")):
+            src, dst = (self.domains["A"], self.domains["B"]) if letter == "A" else (self.domains["B"], self.domains["A"])
+            meta = {"direction": direction, "domains": self.domains, "input_size": c.crop_size,
+                    "name": c.name, "translates": f"{src} -> {dst}", "training": training}
+            paths.append(save_generator(net, self.run_dir / f"G_{letter}.safetensors", meta))
+        return paths
+
+    def save_checkpoint(self, numbered: bool = False) -> None:
+        if not self.is_main:
+            return
+        state = {
+            "format": CHECKPOINT_FORMAT, "version": 1, "config": self.config.to_dict(), "domains": self.domains,
+            "epoch": self.epoch, "step": self.step, "iteration": self.iteration, "skipped": self.skipped,
+            "G_A": self.gens.G_A.state_dict(), "G_B": self.gens.G_B.state_dict(),
+            "D_A": self.dis.D_A.state_dict(), "D_B": self.dis.D_B.state_dict(),
+            "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
+            "sched_G": self.sched_G.state_dict(), "sched_D": self.sched_D.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "pool_A": self.pool_A.state_dict(), "pool_B": self.pool_B.state_dict(),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        }
+        folder = self.run_dir / "checkpoints"
+        with atomic_path(folder / "latest.pt") as tmp:
+            torch.save(state, tmp)
+        if numbered:
+            with atomic_path(folder / f"epoch_{self.epoch:03d}.pt") as tmp:
+                torch.save(state, tmp)
+        self.losses.write()  # the log always matches the newest checkpoint
+
+    def _restore(self, s: dict) -> None:
+        self.gens.G_A.load_state_dict(s["G_A"])
+        self.gens.G_B.load_state_dict(s["G_B"])
+        self.dis.D_A.load_state_dict(s["D_A"])
+        self.dis.D_B.load_state_dict(s["D_B"])
+        self.opt_G.load_state_dict(s["opt_G"])
+        self.opt_D.load_state_dict(s["opt_D"])
+        self.sched_G.load_state_dict(s["sched_G"])
+        self.sched_D.load_state_dict(s["sched_D"])
+        if s.get("scaler"):
+            self.scaler.load_state_dict(s["scaler"])
+        self.pool_A.load_state_dict(s["pool_A"], self.device)
+        self.pool_B.load_state_dict(s["pool_B"], self.device)
+        torch.set_rng_state(s["rng"]["torch"])
+        if s["rng"]["cuda"] and torch.cuda.is_available() and len(s["rng"]["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(s["rng"]["cuda"])
+        self.epoch, self.step, self.iteration = s["epoch"], s["step"], s["iteration"]
+        self.skipped = max(self.skipped, s.get("skipped", 0))
+
+
+class NonFiniteLoss(Exception):
+    pass
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A full training checkpoint: tensors and plain containers only (weights_only=True)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CycleBatchError(f"{path}: unreadable training checkpoint ({str(e).splitlines()[0][:160]})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CycleBatchError(f"{path}: not a cyclebatch training checkpoint")
+    return state
+
+
+def train(config: TrainConfig, log=print, warn=None) -> TrainResult:
+    """Train (or, with config.resume, continue) a CycleGAN; returns where it stopped and why."""
+    started_group = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _group_initialized()
+    try:
+        return Trainer(config, log, warn).fit()
+    finally:
+        if started_group and _group_initialized():
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _group_initialized() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+# ---------------------------------------------------------------- small helpers
+
+def _autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    if precision == "auto":
+        if device.type != "cuda":
+            return None  # bitwise-reproducible fp32 on CPU; bf16 is one flag away
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "fp16" and device.type == "cpu":
+        raise CycleBatchError("precision fp16 needs a GPU; on CPU use bf16 or fp32")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _grad_scaler(device: torch.device, enabled: bool):
+    if hasattr(torch, "amp") and hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler(device.type, enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled and device.type == "cuda")  # torch < 2.3
+
+
+def _precision_name(dtype: Optional[torch.dtype]) -> str:
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16 + grad scaler"}[dtype]
+
+
+def _swap_channels(cfg: GeneratorConfig) -> GeneratorConfig:
+    return GeneratorConfig(**{**cfg.to_dict(), "in_channels": cfg.out_channels, "out_channels": cfg.in_channels})
+
+
+def _domain_name(folder: str) -> str:
+    return Path(folder).resolve().name or str(folder)
+
+
+def _seed(*parts: int) -> int:
+    h = 0
+    for p in parts:
+        h = (h * 1_000_003 + p + 12345) % (1 << 62)
+    return h
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    import json
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
+
+
+class _Progress:
+    """A rich progress bar with losses and iterations/s on a terminal; nothing otherwise."""
+
+    def __init__(self, enabled: bool, epochs: int, per_epoch: int):
+        self.bar = None
+        self.per_epoch, self.epochs = per_epoch, epochs
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            console = Console(stderr=True)
+            if console.is_terminal:
+                self.bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+                                    TextColumn("{task.fields[losses]}"), console=console, transient=False)
+        self.task = None
+        self._t = time.perf_counter()
+        self._n = 0
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def start_epoch(self, epoch: int, done: int) -> None:
+        if self.bar is None:
+            return
+        if self.task is not None:
+            self.bar.remove_task(self.task)
+        self.task = self.bar.add_task("", total=self.per_epoch, completed=done, epoch=f"{epoch + 1}/{self.epochs}",
+                                      rate="", losses="")
+        self._t, self._n = time.perf_counter(), 0
+
+    def advance(self, losses: list[float]) -> None:
+        if self.bar is None:
+            return
+        self._n += 1
+        rate = self._n / max(time.perf_counter() - self._t, 1e-9)
+        shown = "  ".join(f"{k} {v:.3f}" for k, v in zip(LOSS_NAMES, losses) if not k.startswith("idt"))
+        self.bar.update(self.task, advance=1, rate=f"{rate:.2f} it/s", losses=shown)
