@@ -246,8 +246,10 @@ def run_file(path: str | Path, batches: list[np.ndarray]) -> list[np.ndarray]:
                                   "(or pass --no-verify)") from None
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return [session.run([OUTPUT], {INPUT: b})[0] for b in batches]
-    module = torch.jit.load(str(path), map_location="cpu")
-    with torch.inference_mode():
+    with _quiet_exporters():
+        module = torch.jit.load(str(path), map_location="cpu")
+    # The profiling executor would spend seconds optimizing for a couple of calls.
+    with torch.inference_mode(), torch.jit.optimized_execution(False):
         return [module(torch.from_numpy(b)).numpy() for b in batches]
 
 
