@@ -314,6 +314,40 @@ def train_cmd(
     if result.interrupted:
         raise typer.Exit(130)
 
+# ---------------------------------------------------------------- export
+
+@app.command("export")
+def export_cmd(model: str = typer.Argument(..., help="Any model the registry can load: name, run, folder or file."),
+               dst: Path = typer.Argument(..., help="Output file: .onnx (ONNX) or .pt (TorchScript)."),
+               direction: str = typer.Option("AtoB", "--direction", "-d", help="AtoB or BtoA."),
+               fp16: bool = typer.Option(False, "--fp16", help="Half-precision weights and activations inside "
+                                         "(float32 input and output stay)."),
+               opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default 17).", show_default=False),
+               no_verify: bool = typer.Option(False, "--no-verify", help="Skip running the file against PyTorch."),
+               overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output.")) -> None:
+    """Export a generator for ONNX runtimes or LibTorch; verified against PyTorch on a real photo."""
+    from .export import OPSET, export, format_of
+    from .registry import load_generator
+
+    try:
+        fmt = format_of(dst)
+    except CycleBatchError as e:
+        fail(str(e), 2)
+    if opset is not None and fmt != "onnx":
+        fail(f"{dst}: --opset applies to .onnx outputs only", 2)
+    if dst.exists() and not overwrite:
+        fail(f"{dst}: exists; pass --overwrite to replace it")
+    net = load_generator(model, direction)
+    r = export(net, dst, fp16=fp16, opset=opset or OPSET, check=not no_verify, overwrite=overwrite, source=model)
+    opset_note = f", opset {r.opset}" if r.opset else ""
+    out.print(f"wrote {dst} ({net.config.name}, {r.precision}{opset_note}, "
+              f"{dst.stat().st_size / 1e6:.1f} MB, {r.seconds:.1f} s)", highlight=False, soft_wrap=True)
+    if r.verified:
+        out.print(f"verified with {r.runtime} on {r.sample}: max |diff| {r.max_diff:.2e}, "
+                  f"mean {r.mean_diff:.2e} (of the [0, 1] range)", highlight=False, soft_wrap=True)
+    else:
+        out.print("not verified (--no-verify)", highlight=False)
+
 
 # ---------------------------------------------------------------- entry point
 
