@@ -33,7 +33,7 @@ def colour_histogram(frame: np.ndarray) -> np.ndarray:
     px = frame[::step, ::step].reshape(-1, 3)
     shift = 12 if frame.dtype == np.uint16 else 4
     idx = (px >> shift).astype(np.int64) + np.arange(3) * BINS
-    return np.bincount(idx.ravel(), minlength=3 * BINS).astype(np.float64) / px.shape[0]
+    return np.bincount(idx.ravel(), minlength=3 * BINS).astype(np.float64) / (3 * px.shape[0])
 
 
 class StableStats:
