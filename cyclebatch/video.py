@@ -71,8 +71,8 @@ class VideoSource:
             raise CycleBatchError(f"{path}: not a readable video ({_short(e)})") from None
         c = self.container
         if not c.streams.video:
-            c.close()
             kind = "an audio-only file" if c.streams.audio else "a file without streams"
+            c.close()
             raise CycleBatchError(f"{path}: no video stream ({kind})")
         self.stream = s = c.streams.video[0]
         if s.codec_context is None:
