@@ -145,8 +145,8 @@ def video(src: Path = typer.Argument(..., help="Input video, or a folder of fram
           start: float = typer.Option(0.0, "--start", min=0, help="Clip start, seconds."),
           duration: Optional[float] = typer.Option(None, "--duration", min=0, help="Clip length, seconds."),
           fps: Optional[float] = typer.Option(None, "--fps", min=0.001, help="Frame rate of a folder of frames (default 25)."),
-          stabilize: bool = typer.Option(True, "--stabilize/--no-stabilize",
-                                         help="Share InstanceNorm statistics across frames of a shot (less flicker)."),
+          stabilize: bool = typer.Option(False, "--stabilize",
+                                         help="Share InstanceNorm statistics across the frames of a shot."),
           quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
     """Translate every frame of a video; keeps frame timing, audio and rotation. Writes atomically."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -155,8 +155,6 @@ def video(src: Path = typer.Argument(..., help="Input video, or a folder of fram
     from .registry import load_generator
     from .video import translate_video
 
-    translator = Translator(load_generator(model, direction, quiet=quiet), device=device, precision=precision,
-                            batch_size=batch_size)
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[fps]} frames/s"), TimeRemainingColumn(), console=err,
                    disable=quiet, transient=True)
@@ -169,6 +167,8 @@ def video(src: Path = typer.Argument(..., help="Input video, or a folder of fram
 
     import time
     try:
+        translator = Translator(load_generator(model, direction, quiet=quiet), device=device,
+                                precision=precision, batch_size=batch_size)
         with bar:
             task = bar.add_task(f"{src.name}", total=None, fps="-")
             t0[0] = time.perf_counter()
@@ -176,6 +176,9 @@ def video(src: Path = typer.Argument(..., help="Input video, or a folder of fram
                                   duration=duration, fps=fps, stabilize=stabilize, progress=progress)
     except KeyboardInterrupt:
         fail(f"interrupted: {dst} was not written", 130)
+    except (RuntimeError, MemoryError) as e:  # e.g. out of memory: say so in one line, leave no output
+        fail(f"{src}: translation failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+             f"{dst} was not written")
     if not quiet:
         out.print(f"wrote {dst}: {res.frames} frames in {res.seconds:.1f} s "
                   f"({res.frames / max(res.seconds, 1e-9):.1f} frames/s, {translator.precision} on {translator.device})",

@@ -77,7 +77,7 @@ class VideoSource:
         self.stream = s = c.streams.video[0]
         if s.codec_context is None:
             c.close()
-            raise CycleBatchError(f"{path}: cannot decode its video codec ({s.codec_context or s.id})")
+            raise CycleBatchError(f"{path}: cannot decode its video codec (this FFmpeg has no decoder for it)")
         s.thread_type = "AUTO"
         self.time_base: Fraction = s.time_base or Fraction(1, 90000)
         self.rate: Fraction = s.average_rate or s.guessed_rate or Fraction(DEFAULT_FOLDER_FPS)
@@ -183,6 +183,8 @@ def open_source(path: Path, start: float = 0.0, duration: Optional[float] = None
         raise CycleBatchError(f"{path}: --start must be >= 0 and --duration > 0")
     if path.is_dir():
         return FolderSource(path, fps or DEFAULT_FOLDER_FPS, start, duration)
+    if fps is not None:
+        raise CycleBatchError(f"{path}: --fps is for a folder of frames; a video keeps its own timing")
     if not os.access(path, os.R_OK):
         raise CycleBatchError(f"{path}: permission denied")
     if path.stat().st_size == 0:
@@ -296,7 +298,8 @@ class VideoSink:
             if until is not None and t > until:
                 self._pending = p
                 return
-            if t < -1e-3 or (end is not None and t >= end):
+            # Before a clip's start: skip. Without a clip, negative times (AAC priming) are kept as they are.
+            if (start and t < -1e-3) or (end is not None and t >= end):
                 continue
             a, o, dec = streams[p.stream.index]
             shift = int(round(start / p.time_base))
@@ -402,7 +405,7 @@ _END = object()
 
 def translate_video(src: str | Path, dst: str | Path, translator, *, codec: str = "libx264", crf: int = 18,
                     preset: str = "medium", start: float = 0.0, duration: Optional[float] = None,
-                    fps: Optional[float] = None, stabilize: bool = True,
+                    fps: Optional[float] = None, stabilize: bool = False,
                     progress: Optional[Callable[[int, Optional[int]], None]] = None) -> VideoResult:
     """Translate every frame of `src` (a video file or a folder of frames) into `dst`.
 

@@ -283,3 +283,29 @@ def test_cli_bad_input_exit_code_and_one_line(tmp_path):
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "notes.mp4" in lines[0], r.stderr
     assert not (tmp_path / "out.mp4").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["g.safetensors", "notes.mp4"]
+
+
+def test_cli_ctrl_c_says_so_and_leaves_nothing(tmp_path):
+    save_generator(tiny_generator(1), tmp_path / "g.safetensors", {})
+    synth(tmp_path / "in.mp4", n=400, w=128, h=96, audio=True)
+    out = tmp_path / "o"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    p = subprocess.Popen([sys.executable, "-m", "cyclebatch", "video", str(tmp_path / "in.mp4"), str(out / "out.mp4"),
+                          "-m", str(tmp_path / "g.safetensors"), "--batch-size", "1"],
+                         env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not any(out.iterdir()) and p.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert p.poll() is None, "finished before it could be interrupted"
+    p.send_signal(signal.SIGINT)
+    _, stderr = p.communicate(timeout=60)
+    assert p.returncode == 130 and "interrupted" in stderr and "out.mp4 was not written" in stderr
+    assert list(out.iterdir()) == []
+
+
+def test_fps_is_for_frame_folders_only(tmp_path):
+    synth(tmp_path / "in.mp4", n=4, audio=False)
+    with pytest.raises(CycleBatchError, match="--fps is for a folder of frames"):
+        translate_video(tmp_path / "in.mp4", tmp_path / "out.mp4", Identity(), fps=10)
+    assert not (tmp_path / "out.mp4").exists()
