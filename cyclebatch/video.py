@@ -58,6 +58,15 @@ def _short(e: BaseException) -> str:
 
 # ---------------------------------------------------------------- sources
 
+def _tag_seconds(tag: Optional[str]) -> float:
+    """Matroska's per-track DURATION tag, HH:MM:SS.fraction, in seconds (0 when absent or unreadable)."""
+    try:
+        h, m, sec = (tag or "").split(":")
+        return int(h) * 3600 + int(m) * 60 + float(sec)
+    except ValueError:
+        return 0.0
+
+
 class VideoSource:
     """The first video stream of a file: decoded, rotated upright, clipped to [start, start + duration)."""
 
@@ -128,6 +137,18 @@ class VideoSource:
         if n == 0:
             raise CycleBatchError(f"{self.path}: no decodable video frames"
                                   + (" in the requested clip" if self.start or self.duration else ""))
+        if not (self.start or self.duration):
+            self._check_complete(n, float(last_pts * tb) - t0 if last_pts is not None else 0.0)
+
+    def _check_complete(self, n: int, last_t: float) -> None:
+        """A cut-off file decodes without an error, just fewer frames: compare with what the header promised."""
+        s = self.stream
+        if s.frames and n + max(2, s.frames // 50) < s.frames:
+            raise CycleBatchError(f"{self.path}: truncated or corrupt: decoded {n} of {s.frames} frames")
+        expected = float(s.duration * s.time_base) if s.duration else _tag_seconds(s.metadata.get("DURATION"))
+        if expected and last_t + 2 / float(self.rate) < 0.98 * expected:
+            raise CycleBatchError(f"{self.path}: truncated or corrupt: the video stops at {last_t:.2f} s "
+                                  f"of {expected:.2f} s")
 
     @property
     def offset_seconds(self) -> float:

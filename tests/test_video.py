@@ -225,7 +225,19 @@ def _bad_inputs(tmp_path):
     (tmp_path / "notes.mp4").write_text("not a video at all\n" * 50)
     synth(tmp_path / "good.mp4", n=24, audio=True)
     data = (tmp_path / "good.mp4").read_bytes()
-    (tmp_path / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    (tmp_path / "truncated.mp4").write_bytes(data[: len(data) // 2])  # the index (moov) is at the end
+    synth(tmp_path / "good.mkv", n=24, audio=True)
+    data = (tmp_path / "good.mkv").read_bytes()
+    (tmp_path / "truncated.mkv").write_bytes(data[: len(data) // 2])  # opens, decodes half, no error
+    with av.open(str(tmp_path / "good.mp4")) as i, \
+            av.open(str(tmp_path / "faststart.mp4"), "w", options={"movflags": "faststart"}) as o:
+        streams = {s.index: o.add_stream_from_template(s) for s in i.streams}
+        for p in i.demux():
+            if p.dts is not None:
+                p.stream = streams[p.stream.index]
+                o.mux(p)
+    data = (tmp_path / "faststart.mp4").read_bytes()
+    (tmp_path / "truncated-faststart.mp4").write_bytes(data[: len(data) // 2])  # index first, data cut
     c = av.open(str(tmp_path / "tone.m4a"), "w")
     a = c.add_stream("aac", rate=44100, layout="mono")
     for k in range(10):
@@ -235,6 +247,7 @@ def _bad_inputs(tmp_path):
     c.mux(a.encode())
     c.close()
     return {"notes.mp4": "not a readable video", "truncated.mp4": "not a readable video",
+            "truncated.mkv": "truncated or corrupt", "truncated-faststart.mp4": "truncated or corrupt: decoded",
             "tone.m4a": "no video stream (an audio-only file)",
             "missing.mp4": "no such file"}
 
@@ -249,6 +262,8 @@ def test_bad_inputs_one_clear_error_nothing_left(tmp_path):
         msg = str(e.value)
         assert msg.startswith(str(tmp_path / name)) and reason in msg and "\n" not in msg, msg
     assert list(out.iterdir()) == []
+    for good in ("good.mkv", "faststart.mp4"):  # the complete files pass the same checks
+        assert translate_video(tmp_path / good, out / good, Identity()).frames == 24
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
