@@ -348,6 +348,59 @@ def export_cmd(model: str = typer.Argument(..., help="Any model the registry can
     else:
         out.print("not verified (--no-verify)", highlight=False)
 
+@app.command("video")
+def video(src: Path = typer.Argument(..., help="Input video, or a folder of frames."),
+          dst: Path = typer.Argument(..., help="Output video (suffix picks the container), or a folder for PNG frames."),
+          model: str = typer.Option("vintage", "--model", "-m", help="Zoo name, run name, folder or checkpoint file."),
+          direction: str = typer.Option("AtoB", "--direction", "-d", help="AtoB or BtoA."),
+          device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+          precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16."),
+          batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Frames per forward pass (default: from memory)."),
+          codec: str = typer.Option("libx264", "--codec", help="Video encoder (libx264, libx265, libvpx-vp9, ...)."),
+          crf: int = typer.Option(18, "--crf", min=0, max=63, help="Quality: lower is better and bigger."),
+          preset: str = typer.Option("medium", "--preset", help="x264/x265 speed preset."),
+          start: float = typer.Option(0.0, "--start", min=0, help="Clip start, seconds."),
+          duration: Optional[float] = typer.Option(None, "--duration", min=0, help="Clip length, seconds."),
+          fps: Optional[float] = typer.Option(None, "--fps", min=0.001, help="Frame rate of a folder of frames (default 25)."),
+          stabilize: bool = typer.Option(False, "--stabilize",
+                                         help="Share InstanceNorm statistics across the frames of a shot."),
+          quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
+    """Translate every frame of a video; keeps frame timing, audio and rotation. Writes atomically."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .engine import Translator
+    from .registry import load_generator
+    from .video import translate_video
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[fps]} frames/s"), TimeRemainingColumn(), console=err,
+                   disable=quiet, transient=True)
+    t0 = [0.0]
+
+    def progress(done: int, total: Optional[int]) -> None:
+        import time
+        rate = done / max(1e-9, time.perf_counter() - t0[0])
+        bar.update(task, completed=done, total=max(total or 0, done) or None, fps=f"{rate:.1f}")
+
+    import time
+    try:
+        translator = Translator(load_generator(model, direction, quiet=quiet), device=device,
+                                precision=precision, batch_size=batch_size)
+        with bar:
+            task = bar.add_task(f"{src.name}", total=None, fps="-")
+            t0[0] = time.perf_counter()
+            res = translate_video(src, dst, translator, codec=codec, crf=crf, preset=preset, start=start,
+                                  duration=duration, fps=fps, stabilize=stabilize, progress=progress)
+    except KeyboardInterrupt:
+        fail(f"interrupted: {dst} was not written", 130)
+    except (RuntimeError, MemoryError) as e:  # e.g. out of memory: say so in one line, leave no output
+        fail(f"{src}: translation failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+             f"{dst} was not written")
+    if not quiet:
+        out.print(f"wrote {dst}: {res.frames} frames in {res.seconds:.1f} s "
+                  f"({res.frames / max(res.seconds, 1e-9):.1f} frames/s, {translator.precision} on {translator.device})",
+                  highlight=False)
+
 
 # ---------------------------------------------------------------- entry point
 

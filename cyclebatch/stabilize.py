@@ -1,0 +1,88 @@
+"""InstanceNorm statistics shared across video frames, so that the output does not flicker.
+
+Design. A CycleGAN generator normalises every feature map with that frame's own mean and variance.
+Between two frames of one shot those statistics move a little (noise, motion, objects entering),
+and the generator turns each small move into a global change of tone: flicker the input does not
+have. `StableStats` replaces, in every norm layer, the frame's own (mean, var) by an exponential
+moving average over the frames of the current shot:
+
+    s_t = m * s_(t-1) + (1 - m) * x_t      (per layer, per channel; mean and variance separately)
+
+carried in frame order inside a batch and across batches. The first frame of a shot uses its own
+statistics, as a still image would. Shots are found from a cheap input signal computed before the
+forward pass: the total-variation distance between the colour histograms of consecutive frames
+(0 = same distribution, 1 = disjoint); above `cut_threshold` the averages restart. Motion inside a
+shot moves histograms far less than a cut does, so the average follows the shot but not a new one.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .networks import InstanceNorm, instance_stats
+
+BINS = 16
+
+
+def colour_histogram(frame: np.ndarray) -> np.ndarray:
+    """Normalised 3x16-bin histogram of a subsampled uint8/uint16 frame (cheap: a few thousand pixels)."""
+    step = max(1, int(np.sqrt(frame.shape[0] * frame.shape[1] / 4096)))
+    px = frame[::step, ::step].reshape(-1, 3)
+    shift = 12 if frame.dtype == np.uint16 else 4
+    idx = (px >> shift).astype(np.int64) + np.arange(3) * BINS
+    return np.bincount(idx.ravel(), minlength=3 * BINS).astype(np.float64) / (3 * px.shape[0])
+
+
+class StableStats:
+    """Installs itself as the `stats_hook` of a generator's norms; call `next_frames` before each batch."""
+
+    def __init__(self, model: torch.nn.Module, momentum: float = 0.8, cut_threshold: float = 0.3):
+        self.norms: list[InstanceNorm] = model.norms() if hasattr(model, "norms") else []
+        self.momentum = momentum
+        self.cut_threshold = cut_threshold
+        self.state: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.cuts: list[bool] = []
+        self.n_cuts = 0
+        self._last_hist: Optional[np.ndarray] = None
+        self._saved: list = []
+
+    def __enter__(self) -> "StableStats":
+        # Keep whatever hook was there (tiling may install one) and put it back on exit.
+        self._saved = [n.stats_hook for n in self.norms]
+        for n in self.norms:
+            n.stats_hook = self._hook
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for n, h in zip(self.norms, self._saved):
+            n.stats_hook = h
+
+    def next_frames(self, frames: Sequence[np.ndarray]) -> None:
+        """Tell the hook which of the coming batch's frames start a new shot."""
+        self.cuts = []
+        for f in frames:
+            h = colour_histogram(f)
+            cut = self._last_hist is None or 0.5 * np.abs(h - self._last_hist).sum() > self.cut_threshold
+            self.cuts.append(bool(cut))
+            self.n_cuts += int(cut and self._last_hist is not None)
+            self._last_hist = h
+
+    def _hook(self, norm: InstanceNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, var = instance_stats(x)
+        if len(self.cuts) != x.shape[0]:  # not fed by next_frames (a stray call): behave like plain IN
+            return mean, var
+        key, m = id(norm), self.momentum
+        prev = self.state.get(key)
+        means, vars_ = [], []
+        for i in range(x.shape[0]):
+            if prev is None or self.cuts[i]:
+                prev = (mean[i], var[i])
+            else:
+                prev = (m * prev[0] + (1 - m) * mean[i], m * prev[1] + (1 - m) * var[i])
+            means.append(prev[0])
+            vars_.append(prev[1])
+        self.state[key] = prev
+        return torch.stack(means), torch.stack(vars_)

@@ -1,0 +1,544 @@
+"""Translating videos: decode, run the generator in batches, encode, with the three stages overlapping.
+
+A reader thread demuxes and decodes (FFmpeg's own threads inside), the calling thread runs the model,
+a writer thread encodes and muxes. Decisions:
+
+- Timestamps: every output frame keeps its input PTS and time base, so frame count, frame rate and
+  variable frame rate survive. A clip (`start`) is shifted to begin at 0.
+- Rotation: frames are written upright (pixels rotated by the display matrix) and the output carries
+  no rotation metadata, so every player shows the same picture.
+- Odd sizes: H.264/HEVC with 4:2:0 chroma can only crop in steps of 2 pixels, so an odd width or height
+  is padded by one replicated edge row/column; nothing is scaled, the picture is not distorted.
+- Audio: every audio stream is copied packet by packet when the output container accepts its codec,
+  otherwise re-encoded to AAC.
+- Output: written under a temporary name and renamed at the end (also for a folder of frames).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+
+from .errors import CycleBatchError
+from .fileio import TMP_MARK, atomic_path
+from .images import IMAGE_SUFFIXES, read_image
+
+DEFAULT_FOLDER_FPS = 25
+FRAME_SUFFIX = ".png"
+
+
+@dataclass
+class VideoResult:
+    frames: int
+    seconds: float
+    output: Path
+    scene_cuts: int = 0
+
+
+@dataclass
+class Frame:
+    rgb: np.ndarray
+    pts: int
+
+
+def _short(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return msg[:200]
+
+
+# ---------------------------------------------------------------- sources
+
+def _tag_seconds(tag: Optional[str]) -> float:
+    """Matroska's per-track DURATION tag, HH:MM:SS.fraction, in seconds (0 when absent or unreadable)."""
+    try:
+        h, m, sec = (tag or "").split(":")
+        return int(h) * 3600 + int(m) * 60 + float(sec)
+    except ValueError:
+        return 0.0
+
+
+class VideoSource:
+    """The first video stream of a file: decoded, rotated upright, clipped to [start, start + duration)."""
+
+    def __init__(self, path: Path, start: float = 0.0, duration: Optional[float] = None):
+        import av
+
+        self.path = path
+        try:
+            self.container = av.open(str(path), metadata_errors="ignore")
+        except av.FFmpegError as e:
+            raise CycleBatchError(f"{path}: not a readable video ({_short(e)})") from None
+        c = self.container
+        if not c.streams.video:
+            kind = "an audio-only file" if c.streams.audio else "a file without streams"
+            c.close()
+            raise CycleBatchError(f"{path}: no video stream ({kind})")
+        self.stream = s = c.streams.video[0]
+        if s.codec_context is None:
+            c.close()
+            raise CycleBatchError(f"{path}: cannot decode its video codec (this FFmpeg has no decoder for it)")
+        s.thread_type = "AUTO"
+        self.time_base: Fraction = s.time_base or Fraction(1, 90000)
+        self.rate: Fraction = s.average_rate or s.guessed_rate or Fraction(DEFAULT_FOLDER_FPS)
+        self.start, self.duration = start, duration
+        self.rotation = 0
+        self.offset_pts = 0  # subtracted from every PTS (clip start)
+        total = s.frames or (int(float(s.duration * s.time_base) * self.rate) if s.duration else 0)
+        if duration is not None:
+            total = int(round(duration * self.rate))
+        elif start:
+            total = max(0, total - int(start * self.rate))
+        self.total = total or None
+        self.audio_streams = list(c.streams.audio)
+
+    def frames(self) -> Iterator[Frame]:
+        import av
+
+        s, tb = self.stream, self.time_base
+        if self.start:
+            self.container.seek(int(self.start / tb) + (s.start_time or 0), stream=s, backward=True)
+        end = None if self.duration is None else self.start + self.duration
+        first, n, last_pts = None, 0, None
+        t0 = float((s.start_time or 0) * tb)
+        try:
+            for f in self.container.decode(s):
+                pts = f.pts if f.pts is not None else int(round(n / self.rate / tb))
+                t = float(pts * tb) - t0
+                if self.start and t < self.start - 1e-6:
+                    continue
+                if end is not None and t >= end - 1e-6:
+                    break
+                if first is None:
+                    first = pts
+                    self.offset_pts = pts if self.start else 0
+                    self.rotation = int(round(getattr(f, "rotation", 0) or 0)) % 360
+                rgb = f.to_ndarray(format="rgb24")
+                if self.rotation:
+                    rgb = np.ascontiguousarray(np.rot90(rgb, k=self.rotation // 90))
+                out_pts = pts - self.offset_pts
+                if last_pts is not None and out_pts <= last_pts:  # broken streams: keep PTS strictly rising
+                    out_pts = last_pts + 1
+                last_pts = out_pts
+                n += 1
+                yield Frame(rgb, out_pts)
+        except av.FFmpegError as e:
+            raise CycleBatchError(f"{self.path}: the video is corrupt or truncated after {n} frames "
+                                  f"({_short(e)})") from None
+        if n == 0:
+            raise CycleBatchError(f"{self.path}: no decodable video frames"
+                                  + (" in the requested clip" if self.start or self.duration else ""))
+        if not (self.start or self.duration):
+            self._check_complete(n, float(last_pts * tb) - t0 if last_pts is not None else 0.0)
+
+    def _check_complete(self, n: int, last_t: float) -> None:
+        """A cut-off file decodes without an error, just fewer frames: compare with what the header promised."""
+        s = self.stream
+        if s.frames and n + max(2, s.frames // 50) < s.frames:
+            raise CycleBatchError(f"{self.path}: truncated or corrupt: decoded {n} of {s.frames} frames")
+        expected = float(s.duration * s.time_base) if s.duration else _tag_seconds(s.metadata.get("DURATION"))
+        if expected and last_t + 2 / float(self.rate) < 0.98 * expected:
+            raise CycleBatchError(f"{self.path}: truncated or corrupt: the video stops at {last_t:.2f} s "
+                                  f"of {expected:.2f} s")
+
+    @property
+    def offset_seconds(self) -> float:
+        return float(self.offset_pts * self.time_base) if self.start else 0.0
+
+    def close(self) -> None:
+        self.container.close()
+
+
+class FolderSource:
+    """A folder of same-size images, in name order, at a fixed frame rate."""
+
+    def __init__(self, path: Path, fps: float = DEFAULT_FOLDER_FPS, start: float = 0.0,
+                 duration: Optional[float] = None):
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and TMP_MARK not in p.name)
+        if not files:
+            raise CycleBatchError(f"{path}: a folder without images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        self.path = path
+        self.rate = Fraction(fps).limit_denominator(1001)
+        self.time_base = 1 / self.rate
+        first = int(round(start * fps))
+        last = len(files) if duration is None else min(len(files), first + int(round(duration * fps)))
+        self.files = files[first:last]
+        self.total = len(self.files)
+        self.audio_streams: list = []
+        self.offset_seconds = 0.0
+        if not self.files:
+            raise CycleBatchError(f"{path}: no frames in the requested clip")
+
+    def frames(self) -> Iterator[Frame]:
+        size = None
+        for i, p in enumerate(self.files):
+            rgb = read_image(p).rgb
+            if rgb.dtype == np.uint16:
+                rgb = (rgb >> 8).astype(np.uint8)
+            if size is None:
+                size = rgb.shape
+            elif rgb.shape != size:
+                raise CycleBatchError(f"{p}: {rgb.shape[1]}x{rgb.shape[0]}, but the first frame is "
+                                      f"{size[1]}x{size[0]}; a frame folder needs one size")
+            yield Frame(rgb, i)
+
+    def close(self) -> None:
+        pass
+
+
+def open_source(path: Path, start: float = 0.0, duration: Optional[float] = None,
+                fps: Optional[float] = None):
+    path = Path(path)
+    if not path.exists():
+        raise CycleBatchError(f"{path}: no such file")
+    if start < 0 or (duration is not None and duration <= 0):
+        raise CycleBatchError(f"{path}: --start must be >= 0 and --duration > 0")
+    if path.is_dir():
+        return FolderSource(path, fps or DEFAULT_FOLDER_FPS, start, duration)
+    if fps is not None:
+        raise CycleBatchError(f"{path}: --fps is for a folder of frames; a video keeps its own timing")
+    if not os.access(path, os.R_OK):
+        raise CycleBatchError(f"{path}: permission denied")
+    if path.stat().st_size == 0:
+        raise CycleBatchError(f"{path}: empty file (0 bytes)")
+    return VideoSource(path, start, duration)
+
+
+# ---------------------------------------------------------------- sinks
+
+def is_frame_folder(path: Path) -> bool:
+    """An output without a suffix (or an existing folder) receives numbered PNG frames."""
+    return path.is_dir() or path.suffix == ""
+
+
+class VideoSink:
+    """Encodes frames into a container; copies (or re-encodes) the source's audio, interleaved by time."""
+
+    def __init__(self, path: Path, src, codec: str, crf: int, preset: str, label: Optional[Path] = None):
+        import av
+
+        self.path, self.src = path, src
+        self.label = label or path
+        try:
+            self.out = av.open(str(path), "w")
+        except PermissionError as e:
+            raise CycleBatchError(f"{self.label}: cannot write here ({e.strerror or 'permission denied'})") from None
+        except (ValueError, av.FFmpegError) as e:
+            raise CycleBatchError(f"{self.label}: cannot write this kind of file ({_short(e)})") from None
+        try:
+            av.Codec(codec, "w")
+        except Exception:
+            self.out.close()
+            raise CycleBatchError(f"{self.label}: unknown video encoder '{codec}'") from None
+        if codec not in self.out.supported_codecs and av.Codec(codec, "w").name not in self.out.supported_codecs:
+            self.out.close()
+            raise CycleBatchError(f"{self.label}: the {self.out.format.name} container cannot hold {codec} video")
+        self.codec, self.crf, self.preset = codec, crf, preset
+        self.stream = None
+        self.audio_in = None
+        self.audio: list = []  # (input stream, output stream, decoder-or-None)
+        self._audio_packets: Optional[Iterator] = None
+        self._pending = None
+
+    def _open_video(self, h: int, w: int) -> None:
+        s = self.out.add_stream(self.codec, rate=self.src.rate)
+        s.width, s.height = w + w % 2, h + h % 2
+        s.pix_fmt = "yuv420p"
+        s.time_base = self.src.time_base
+        s.codec_context.time_base = self.src.time_base
+        s.thread_type = "AUTO"
+        opts = {}
+        if self.codec in ("libx264", "libx265", "libvpx-vp9", "libaom-av1", "libsvtav1"):
+            opts["crf"] = str(self.crf)
+        if self.codec in ("libx264", "libx265"):
+            opts["preset"] = self.preset
+        s.options = opts
+        self.stream = s
+        self._open_audio()
+
+    def _open_audio(self) -> None:
+        import av
+
+        if not self.src.audio_streams:
+            return
+        self.audio_in = av.open(str(self.src.path), metadata_errors="ignore")
+        ins = [self.audio_in.streams.audio[i] for i in range(len(self.src.audio_streams))]
+        for a in ins:
+            name = a.codec_context.name if a.codec_context else None
+            if name and name in self.out.supported_codecs and self.out.format.name not in ("webm",):
+                self.audio.append((a, self.out.add_stream_from_template(a), None))
+            else:
+                if a.codec_context is None:
+                    continue  # an undecodable audio stream cannot be re-encoded either: leave it out
+                o = self.out.add_stream("aac", rate=a.rate or 48000, layout=a.layout.name if a.layout else "stereo")
+                self.audio.append((a, o, a))
+        if self.src.offset_seconds:
+            self.audio_in.seek(int(self.src.offset_seconds * 1_000_000), backward=True)
+        self._audio_packets = self.audio_in.demux(ins)
+
+    def write(self, frames: list[Frame]) -> None:
+        import av
+
+        h, w = frames[0].rgb.shape[:2]
+        if self.stream is None:
+            self._open_video(h, w)
+        for f in frames:
+            rgb = f.rgb
+            if h % 2 or w % 2:
+                rgb = np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+            vf = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            vf.pts, vf.time_base = f.pts, self.src.time_base
+            self.out.mux(self.stream.encode(vf))
+            self._mux_audio(float(f.pts * self.src.time_base) + 1.0)
+
+    def _mux_audio(self, until: Optional[float]) -> None:
+        """Copy audio up to `until` seconds of output time (None: to the end of the clip)."""
+        if self._audio_packets is None:
+            return
+        start = self.src.offset_seconds
+        end = None if getattr(self.src, "duration", None) is None else self.src.duration
+        streams = {a.index: (a, o, d) for a, o, d in self.audio}
+        while True:
+            p = self._pending or next(self._audio_packets, None)
+            self._pending = None
+            if p is None:
+                self._audio_packets = None
+                return
+            if p.size == 0 or p.pts is None or p.stream.index not in streams:
+                continue
+            t = float(p.pts * p.time_base) - start
+            if until is not None and t > until:
+                self._pending = p
+                return
+            # Before a clip's start: skip. Without a clip, negative times (AAC priming) are kept as they are.
+            if (start and t < -1e-3) or (end is not None and t >= end):
+                continue
+            a, o, dec = streams[p.stream.index]
+            shift = int(round(start / p.time_base))
+            if dec is None:
+                p.pts -= shift
+                if p.dts is not None:
+                    p.dts -= shift
+                p.stream = o
+                self.out.mux(p)
+            else:
+                for af in dec.decode(p):
+                    af.pts = None  # the encoder counts samples from 0 on
+                    self.out.mux(o.encode(af))
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.out.mux(self.stream.encode())
+            self._mux_audio(None)
+            for _, o, dec in self.audio:
+                if dec is not None:
+                    self.out.mux(o.encode())
+        self.out.close()
+        if self.audio_in is not None:
+            self.audio_in.close()
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self.out.close()
+        with contextlib.suppress(Exception):
+            if self.audio_in is not None:
+                self.audio_in.close()
+
+
+class FolderSink:
+    """Numbered PNG frames (000001.png, ...) in a folder."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.n = 0
+
+    def write(self, frames: list[Frame]) -> None:
+        from PIL import Image
+
+        for f in frames:
+            self.n += 1
+            Image.fromarray(f.rgb).save(self.path / f"{self.n:06d}{FRAME_SUFFIX}", compress_level=1)
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """A temporary sibling folder, renamed to `path` only when complete."""
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise CycleBatchError(f"{path}: exists and is not an empty folder; frames go to a new or empty folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{TMP_MARK}{os.getpid()}-{path.name}")
+        tmp.mkdir()
+    except OSError as e:
+        raise CycleBatchError(f"{path}: cannot write here ({e.strerror or _short(e)})") from None
+    try:
+        yield tmp
+        if path.exists():
+            path.rmdir()
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ---------------------------------------------------------------- pipeline
+
+class _Stop(Exception):
+    pass
+
+
+def _put(q: "queue.Queue", item, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            pass
+    raise _Stop()
+
+
+def _get(q: "queue.Queue", stop: threading.Event):
+    while not stop.is_set():
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            pass
+    raise _Stop()
+
+
+_END = object()
+
+
+def translate_video(src: str | Path, dst: str | Path, translator, *, codec: str = "libx264", crf: int = 18,
+                    preset: str = "medium", start: float = 0.0, duration: Optional[float] = None,
+                    fps: Optional[float] = None, stabilize: bool = False,
+                    progress: Optional[Callable[[int, Optional[int]], None]] = None) -> VideoResult:
+    """Translate every frame of `src` (a video file or a folder of frames) into `dst`.
+
+    `translator` is an `engine.Translator` (anything with `translate_batch` and `auto_batch_size`).
+    `dst` is a video file (its suffix picks the container) or a folder for numbered PNG frames.
+    `stabilize` shares InstanceNorm statistics across the frames of a shot (see `stabilize.py`).
+    `progress(done, total_or_None)` is called after every batch.
+    """
+    src, dst = Path(src), Path(dst)
+    if src.resolve() == dst.resolve():
+        raise CycleBatchError(f"{dst}: the output would overwrite the input")
+    source = open_source(src, start, duration, fps)
+    t0 = time.perf_counter()
+    try:
+        if is_frame_folder(dst):
+            with atomic_folder(dst) as tmp:
+                n, cuts = _pipeline(source, FolderSink(tmp), translator, stabilize, progress)
+        else:
+            try:
+                ctx = atomic_path(dst)
+                tmp = ctx.__enter__()
+            except OSError as e:
+                raise CycleBatchError(f"{dst}: cannot write here ({e.strerror or _short(e)})") from None
+            try:
+                sink = VideoSink(tmp, source, codec, crf, preset, label=dst)
+                n, cuts = _pipeline(source, sink, translator, stabilize, progress)
+            except BaseException as e:
+                ctx.__exit__(type(e), e, e.__traceback__)
+                raise
+            ctx.__exit__(None, None, None)
+    finally:
+        source.close()
+    return VideoResult(n, time.perf_counter() - t0, dst, cuts)
+
+
+def _pipeline(source, sink, translator, stabilize: bool, progress) -> tuple[int, int]:
+    from .stabilize import StableStats
+
+    stop = threading.Event()
+    frames_q: "queue.Queue" = queue.Queue(maxsize=16)
+    out_q: "queue.Queue" = queue.Queue(maxsize=2)
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            for f in source.frames():
+                _put(frames_q, f, stop)
+            _put(frames_q, _END, stop)
+        except _Stop:
+            pass
+        except BaseException as e:
+            errors.append(e)
+            stop.set()
+
+    def write() -> None:
+        try:
+            while True:
+                batch = _get(out_q, stop)
+                if batch is _END:
+                    sink.close()
+                    return
+                sink.write(batch)
+        except _Stop:
+            pass
+        except BaseException as e:
+            errors.append(e)
+            stop.set()
+
+    model = getattr(translator, "model", None)
+    stable = StableStats(model) if (stabilize and model is not None) else None
+    reader = threading.Thread(target=read, name="cyclebatch-decode", daemon=True)
+    writer = threading.Thread(target=write, name="cyclebatch-encode", daemon=True)
+    reader.start()
+    writer.start()
+    done = 0
+    try:
+        with (stable if stable is not None else contextlib.nullcontext()):
+            batch_size, ended = None, False
+            while not ended:
+                first = _get(frames_q, stop)
+                if first is _END:
+                    break
+                if batch_size is None:
+                    batch_size = max(1, translator.auto_batch_size(*first.rgb.shape[:2]))
+                batch = [first]
+                while len(batch) < batch_size:
+                    item = _get(frames_q, stop)
+                    if item is _END:
+                        ended = True
+                        break
+                    batch.append(item)
+                images = [f.rgb for f in batch]
+                if stable is not None:
+                    stable.next_frames(images)
+                outs = translator.translate_batch(images)
+                _put(out_q, [Frame(o, f.pts) for o, f in zip(outs, batch)], stop)
+                done += len(batch)
+                if progress:
+                    progress(done, source.total)
+        _put(out_q, _END, stop)
+        writer.join()
+        if errors:
+            raise _Stop()
+    except _Stop:
+        reader.join()
+        writer.join()
+        sink.abort()
+        raise errors[0] if errors else CycleBatchError("stopped")
+    except BaseException:
+        stop.set()
+        reader.join()
+        writer.join()
+        sink.abort()
+        raise
+    return done, (stable.n_cuts if stable is not None else 0)

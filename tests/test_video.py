@@ -1,0 +1,326 @@
+"""`cyclebatch video`: timing, audio, rotation, odd sizes, clips, frame folders, atomicity, bad input."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from cyclebatch.checkpoints import save_generator
+from cyclebatch.errors import CycleBatchError
+from cyclebatch.engine import Translator
+from cyclebatch.stabilize import StableStats
+from cyclebatch.video import translate_video
+from conftest import ROOT, run_cli, tiny_generator
+
+NTSC = Fraction(30000, 1001)
+
+
+def pattern(i, h, w):
+    """A moving pattern with a marker: red block in the top-left corner, a bar sweeping right."""
+    y, x = np.mgrid[0:h, 0:w]
+    img = np.stack([(x * 4 + i * 7) % 256, (y * 5) % 256, np.full_like(x, 80)], -1).astype(np.uint8)
+    img[: h // 4, : w // 4] = (255, 0, 0)
+    return img
+
+
+def synth(path, n=24, w=66, h=50, audio=True, vfr=False, rotation=None, seconds_audio=None, acodec="aac"):
+    """A clip at 29.97 fps (or variable rate), optional sine tone and display rotation. Returns video PTS."""
+    c = av.open(str(path), "w")
+    v = c.add_stream("libx264", rate=NTSC)
+    sw, sh = (h, w) if rotation in (90, 270, -90) else (w, h)  # stored size; w x h is the upright size
+    v.width, v.height = sw, sh
+    v.pix_fmt = "yuv444p" if (w % 2 or h % 2) else "yuv420p"  # x264 4:2:0 needs even sizes
+    v.codec_context.time_base = Fraction(1, 30000)
+    if rotation is not None:
+        v.set_display_rotation(rotation)
+    a = c.add_stream(acodec, rate=44100, layout="mono") if audio else None
+    pts, t = [], 0
+    for i in range(n):
+        img = pattern(i, h, w)
+        if rotation:  # store the picture so that the display matrix turns it upright
+            img = np.ascontiguousarray(np.rot90(img, k=-rotation // 90))
+        f = av.VideoFrame.from_ndarray(img, format="rgb24")
+        f.pts, f.time_base = t, Fraction(1, 30000)
+        pts.append(t)
+        t += (1001 if i % 3 else 3003) if vfr else 1001
+        c.mux(v.encode(f))
+    c.mux(v.encode())
+    if a is not None:
+        total = int(44100 * (seconds_audio or n / float(NTSC)))
+        for s0 in range(0, total, 1024):
+            k = min(1024, total - s0)
+            tone = (0.3 * np.sin(2 * np.pi * 440 * (s0 + np.arange(k)) / 44100)).astype(np.float32)
+            af = av.AudioFrame.from_ndarray(tone[None], format="fltp", layout="mono")
+            af.sample_rate, af.pts = 44100, s0
+            c.mux(a.encode(af))
+        c.mux(a.encode())
+    c.close()
+    return pts
+
+
+class Identity:
+    """A stand-in translator: the pipeline's timing and geometry are checked on exact pixels."""
+
+    def auto_batch_size(self, h, w):
+        return 4
+
+    def translate_batch(self, frames):
+        return [f.copy() for f in frames]
+
+
+def probe(path):
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        frames = list(c.decode(v))
+        info = dict(codec=v.codec_context.name, w=frames[0].width, h=frames[0].height, n=len(frames),
+                    pts=[f.pts for f in frames], tb=v.time_base, rate=v.average_rate,
+                    pix=frames[0].format.name, rotation=frames[0].rotation,
+                    first=frames[0].to_ndarray(format="rgb24"))
+        info["audio"] = [(s.codec_context.name, float(s.duration * s.time_base) if s.duration else None)
+                         for s in c.streams.audio]
+    return info
+
+
+def test_timing_codec_and_audio_copy_preserved(tmp_path):
+    src, dst = tmp_path / "in.mp4", tmp_path / "out.mp4"
+    pts = synth(src, n=24, audio=True)
+    res = translate_video(src, dst, Identity())
+    o = probe(dst)
+    assert res.frames == 24 and o["n"] == 24
+    assert o["pts"] == pts and o["tb"] == Fraction(1, 30000) and o["rate"] == NTSC
+    assert (o["codec"], o["pix"], o["w"], o["h"]) == ("h264", "yuv420p", 66, 50)
+    assert len(o["audio"]) == 1 and o["audio"][0][0] == "aac"
+    assert abs(o["audio"][0][1] - 24 / float(NTSC)) < 0.05
+    assert np.abs(o["first"].astype(int) - pattern(0, 50, 66)).mean() < 6  # the picture survived
+
+
+def test_without_audio_no_audio_stream(tmp_path):
+    synth(tmp_path / "in.mp4", n=12, audio=False)
+    translate_video(tmp_path / "in.mp4", tmp_path / "out.mp4", Identity())
+    o = probe(tmp_path / "out.mp4")
+    assert o["n"] == 12 and o["audio"] == []
+
+
+def test_variable_frame_rate_keeps_every_timestamp(tmp_path):
+    pts = synth(tmp_path / "in.mp4", n=21, audio=False, vfr=True)
+    assert len(set(np.diff(pts))) == 2
+    translate_video(tmp_path / "in.mp4", tmp_path / "out.mp4", Identity())
+    assert probe(tmp_path / "out.mp4")["pts"] == pts
+
+
+def test_rotation_is_written_upright(tmp_path):
+    synth(tmp_path / "in.mp4", n=8, w=64, h=48, audio=False, rotation=90)
+    assert probe(tmp_path / "in.mp4")["rotation"] == 90
+    translate_video(tmp_path / "in.mp4", tmp_path / "out.mp4", Identity())
+    o = probe(tmp_path / "out.mp4")
+    assert (o["w"], o["h"], o["rotation"]) == (64, 48, 0)  # stored 48x64, shown and written 64x48
+    assert np.abs(o["first"].astype(int) - pattern(0, 48, 64)).mean() < 6  # upright: red corner top-left
+
+
+def test_odd_size_padded_by_one_edge_pixel_not_scaled(tmp_path):
+    synth(tmp_path / "in.mp4", n=6, w=67, h=51, audio=False)
+    translate_video(tmp_path / "in.mp4", tmp_path / "out.mp4", Identity())
+    o = probe(tmp_path / "out.mp4")
+    assert (o["w"], o["h"], o["n"]) == (68, 52, 6)
+    img = o["first"].astype(int)
+    assert np.abs(img[:51, :67] - pattern(0, 51, 67)).mean() < 6  # not resampled: pixels line up
+    assert np.abs(img[:, 67] - img[:, 66]).mean() < 6 and np.abs(img[51] - img[50]).mean() < 6
+
+
+def test_clip_start_and_duration(tmp_path):
+    pts = synth(tmp_path / "in.mp4", n=24, audio=True)
+    translate_video(tmp_path / "in.mp4", tmp_path / "out.mp4", Identity(), start=0.2, duration=0.4)
+    o = probe(tmp_path / "out.mp4")
+    kept = [p for p in pts if 0.2 <= p / 30000 < 0.6]
+    assert o["n"] == len(kept) == 12
+    assert o["pts"] == [p - kept[0] for p in kept]
+    assert abs(o["audio"][0][1] - 0.4) < 0.06
+
+
+def test_audio_reencoded_to_aac_when_mp4_cannot_hold_it(tmp_path):
+    synth(tmp_path / "in.mov", n=12, audio=True, acodec="pcm_mulaw")
+    assert probe(tmp_path / "in.mov")["audio"][0][0] == "pcm_mulaw"
+    translate_video(tmp_path / "in.mov", tmp_path / "out.mp4", Identity())
+    o = probe(tmp_path / "out.mp4")
+    assert o["audio"][0][0] == "aac" and abs(o["audio"][0][1] - 12 / float(NTSC)) < 0.1
+    translate_video(tmp_path / "in.mov", tmp_path / "out.mov", Identity())  # mov holds it: copied
+    assert probe(tmp_path / "out.mov")["audio"][0][0] == "pcm_mulaw"
+
+
+def test_frame_folders_in_and_out(tmp_path):
+    synth(tmp_path / "in.mp4", n=10, audio=False)
+    translate_video(tmp_path / "in.mp4", tmp_path / "frames", Identity())
+    files = sorted((tmp_path / "frames").iterdir())
+    assert [f.name for f in files] == [f"{i:06d}.png" for i in range(1, 11)]
+    translate_video(tmp_path / "frames", tmp_path / "back.mp4", Identity(), fps=10)
+    o = probe(tmp_path / "back.mp4")
+    assert o["n"] == 10 and o["rate"] == 10 and (o["w"], o["h"]) == (66, 50)
+
+
+class Exploding(Identity):
+    def __init__(self, exc):
+        self.exc, self.calls = exc, 0
+
+    def translate_batch(self, frames):
+        self.calls += 1
+        if self.calls == 2:
+            raise self.exc
+        return super().translate_batch(frames)
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt(), RuntimeError("boom")])
+def test_interruption_or_crash_leaves_no_output(tmp_path, exc):
+    synth(tmp_path / "in.mp4", n=24, audio=True)
+    out_dir = tmp_path / "o"
+    out_dir.mkdir()
+    with pytest.raises(type(exc)):
+        translate_video(tmp_path / "in.mp4", out_dir / "out.mp4", Exploding(exc))
+    with pytest.raises(type(exc)):
+        translate_video(tmp_path / "in.mp4", out_dir / "frames", Exploding(exc))
+    assert list(out_dir.iterdir()) == []
+
+
+def test_stable_stats_average_within_a_shot_and_restart_at_a_cut():
+    net = tiny_generator(3)
+    tr = Translator(net, device="cpu", precision="fp32")
+    a = pattern(0, 32, 48)
+    a2 = a.copy()
+    a2[12:20, 18:30] = 250  # same shot, a bright object appears: this frame's own statistics move
+    b = (255 - pattern(5, 32, 48)).astype(np.uint8)
+    b[..., 2] = 230  # a cut: another picture
+    frames = [a, a, a, a2, a2, b, b]
+    plain = [tr.translate(f).astype(int) for f in frames]
+    stable = StableStats(net, momentum=0.8)
+    with stable:
+        out = []
+        for i in range(0, len(frames), 4):  # batches of 4 and 3: the average crosses the batch boundary
+            stable.next_frames(frames[i:i + 4])
+            out += [o.astype(int) for o in tr.translate_batch(frames[i:i + 4])]
+    assert all(n.stats_hook is None for n in net.norms())  # hooks removed on exit
+    assert stable.cuts == [False, True, False] and stable.n_cuts == 1
+    for i in (0, 1, 2, 5, 6):  # a steady shot averages to its own statistics; a cut starts afresh
+        assert np.abs(out[i] - plain[i]).max() <= 1, i
+    d3, d4 = np.abs(out[3] - plain[3]).mean(), np.abs(out[4] - plain[4]).mean()
+    assert d3 > 1 and d4 < d3  # the change is blended in, then followed
+
+
+def test_cli_video_with_a_model_file(tmp_path):
+    save_generator(tiny_generator(1), tmp_path / "g.safetensors", {})
+    synth(tmp_path / "in.mp4", n=12, audio=True)
+    r = run_cli("video", tmp_path / "in.mp4", tmp_path / "out.mp4", "--model", tmp_path / "g.safetensors",
+                "--crf", "30", "--preset", "ultrafast")
+    assert r.returncode == 0, r.stderr
+    o = probe(tmp_path / "out.mp4")
+    assert o["n"] == 12 and len(o["audio"]) == 1
+    assert np.abs(o["first"].astype(int) - pattern(0, 50, 66)).mean() > 10  # the model did change it
+
+
+def _bad_inputs(tmp_path):
+    (tmp_path / "notes.mp4").write_text("not a video at all\n" * 50)
+    synth(tmp_path / "good.mp4", n=24, audio=True)
+    data = (tmp_path / "good.mp4").read_bytes()
+    (tmp_path / "truncated.mp4").write_bytes(data[: len(data) // 2])  # the index (moov) is at the end
+    synth(tmp_path / "good.mkv", n=24, audio=True)
+    data = (tmp_path / "good.mkv").read_bytes()
+    (tmp_path / "truncated.mkv").write_bytes(data[: len(data) // 2])  # opens, decodes half, no error
+    with av.open(str(tmp_path / "good.mp4")) as i, \
+            av.open(str(tmp_path / "faststart.mp4"), "w", options={"movflags": "faststart"}) as o:
+        streams = {s.index: o.add_stream_from_template(s) for s in i.streams}
+        for p in i.demux():
+            if p.dts is not None:
+                p.stream = streams[p.stream.index]
+                o.mux(p)
+    data = (tmp_path / "faststart.mp4").read_bytes()
+    (tmp_path / "truncated-faststart.mp4").write_bytes(data[: len(data) // 2])  # index first, data cut
+    c = av.open(str(tmp_path / "tone.m4a"), "w")
+    a = c.add_stream("aac", rate=44100, layout="mono")
+    for k in range(10):
+        af = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        af.sample_rate, af.pts = 44100, k * 1024
+        c.mux(a.encode(af))
+    c.mux(a.encode())
+    c.close()
+    return {"notes.mp4": "not a readable video", "truncated.mp4": "not a readable video",
+            "truncated.mkv": "truncated or corrupt", "truncated-faststart.mp4": "truncated or corrupt: decoded",
+            "tone.m4a": "no video stream (an audio-only file)",
+            "missing.mp4": "no such file"}
+
+
+def test_bad_inputs_one_clear_error_nothing_left(tmp_path):
+    cases = _bad_inputs(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, reason in cases.items():
+        with pytest.raises(CycleBatchError) as e:
+            translate_video(tmp_path / name, out / "x.mp4", Identity())
+        msg = str(e.value)
+        assert msg.startswith(str(tmp_path / name)) and reason in msg and "\n" not in msg, msg
+    assert list(out.iterdir()) == []
+    for good in ("good.mkv", "faststart.mp4"):  # the complete files pass the same checks
+        assert translate_video(tmp_path / good, out / good, Identity()).frames == 24
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_unwritable_output_folder(tmp_path):
+    synth(tmp_path / "in.mp4", n=4, audio=False)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(CycleBatchError, match="cannot write here"):
+            translate_video(tmp_path / "in.mp4", ro / "out.mp4", Identity())
+        assert list(ro.iterdir()) == []
+    finally:
+        ro.chmod(0o755)
+
+
+def test_output_under_a_file_is_not_writable(tmp_path):
+    synth(tmp_path / "in.mp4", n=4, audio=False)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(CycleBatchError, match="cannot write here"):
+        translate_video(tmp_path / "in.mp4", tmp_path / "afile" / "out.mp4", Identity())
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "work") == ["afile", "in.mp4"]
+
+
+def test_cli_bad_input_exit_code_and_one_line(tmp_path):
+    tmp_path = tmp_path / "t"
+    tmp_path.mkdir()
+    save_generator(tiny_generator(1), tmp_path / "g.safetensors", {})
+    (tmp_path / "notes.mp4").write_text("hello\n" * 100)
+    r = run_cli("video", tmp_path / "notes.mp4", tmp_path / "out.mp4", "--model", tmp_path / "g.safetensors")
+    assert r.returncode == 1
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "notes.mp4" in lines[0], r.stderr
+    assert not (tmp_path / "out.mp4").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["g.safetensors", "notes.mp4"]
+
+
+def test_cli_ctrl_c_says_so_and_leaves_nothing(tmp_path):
+    save_generator(tiny_generator(1), tmp_path / "g.safetensors", {})
+    synth(tmp_path / "in.mp4", n=400, w=128, h=96, audio=True)
+    out = tmp_path / "o"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    p = subprocess.Popen([sys.executable, "-m", "cyclebatch", "video", str(tmp_path / "in.mp4"), str(out / "out.mp4"),
+                          "-m", str(tmp_path / "g.safetensors"), "--batch-size", "1"],
+                         env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not any(out.iterdir()) and p.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert p.poll() is None, "finished before it could be interrupted"
+    p.send_signal(signal.SIGINT)
+    _, stderr = p.communicate(timeout=60)
+    assert p.returncode == 130 and "interrupted" in stderr and "out.mp4 was not written" in stderr
+    assert list(out.iterdir()) == []
+
+
+def test_fps_is_for_frame_folders_only(tmp_path):
+    synth(tmp_path / "in.mp4", n=4, audio=False)
+    with pytest.raises(CycleBatchError, match="--fps is for a folder of frames"):
+        translate_video(tmp_path / "in.mp4", tmp_path / "out.mp4", Identity(), fps=10)
+    assert not (tmp_path / "out.mp4").exists()
