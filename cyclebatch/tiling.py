@@ -21,6 +21,7 @@ cover the receptive field of the head or tail (a few pixels), not the whole netw
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Optional
 
@@ -47,6 +48,7 @@ class TilePlan:
     batch: int     # tiles per forward pass
     strip: int     # rows per trunk strip at 1/4 resolution
     stats: str = "exact"
+    spill: bool = False  # keep the two 1/4-resolution trunk buffers in a temporary file, not in memory
 
     def smaller(self) -> Optional["TilePlan"]:
         """The next plan to try after running out of memory: fewer tiles per pass, then smaller tiles."""
@@ -65,11 +67,17 @@ def padded_size(height: int, width: int) -> tuple[int, int]:
     return _round4(height), _round4(width)
 
 
+def pixel_bytes(height: int, width: int) -> int:
+    """Input and output pixels (up to 16 bits each): the memory no method can avoid."""
+    hp, wp = padded_size(height, width)
+    return 2 * hp * wp * 3 * 2
+
+
 def buffer_bytes(model: ResnetGenerator, height: int, width: int, dtype: Optional[torch.dtype]) -> int:
-    """The exact method's image-sized memory: two 1/4-resolution trunk buffers plus input and output pixels."""
+    """The exact method's other image-sized memory: two 1/4-resolution trunk buffers (16 values a pixel at ngf 64)."""
     hp, wp = padded_size(height, width)
     elem = 4 if dtype is None else 2
-    return 2 * (hp // 4) * (wp // 4) * 4 * model.config.ngf * elem + 2 * hp * wp * 3 * 2
+    return 2 * (hp // 4) * (wp // 4) * 4 * model.config.ngf * elem
 
 
 def tile_bytes(model: ResnetGenerator, side: int, dtype: Optional[torch.dtype]) -> int:
@@ -86,7 +94,11 @@ def plan_tiles(model: ResnetGenerator, height: int, width: int, budget: int, dty
         raise CycleBatchError(f"unknown tile statistics '{stats}' (use {' or '.join(STATS_MODES)})")
     context = _round4(max(0, context))
     hp, wp = padded_size(height, width)
-    fixed = buffer_bytes(model, height, width, dtype) if stats == "exact" else 2 * hp * wp * 3 * 2
+    fixed, spill = pixel_bytes(height, width), False
+    if stats == "exact":
+        # Past the budget the trunk buffers go to a temporary file, so memory stays bounded as images grow.
+        spill = fixed + buffer_bytes(model, height, width, dtype) + tile_bytes(model, 256, dtype) > budget
+        fixed += 0 if spill else buffer_bytes(model, height, width, dtype)
     if tile is not None:
         if tile < MIN_TILE:
             raise CycleBatchError(f"tile size {tile} is too small (at least {MIN_TILE} px)")
@@ -103,7 +115,7 @@ def plan_tiles(model: ResnetGenerator, height: int, width: int, budget: int, dty
     # A trunk strip (input, normalised copy, output, conv workspace) gets about one tile's working set.
     row_bytes = (wp // 4) * 4 * model.config.ngf * 4 * 4
     strip = int(max(4, min(hp // 4, per_tile // max(row_bytes, 1))))
-    return TilePlan(side, context, batch, strip, stats)
+    return TilePlan(side, context, batch, strip, stats, spill)
 
 
 def parse_memory(text: str) -> int:
@@ -251,6 +263,16 @@ class Tiler:
                 consume(t, _own(y, t, i))
             del x, y
 
+    def _buffer(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        if not self.plan.spill:
+            return torch.empty(shape, dtype=dtype, device=self.device)
+        # A deleted temporary file: the kernel pages it in and out, and nothing is left behind.
+        storage = {torch.bfloat16: np.int16, torch.float16: np.float16, torch.float32: np.float32}[dtype]
+        with tempfile.TemporaryFile(prefix="cyclebatch-tiles-") as f:
+            arr = np.memmap(f, dtype=storage, mode="w+", shape=shape)
+        t = torch.from_numpy(arr)
+        return t.view(torch.bfloat16) if dtype == torch.bfloat16 else t
+
     # -------------------------------------------------- public
 
     @torch.inference_mode()
@@ -290,7 +312,7 @@ class Tiler:
         last = self.head.index(norms[-1])
         channels = norms[-1].num_features
         dtype = self.tr.dtype or torch.float32
-        trunk = torch.empty((1, channels, hp // 4, wp // 4), dtype=dtype, device=self.device)
+        trunk = self._buffer((1, channels, hp // 4, wp // 4), dtype)
         acc = RunningStats()
 
         def store(t: Tile, y: torch.Tensor) -> None:
@@ -301,7 +323,8 @@ class Tiler:
         self.fixed[norms[-1]] = acc.result(self.device)
         for r in range(0, trunk.shape[2], self.plan.strip):  # the head's last norm and ReLU, in place
             with self.tr.autocast():
-                trunk[:, :, r:r + self.plan.strip] = _run_layers(self.head[last:], trunk[:, :, r:r + self.plan.strip])
+                part = trunk[:, :, r:r + self.plan.strip].to(self.device)
+                trunk[:, :, r:r + self.plan.strip] = _run_layers(self.head[last:], part)
         return trunk
 
     def _conv_strips(self, src: torch.Tensor, dst: torch.Tensor, pad: nn.Module, conv: nn.Module,
@@ -311,7 +334,7 @@ class Tiler:
         for r0 in range(0, rows, self.plan.strip):
             r1 = min(rows, r0 + self.plan.strip)
             a, b = max(0, r0 - 1), min(rows, r1 + 1)
-            x = src[:, :, a:b]
+            x = src[:, :, a:b].to(self.device)
             if pre is not None:
                 x = pre(x)
             with self.tr.autocast():
@@ -326,7 +349,7 @@ class Tiler:
         return acc
 
     def _run_trunk(self, x: torch.Tensor) -> None:
-        y = torch.empty_like(x)
+        y = self._buffer(tuple(x.shape), x.dtype)
         for block in self.blocks:
             mods = [m for m in block.conv_block if not isinstance(m, (nn.Dropout, nn.ReLU))]
             pad1, conv1, norm1, pad2, conv2, norm2 = mods
@@ -335,7 +358,7 @@ class Tiler:
                                    lambda t: torch.relu(_normalize(t, norm1, s1))).result(self.device)
             for r in range(0, x.shape[2], self.plan.strip):
                 sl = (slice(None), slice(None), slice(r, r + self.plan.strip))
-                x[sl] = (x[sl].float() + _normalize(y[sl], norm2, s2)).to(x.dtype)
+                x[sl] = (x[sl].to(self.device).float() + _normalize(y[sl].to(self.device), norm2, s2)).to(x.dtype)
         del y
 
     def _run_tail(self, tiles: list[Tile], trunk: torch.Tensor, write) -> None:
