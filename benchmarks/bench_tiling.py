@@ -67,7 +67,17 @@ def worker(spec: dict) -> None:
                     max_memory=spec.get("max_memory"))
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     t0 = time.perf_counter()
-    out = tr.translate_tiled(img) if tiled else tr.to_pixels(tr.forward(tr.to_tensor([img])))[0]
+    if tiled:
+        from cyclebatch.tiling import translate_tiled
+
+        def progress(phase: str) -> None:  # long runs show where they are, and the peak so far
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            print(f"#     {time.perf_counter() - t0:8.0f} s  {phase:<22} peak RSS so far {peak / 2**20:,.0f} MiB",
+                  file=sys.stderr, flush=True)
+
+        out, tr.last_plan = translate_tiled(tr, img, tr.tile_plan(*img.shape[:2]), progress=progress)
+    else:
+        out = tr.to_pixels(tr.forward(tr.to_tensor([img])))[0]
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if spec.get("out"):
@@ -78,9 +88,10 @@ def worker(spec: dict) -> None:
 
 def measure(spec: dict) -> dict:
     cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
-    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    # stderr passes through: long runs report their progress as they go
+    res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if res.returncode != 0:
-        raise SystemExit(f"worker failed: {spec}\n{res.stderr[-2000:]}")
+        raise SystemExit(f"worker failed: {spec}")
     r = json.loads(res.stdout.strip().splitlines()[-1])
     mp = spec["h"] * spec["w"] / 1e6
     print(f"#   {spec['mode']:>8} {spec['w']}x{spec['h']} tile {spec['tile']}: {r['seconds']:.1f} s "
@@ -112,18 +123,19 @@ def fidelity(model: str, tmp: Path, tile: int) -> None:
               f"{r['peak'] / full_peak:.2f} total, {add / full_add:.3f} added |", flush=True)
 
 
-def scale(model: str, tmp: Path, side: int, tiles: tuple[int, int]) -> None:
+def scale(model: str, tmp: Path, side: int, tiles: tuple[int, ...]) -> None:
     print(f"## scale: {side}x{side} ({side * side / 1e6:.0f} MP), default precision, tiles {tiles}", flush=True)
     base = dict(model=model, h=side, w=side, context=64, precision="auto", mode="exact", max_memory=5 * 2**30)
     runs = [measure({**base, "tile": t, "out": str(tmp / f"scale_{t}.npy")}) for t in tiles]
-    a, b = (np.load(tmp / f"scale_{t}.npy") for t in tiles)
     mp = side * side / 1e6
     print("| image | tiles | seconds | s/MP | peak RSS |")
     print("|---|---|---|---|---|")
     for t, r in zip(tiles, runs):
         print(f"| {side}x{side} | {t} | {r['seconds']:.0f} | {r['seconds'] / mp:.1f} | {mib(r['peak'])} |")
-    print(f"tile {tiles[0]} vs tile {tiles[1]}: {psnr(a, b):.1f} dB (goal >= 45), "
-          f"max abs diff {int(np.abs(a.astype(np.int32) - b).max())}", flush=True)
+    if len(tiles) == 2:
+        a, b = (np.load(tmp / f"scale_{t}.npy") for t in tiles)
+        print(f"tile {tiles[0]} vs tile {tiles[1]}: {psnr(a, b):.1f} dB (goal >= 45), "
+              f"max abs diff {int(np.abs(a.astype(np.int32) - b).max())}", flush=True)
 
 
 def growth(model: str, sides: list[int], tile: int) -> None:
@@ -143,8 +155,10 @@ def growth(model: str, sides: list[int], tile: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="vintage", help="any model cyclebatch can load (default: vintage)")
-    ap.add_argument("--quick", action="store_true", help="growth stops at 16 MP; scale at 4096x4096")
+    ap.add_argument("--quick", action="store_true", help="growth stops at 16 MP; scale at 2048x2048")
     ap.add_argument("--only", default="fidelity,scale,growth", help="comma-separated parts to run")
+    ap.add_argument("--scale-size", type=int, help="side of the scale image (default 8192, quick 2048)")
+    ap.add_argument("--scale-tiles", default="768,512", help="two tile sizes must agree; one only times")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -155,7 +169,8 @@ def main() -> None:
         if "fidelity" in parts:
             fidelity(args.model, tmp, 512)
         if "scale" in parts:
-            scale(args.model, tmp, 4096 if args.quick else 8192, (768, 512))
+            scale(args.model, tmp, args.scale_size or (2048 if args.quick else 8192),
+                  tuple(int(t) for t in args.scale_tiles.split(",")))
         if "growth" in parts:
             growth(args.model, [1024, 2048, 4096] + ([] if args.quick else [8192]), 768)
 

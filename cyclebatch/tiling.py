@@ -80,10 +80,12 @@ def buffer_bytes(model: ResnetGenerator, height: int, width: int, dtype: Optiona
     return 2 * (hp // 4) * (wp // 4) * 4 * model.config.ngf * elem
 
 
-def tile_bytes(model: ResnetGenerator, side: int, dtype: Optional[torch.dtype]) -> int:
+def tile_bytes(model: ResnetGenerator, side: int, dtype: Optional[torch.dtype],
+               limit: tuple[int, int] = (1 << 30, 1 << 30)) -> int:
+    """One tile's working set; a tile read from a smaller image is clipped to it."""
     from .engine import estimate_bytes  # one cost model for full frames and tiles
 
-    return estimate_bytes(model, side, side, dtype)
+    return estimate_bytes(model, min(side, limit[0]), min(side, limit[1]), dtype)
 
 
 def plan_tiles(model: ResnetGenerator, height: int, width: int, budget: int, dtype: Optional[torch.dtype],
@@ -97,20 +99,20 @@ def plan_tiles(model: ResnetGenerator, height: int, width: int, budget: int, dty
     fixed, spill = pixel_bytes(height, width), False
     if stats == "exact":
         # Past the budget the trunk buffers go to a temporary file, so memory stays bounded as images grow.
-        spill = fixed + buffer_bytes(model, height, width, dtype) + tile_bytes(model, 256, dtype) > budget
+        spill = fixed + buffer_bytes(model, height, width, dtype) + tile_bytes(model, 256, dtype, (hp, wp)) > budget
         fixed += 0 if spill else buffer_bytes(model, height, width, dtype)
     if tile is not None:
         if tile < MIN_TILE:
             raise CycleBatchError(f"tile size {tile} is too small (at least {MIN_TILE} px)")
         side = _round4(tile)
     else:
-        side = next((t for t in TILE_SIZES if fixed + tile_bytes(model, t + 2 * context, dtype) <= budget), None)
+        side = next((t for t in TILE_SIZES if fixed + tile_bytes(model, t + 2 * context, dtype, (hp, wp)) <= budget), None)
         if side is None:
-            need = fixed + tile_bytes(model, MIN_TILE + 2 * context, dtype)
+            need = fixed + tile_bytes(model, MIN_TILE + 2 * context, dtype, (hp, wp))
             raise CycleBatchError(f"a {width}x{height} image needs at least {need / 2**20:.0f} MiB to translate in "
                                   f"tiles; the memory budget is {budget / 2**20:.0f} MiB (--max-memory)")
         side = min(side, _round4(max(hp, wp)))
-    per_tile = tile_bytes(model, side + 2 * context, dtype)
+    per_tile = tile_bytes(model, side + 2 * context, dtype, (hp, wp))
     batch = int(max(1, min(max_batch, (budget - fixed) // max(per_tile, 1))))
     # A trunk strip (input, normalised copy, output, conv workspace) gets about one tile's working set.
     row_bytes = (wp // 4) * 4 * model.config.ngf * 4 * 4
@@ -228,7 +230,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
 class Tiler:
     """Translates one image at a time with a TilePlan; `translator` supplies device, precision and pixel I/O."""
 
-    def __init__(self, translator, plan: TilePlan):
+    def __init__(self, translator, plan: TilePlan, progress: Optional[Callable[[str], None]] = None):
+        self.progress = progress or (lambda phase: None)
         self.tr = translator
         self.plan = plan
         self.device = translator.device
@@ -243,8 +246,15 @@ class Tiler:
     # -------------------------------------------------- plumbing
 
     def _hooks(self, on: bool) -> None:
-        for norm in self.tr.model.norms():
-            norm.stats_hook = (lambda n, x: self.fixed[n]) if on else None
+        """Install the whole-image statistics; afterwards put back whatever hooks were there (video's, say)."""
+        norms = self.tr.model.norms()
+        if on:
+            self._saved = [n.stats_hook for n in norms]
+            for n in norms:
+                n.stats_hook = lambda norm, x: self.fixed[norm]
+        elif hasattr(self, "_saved"):
+            for n, hook in zip(norms, self._saved):
+                n.stats_hook = hook
 
     def _input(self, img: np.ndarray, tiles: list[Tile]) -> torch.Tensor:
         return self.tr.to_tensor([img[t.iy0:t.iy1, t.ix0:t.ix1] for t in tiles])
@@ -307,8 +317,9 @@ class Tiler:
 
     def _run_head(self, tiles, fetch, hp, wp) -> torch.Tensor:
         norms = [m for m in self.head if isinstance(m, InstanceNorm)]
-        for norm in norms[:-1]:
+        for i, norm in enumerate(norms[:-1]):
             self._stats_pass(tiles, fetch, self.head, norm)
+            self.progress(f"head statistics {i + 1}/{len(norms)}")
         last = self.head.index(norms[-1])
         channels = norms[-1].num_features
         dtype = self.tr.dtype or torch.float32
@@ -325,6 +336,7 @@ class Tiler:
             with self.tr.autocast():
                 part = trunk[:, :, r:r + self.plan.strip].to(self.device)
                 trunk[:, :, r:r + self.plan.strip] = _run_layers(self.head[last:], part)
+        self.progress("head done")
         return trunk
 
     def _conv_strips(self, src: torch.Tensor, dst: torch.Tensor, pad: nn.Module, conv: nn.Module,
@@ -350,7 +362,7 @@ class Tiler:
 
     def _run_trunk(self, x: torch.Tensor) -> None:
         y = self._buffer(tuple(x.shape), x.dtype)
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
             mods = [m for m in block.conv_block if not isinstance(m, (nn.Dropout, nn.ReLU))]
             pad1, conv1, norm1, pad2, conv2, norm2 = mods
             s1 = self._conv_strips(x, y, pad1, conv1, None).result(self.device)
@@ -359,6 +371,7 @@ class Tiler:
             for r in range(0, x.shape[2], self.plan.strip):
                 sl = (slice(None), slice(None), slice(r, r + self.plan.strip))
                 x[sl] = (x[sl].to(self.device).float() + _normalize(y[sl].to(self.device), norm2, s2)).to(x.dtype)
+            self.progress(f"trunk block {i + 1}/{len(self.blocks)}")
         del y
 
     def _run_tail(self, tiles: list[Tile], trunk: torch.Tensor, write) -> None:
@@ -368,8 +381,9 @@ class Tiler:
         back = dict(zip(q, tiles))
         fetch_q = lambda batch: torch.cat([  # noqa: E731
             trunk[:, :, t.iy0:t.iy1, t.ix0:t.ix1] for t in batch])
-        for norm in [m for m in self.tail if isinstance(m, InstanceNorm)]:
+        for i, norm in enumerate([m for m in self.tail if isinstance(m, InstanceNorm)]):
             self._stats_pass(q, fetch_q, self.tail, norm)
+            self.progress(f"tail statistics {i + 1}")
         self._pass(q, fetch_q, self.tail, lambda t, y: write(back[t], y))
 
 
@@ -384,11 +398,12 @@ def _pad_pixels(image: np.ndarray) -> np.ndarray:
 
 
 def translate_tiled(translator, image: np.ndarray, plan: TilePlan,
-                    on_retry: Optional[Callable[[TilePlan, BaseException], None]] = None) -> tuple[np.ndarray, TilePlan]:
+                    on_retry: Optional[Callable[[TilePlan, BaseException], None]] = None,
+                    progress: Optional[Callable[[str], None]] = None) -> tuple[np.ndarray, TilePlan]:
     """Translate one HxWx3 image in tiles; on running out of memory, retry with a smaller plan (never skip)."""
     while True:
         try:
-            return Tiler(translator, plan).translate(image), plan
+            return Tiler(translator, plan, progress).translate(image), plan
         except RuntimeError as exc:
             if not is_out_of_memory(exc):
                 raise

@@ -125,7 +125,7 @@ def test_engine_tiles_only_when_the_full_frame_exceeds_the_budget():
     net = tiny_generator(0)
     need = estimate_bytes(net, 80, 96, None)
     assert not Translator(net, device="cpu", precision="fp32", max_memory=need + 1).needs_tiling(80, 96)
-    tr = Translator(net, device="cpu", precision="fp32", max_memory=need - 1)
+    tr = Translator(net, device="cpu", precision="fp32", max_memory=need - 1, context=8)
     assert tr.needs_tiling(80, 96) and tr.auto_batch_size(80, 96) == 1
     img = photo(80, 96)
     out = tr.translate_batch([img, img[::-1].copy()])
@@ -185,3 +185,13 @@ def test_bad_options_are_one_line_errors():
     assert tiling.parse_memory("6G") == 6 * 2**30 and tiling.parse_memory("512MiB") == 512 * 2**20
     with pytest.raises(CycleBatchError, match="memory size"):
         tiling.parse_memory("lots")
+
+
+def test_tiling_puts_back_hooks_it_found():
+    net = tiny_generator(7)
+    marker = lambda norm, x: (torch.zeros(1), torch.ones(1))  # noqa: E731
+    for n in net.norms():
+        n.stats_hook = marker
+    tr = Translator(net, device="cpu", precision="fp32", tile=32, context=8)
+    tr.translate(photo(48, 48))
+    assert all(n.stats_hook is marker for n in tr.model.norms())
