@@ -159,6 +159,7 @@ def main() -> None:
     ap.add_argument("--only", default="fidelity,scale,growth", help="comma-separated parts to run")
     ap.add_argument("--scale-size", type=int, help="side of the scale image (default 8192, quick 2048)")
     ap.add_argument("--scale-tiles", default="768,512", help="two tile sizes must agree; one only times")
+    ap.add_argument("--growth-sides", help="image sides for the growth table (default 1024,2048,4096[,8192])")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -172,7 +173,10 @@ def main() -> None:
             scale(args.model, tmp, args.scale_size or (2048 if args.quick else 8192),
                   tuple(int(t) for t in args.scale_tiles.split(",")))
         if "growth" in parts:
-            growth(args.model, [1024, 2048, 4096] + ([] if args.quick else [8192]), 768)
+            sides = [1024, 2048, 4096] + ([] if args.quick else [8192])
+            if args.growth_sides:
+                sides = [int(v) for v in args.growth_sides.split(",")]
+            growth(args.model, sides, 768)
 
 
 if __name__ == "__main__":
