@@ -65,7 +65,21 @@ class Translator:
     """Runs a generator over images. Same-size images batch together; padding never crosses images."""
 
     def __init__(self, model: ResnetGenerator, device: str = "auto", precision: str = "auto",
-                 compile: bool = False, batch_size: Optional[int] = None):
+                 compile: bool = False, batch_size: Optional[int] = None, *, tile: Optional[int] = None,
+                 context: int = 64, max_memory: Optional[int] = None, tile_stats: str = "exact"):
+        """tile: force tiling with this tile size; otherwise images whose full-frame pass would exceed
+        max_memory bytes (default: half the free memory) are tiled automatically. tile_stats "exact"
+        (whole-image InstanceNorm statistics, seamless) or "per-tile" (the naive way, for comparison)."""
+        from .tiling import STATS_MODES
+
+        if tile_stats not in STATS_MODES:
+            raise CycleBatchError(f"unknown tile statistics '{tile_stats}' (use {' or '.join(STATS_MODES)})")
+        if tile is not None and tile < 32:
+            raise CycleBatchError(f"tile size {tile} is too small (at least 32 px)")
+        if context < 0:
+            raise CycleBatchError(f"tile context must be >= 0, not {context}")
+        self.tile, self.context, self.max_memory, self.tile_stats = tile, context, max_memory, tile_stats
+        self.last_plan = None  # the TilePlan the latest tiled image ran with (after any out-of-memory retry)
         self.device = pick_device(device)
         self.dtype = pick_precision(precision, self.device)
         self.model = model.eval().requires_grad_(False).to(self.device)
@@ -128,10 +142,40 @@ class Translator:
         shape, dtype = images[0].shape, images[0].dtype
         if any(im.shape != shape or im.dtype != dtype for im in images):
             raise ValueError("translate_batch needs images of one size and dtype (batch by size first)")
+        if self.needs_tiling(shape[0], shape[1]):
+            return [self.translate_tiled(im) for im in images]
         return self.to_pixels(self.forward(self.to_tensor(images)), dtype)
 
     def translate(self, image: np.ndarray) -> np.ndarray:
         return self.translate_batch([image])[0]
+
+    # ------------------------------------------------------------ tiles
+
+    def memory_budget(self) -> int:
+        """Bytes one image's working set may take: --max-memory, else half of what is free now."""
+        if self.max_memory:
+            return int(self.max_memory)
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return int(free * 0.5)
+        return int(available_memory() * 0.5)
+
+    def needs_tiling(self, height: int, width: int) -> bool:
+        return self.tile is not None or estimate_bytes(self.model, height, width, self.dtype) > self.memory_budget()
+
+    def tile_plan(self, height: int, width: int):
+        from .tiling import plan_tiles
+
+        return plan_tiles(self.model, height, width, self.memory_budget(), self.dtype, tile=self.tile,
+                          context=self.context, stats=self.tile_stats,
+                          max_batch=16 if self.device.type == "cuda" else 2)
+
+    def translate_tiled(self, image: np.ndarray) -> np.ndarray:
+        """One image through the tiler (whatever its size); the plan used is kept in `last_plan`."""
+        from .tiling import translate_tiled
+
+        out, self.last_plan = translate_tiled(self, image, self.tile_plan(image.shape[0], image.shape[1]))
+        return out
 
     # ------------------------------------------------------------ memory
 
@@ -139,6 +183,8 @@ class Translator:
         """Images per forward pass for this size: bounded by free memory, capped where batching stops paying."""
         if self.batch_size:
             return self.batch_size
+        if self.needs_tiling(height, width):
+            return 1  # tiled images go one at a time; their tiles batch inside the tiler
         per_image = estimate_bytes(self.model, height, width, self.dtype)
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
