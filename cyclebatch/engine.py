@@ -109,14 +109,18 @@ class Translator:
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[-1, 1] NCHW float in, [-1, 1] NCHW float out, any H and W (reflect-padded to a multiple of 4)."""
-        x = x.to(self.device, non_blocking=True)
-        if self.weights_dtype is not None:
-            x = x.to(self.weights_dtype)
-        x, (h, w) = pad_to_multiple(x, 4)
+        x, (h, w) = pad_to_multiple(self.model_input(x), 4)
         x = x.contiguous(memory_format=torch.channels_last) if self.device.type != "mps" else x
         with self.autocast():
             y = self._forward(x)
         return y[..., :h, :w].float()
+
+    def model_input(self, x: torch.Tensor) -> torch.Tensor:
+        """On the device, in the weights' dtype and memory layout: what the model's layers take."""
+        x = x.to(self.device, non_blocking=True)
+        if self.weights_dtype is not None:
+            x = x.to(self.weights_dtype)
+        return x.contiguous(memory_format=torch.channels_last) if self.device.type != "mps" else x
 
     # ------------------------------------------------------------ pixels
 

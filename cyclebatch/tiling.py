@@ -260,8 +260,7 @@ class Tiler:
         return self.tr.to_tensor([img[t.iy0:t.iy1, t.ix0:t.ix1] for t in tiles])
 
     def _model_input(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device)
-        return x.contiguous(memory_format=torch.channels_last) if self.device.type != "mps" else x
+        return self.tr.model_input(x)
 
     def _pass(self, tiles: list[Tile], fetch: Callable[[list[Tile]], torch.Tensor], layers: list[nn.Module],
               consume: Callable[[Tile, torch.Tensor], None]) -> None:
