@@ -181,6 +181,11 @@ def test_init_from_loads_generators(tmp_path):
     _assert_same(t.gens.G_A.state_dict(), src.state_dict(), "G_A")
     assert t.gens.G_B.config == src.config and t.gens.G_A.training
     assert all(p.requires_grad for p in t.gens.parameters())
+    # a resumed fine-tune needs its checkpoint only, not the source it started from
+    train(config(a, b, name="ft", init_from=str(tmp_path / "one.safetensors"), max_iterations=1), log=quiet)
+    (tmp_path / "one.safetensors").unlink()
+    r = train(config("", "", name="ft", resume=True, max_iterations=2), log=quiet)
+    assert r.iteration == 2 and load_generator("ft").config.affine_norm
     # a run holds both directions: both come back
     train(config(a, b, name="base", epochs=1, decay_epochs=0), log=quiet)
     t = Trainer(config(a, b, name="tuned", init_from="base"), log=quiet)

@@ -166,7 +166,7 @@ class Trainer:
         self.samples = self._sample_images(files_a, files_b)
 
         torch.manual_seed(c.seed)
-        G_A, G_B = self._generators()
+        G_A, G_B = self._generators(stored)
         D_A = init_weights(PatchDiscriminator(G_A.config.out_channels, c.ndf, c.d_layers))
         D_B = init_weights(PatchDiscriminator(G_A.config.in_channels, c.ndf, c.d_layers))
         identity = c.lambda_identity > 0 and G_A.config.in_channels == G_A.config.out_channels
@@ -198,8 +198,12 @@ class Trainer:
 
     # ------------------------------------------------------------ setup helpers
 
-    def _generators(self) -> tuple[ResnetGenerator, ResnetGenerator]:
+    def _generators(self, stored: Optional[dict]) -> tuple[ResnetGenerator, ResnetGenerator]:
         c = self.config
+        if stored is not None:  # resuming: the architecture is the checkpoint's (init_from may be gone by now)
+            from ..checkpoints import infer_config
+
+            return ResnetGenerator(infer_config(stored["G_A"])), ResnetGenerator(infer_config(stored["G_B"]))
         if not c.init_from:
             cfg = GeneratorConfig(ngf=c.ngf, n_blocks=c.n_blocks, dropout=c.dropout)
             return init_weights(ResnetGenerator(cfg)), init_weights(ResnetGenerator(cfg))
