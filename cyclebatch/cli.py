@@ -366,6 +366,8 @@ def video(src: Path = typer.Argument(..., help="Input video, or a folder of fram
                                          help="Share InstanceNorm statistics across the frames of a shot."),
           quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
     """Translate every frame of a video; keeps frame timing, audio and rotation. Writes atomically."""
+    import time
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from .engine import Translator
@@ -378,11 +380,9 @@ def video(src: Path = typer.Argument(..., help="Input video, or a folder of fram
     t0 = [0.0]
 
     def progress(done: int, total: Optional[int]) -> None:
-        import time
         rate = done / max(1e-9, time.perf_counter() - t0[0])
         bar.update(task, completed=done, total=max(total or 0, done) or None, fps=f"{rate:.1f}")
 
-    import time
     try:
         translator = Translator(load_generator(model, direction, quiet=quiet), device=device,
                                 precision=precision, batch_size=batch_size)

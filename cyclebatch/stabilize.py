@@ -13,6 +13,14 @@ statistics, as a still image would. Shots are found from a cheap input signal co
 forward pass: the total-variation distance between the colour histograms of consecutive frames
 (0 = same distribution, 1 = disjoint); above `cut_threshold` the averages restart. Motion inside a
 shot moves histograms far less than a cut does, so the average follows the shot but not a new one.
+
+Measured (benchmarks/bench_video.py, vintage generator, examples/clip.mp4): the flicker measure
+(mean |out_t - out_t-1| / mean |in_t - in_t-1| within shots) drops by 3.4% at momentum 0.8 and
+by 5.2% even with each shot's first statistics frozen (the most shared statistics can do), because
+on a clean clip almost all of the frame-to-frame change is real motion, and per-frame statistics
+have one virtue shared ones lack: they cancel global exposure changes. So this is opt-in
+(`cyclebatch video --stabilize`), not the default. It also costs time: the hook path computes
+statistics outside PyTorch's fused InstanceNorm kernel.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ a writer thread encodes and muxes. Decisions:
 - Audio: every audio stream is copied packet by packet when the output container accepts its codec,
   otherwise re-encoded to AAC.
 - Output: written under a temporary name and renamed at the end (also for a folder of frames).
+- Statistics: per-frame InstanceNorm by default; `stabilize=True` shares them across a shot (stabilize.py).
 """
 
 from __future__ import annotations
