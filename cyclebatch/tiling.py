@@ -306,7 +306,7 @@ class Tiler:
         finally:
             self._hooks(False)
             self.fixed.clear()
-        return out[:h, :w]
+        return out if out.shape[:2] == (h, w) else np.ascontiguousarray(out[:h, :w])
 
     # -------------------------------------------------- exact statistics
 
