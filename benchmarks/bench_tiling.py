@@ -168,7 +168,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_tiling_") as d:
         tmp = Path(d)
         if "fidelity" in parts:
-            fidelity(args.model, tmp, 512)
+            fidelity(args.model, tmp, 256)
         if "scale" in parts:
             scale(args.model, tmp, args.scale_size or (2048 if args.quick else 8192),
                   tuple(int(t) for t in args.scale_tiles.split(",")))

@@ -172,7 +172,7 @@ class Translator:
 
         return plan_tiles(self.model, height, width, self.memory_budget(), self.dtype, tile=self.tile,
                           context=self.context, stats=self.tile_stats,
-                          max_batch=16 if self.device.type == "cuda" else 2)
+                          max_batch=16 if self.device.type == "cuda" else 1)
 
     def translate_tiled(self, image: np.ndarray) -> np.ndarray:
         """One image through the tiler (whatever its size); the plan used is kept in `last_plan`."""

@@ -114,9 +114,11 @@ def plan_tiles(model: ResnetGenerator, height: int, width: int, budget: int, dty
         side = min(side, _round4(max(hp, wp)))
     per_tile = tile_bytes(model, side + 2 * context, dtype, (hp, wp))
     batch = int(max(1, min(max_batch, (budget - fixed) // max(per_tile, 1))))
-    # A trunk strip (input, normalised copy, output, conv workspace) gets about one tile's working set.
-    row_bytes = (wp // 4) * 4 * model.config.ngf * 4 * 4
-    strip = int(max(4, min(hp // 4, per_tile // max(row_bytes, 1))))
+    # A trunk strip keeps about six float32 copies alive (input, normalised, padded, output, the one
+    # pending its write, statistics); a quarter of a tile's working set bounds them all. Each strip
+    # recomputes two halo rows, so strips get no shorter than 8 rows.
+    row_bytes = (wp // 4) * 4 * model.config.ngf * 4
+    strip = int(max(8, min(64, hp // 4, per_tile // (4 * 6 * row_bytes))))
     return TilePlan(side, context, batch, strip, stats, spill)
 
 
@@ -305,7 +307,7 @@ class Tiler:
         finally:
             self._hooks(False)
             self.fixed.clear()
-        return out[:h, :w]
+        return out if out.shape[:2] == (h, w) else np.ascontiguousarray(out[:h, :w])
 
     # -------------------------------------------------- exact statistics
 

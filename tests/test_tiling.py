@@ -150,9 +150,9 @@ def _oom_above(monkeypatch, limit: int) -> list:
 
 def test_out_of_memory_retries_with_smaller_tiles(monkeypatch):
     net = tiny_generator(5)
-    img = photo(96, 128)
+    img = photo(64, 96)
     ref = Translator(net, device="cpu", precision="fp32").translate(img)
-    _oom_above(monkeypatch, 64)  # a 128 px tile with context reads 128 + 16 px: too big; 32 fits
+    _oom_above(monkeypatch, 64)  # 128 px tiles read the whole 96 px width: too wide; 32 px tiles fit
     tr = Translator(net, device="cpu", precision="fp32", tile=128, context=8)
     out = tr.translate(img)
     assert tr.last_plan.tile < 128 and tr.last_plan.batch == 1
