@@ -30,6 +30,20 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def parse_bytes(text: Optional[str]) -> Optional[int]:
+    from .tiling import parse_memory
+
+    try:
+        return None if text is None else parse_memory(text)
+    except CycleBatchError as e:
+        fail(f"--max-memory: {e}", 2)
+
+
+TILE_HELP = "Tile every image with tiles of this size (px); default: only images too big for --max-memory."
+MEMORY_HELP = "Memory one image may take before it is tiled (6G, 512M); default: half of what is free."
+STATS_HELP = "Tile InstanceNorm statistics: exact (whole image, seamless) or per-tile (naive, for comparison)."
+
+
 def _version(value: bool) -> None:
     if value:
         out.print(f"cyclebatch {__version__}")
@@ -199,6 +213,9 @@ def run(
     compile: bool = typer.Option(False, "--compile", help="torch.compile the generator (pays off on long runs)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N: translate only the K-th of N shares (0-based), for job arrays."),
     workers: int = typer.Option(0, "--workers", min=0, help="Decode/encode threads (0: automatic)."),
+    tile: Optional[int] = typer.Option(None, "--tile", min=32, help=TILE_HELP),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help=MEMORY_HELP),
+    tile_stats: str = typer.Option("exact", "--tile-stats", help=STATS_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary; errors only."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
@@ -232,7 +249,8 @@ def run(
         rank_shard = (k * rank_shard[1] + rank_shard[0], n * rank_shard[1])
     is_main = rank_shard[0] == 0 or shard_kn is not None
     translator = Translator(load_generator(model, direction, quiet=quiet or json_out), device, precision,
-                            compile=compile, batch_size=batch_size)
+                            compile=compile, batch_size=batch_size, tile=tile,
+                            max_memory=parse_bytes(max_memory), tile_stats=tile_stats)
     opts = RunOptions(ext=ext, quality=quality, overwrite=overwrite, side_by_side=side_by_side,
                       max_pixels=max_pixels, max_size=max_size, scale=scale, shard=rank_shard, workers=workers)
     reporter = _ProgressReporter(quiet=quiet or json_out or not is_main)
@@ -348,6 +366,8 @@ def export_cmd(model: str = typer.Argument(..., help="Any model the registry can
     else:
         out.print("not verified (--no-verify)", highlight=False)
 
+# ---------------------------------------------------------------- video
+
 @app.command("video")
 def video(src: Path = typer.Argument(..., help="Input video, or a folder of frames."),
           dst: Path = typer.Argument(..., help="Output video (suffix picks the container), or a folder for PNG frames."),
@@ -364,6 +384,8 @@ def video(src: Path = typer.Argument(..., help="Input video, or a folder of fram
           fps: Optional[float] = typer.Option(None, "--fps", min=0.001, help="Frame rate of a folder of frames (default 25)."),
           stabilize: bool = typer.Option(False, "--stabilize",
                                          help="Share InstanceNorm statistics across the frames of a shot."),
+          tile: Optional[int] = typer.Option(None, "--tile", min=32, help=TILE_HELP),
+          max_memory: Optional[str] = typer.Option(None, "--max-memory", help=MEMORY_HELP),
           quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
     """Translate every frame of a video; keeps frame timing, audio and rotation. Writes atomically."""
     import time
@@ -385,7 +407,8 @@ def video(src: Path = typer.Argument(..., help="Input video, or a folder of fram
 
     try:
         translator = Translator(load_generator(model, direction, quiet=quiet), device=device,
-                                precision=precision, batch_size=batch_size)
+                                precision=precision, batch_size=batch_size, tile=tile,
+                                max_memory=parse_bytes(max_memory))
         with bar:
             task = bar.add_task(f"{src.name}", total=None, fps="-")
             t0[0] = time.perf_counter()
