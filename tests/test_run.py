@@ -125,7 +125,10 @@ def test_batched_equals_one_at_a_time(translator):
     imgs = [np.asarray(photo((52, 36), n)) for n in ("china.jpg", "flower.jpg", "rocket.jpg")]
     batched = translator.translate_batch(imgs)
     for img, out in zip(imgs, batched):
-        assert np.array_equal(out, translator.translate(img))
+        # oneDNN may pick another convolution algorithm for another batch size: rounding noise only,
+        # where padding or statistics leaking across the batch would move whole regions
+        diff = np.abs(out.astype(int) - translator.translate(img))
+        assert diff.max() <= 1 and diff.mean() < 0.02
 
 
 def test_skip_existing_and_overwrite(tmp_path, translator):
