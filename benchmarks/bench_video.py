@@ -110,7 +110,7 @@ def main() -> None:
     f_plain = flicker(frames, plain, cuts)
     print(f"flicker, per-frame statistics         {f_plain:.3f}")
     for m in args.momentum:
-        with StableStats(model, momentum=m) as st:
+        with StableStats(tr.model, momentum=m) as st:  # the norms the translator runs (its bf16 copy on CPU)
             stab = run_batches(tr, frames, st)
         f_stab = flicker(frames, stab, cuts)
         diff = np.mean([np.abs(a.astype(np.float32) - b).mean() for a, b in zip(stab, plain)])

@@ -210,6 +210,30 @@ def test_stable_stats_average_within_a_shot_and_restart_at_a_cut():
     assert d3 > 1 and d4 < d3  # the change is blended in, then followed
 
 
+def test_stabilize_reaches_the_norms_the_translator_runs(tmp_path):
+    """On CPU bf16 the translator runs its own copy of the model: --stabilize must hook that copy."""
+    from PIL import Image
+
+    from cyclebatch.images import read_image
+
+    a = pattern(0, 32, 48)
+    a2 = a.copy()
+    a2[12:20, 18:30] = 250  # one shot; an object appears, so the frame's own statistics move
+    src = tmp_path / "in"
+    src.mkdir()
+    for i, f in enumerate([a, a, a, a2, a2]):
+        Image.fromarray(f).save(src / f"{i:03d}.png")
+    tr = Translator(tiny_generator(3), device="cpu", precision="bf16")
+    outs = {}
+    for stabilize in (False, True):
+        translate_video(src, tmp_path / f"out{stabilize}", tr, fps=5, stabilize=stabilize)
+        outs[stabilize] = [read_image(p).rgb.astype(int) for p in sorted((tmp_path / f"out{stabilize}").iterdir())]
+    first, moved = (np.abs(outs[True][i] - outs[False][i]).mean() for i in (0, 3))
+    assert first < 1  # a shot's first frame keeps its own statistics (bf16 rounding apart)
+    assert moved > 4 and moved > 5 * first  # then the shot's running average, not the frame's own
+    assert all(n.stats_hook is None for n in tr.model.norms())
+
+
 def test_cli_video_with_a_model_file(tmp_path):
     save_generator(tiny_generator(1), tmp_path / "g.safetensors", {})
     synth(tmp_path / "in.mp4", n=12, audio=True)
