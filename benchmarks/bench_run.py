@@ -75,7 +75,7 @@ def naive_loop(net, paths: list[Path], out: Path) -> float:
     with torch.no_grad():
         for p in paths:
             a = np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 127.5 - 1
-            y = net(torch.from_numpy(a).permute(2, 0, 1)[None])
+            y = net(torch.from_numpy(a).permute(2, 0, 1).contiguous()[None])  # NCHW, as torchvision's ToTensor
             img = ((y[0].permute(1, 2, 0).numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
             Image.fromarray(img).save(out / p.name)
     return len(paths) / (time.perf_counter() - start)
