@@ -16,7 +16,7 @@ shot moves histograms far less than a cut does, so the average follows the shot 
 
 Measured (benchmarks/bench_video.py, vintage generator, examples/clip.mp4): the flicker measure
 (mean |out_t - out_t-1| / mean |in_t - in_t-1| within shots) drops by 3.4% at momentum 0.8 and
-by 5.2% even with each shot's first statistics frozen (the most shared statistics can do), because
+by 5.3% even with each shot's first statistics frozen (the most shared statistics can do), because
 on a clean clip almost all of the frame-to-frame change is real motion, and per-frame statistics
 have one virtue shared ones lack: they cancel global exposure changes. So this is opt-in
 (`cyclebatch video --stabilize`), not the default. It also costs time: the hook path computes

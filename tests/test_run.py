@@ -254,11 +254,14 @@ def test_killed_run_leaves_no_partial_outputs_and_resumes(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "cyclebatch", "run", str(src), "-o", str(out), "-m", str(model_file),
                              "--quiet", "--batch-size", "1"], env=env)
     deadline = time.time() + 120
-    while time.time() < deadline and len(list(out.glob("*.png"))) < 3:
+    def done():  # finished outputs only: a temporary file being written also ends in .png
+        return [p for p in out.glob("*.png") if not p.name.startswith(".")]
+
+    while time.time() < deadline and len(done()) < 3:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    finished = [p for p in out.glob("*.png") if not p.name.startswith(".")]
+    finished = done()
     assert 3 <= len(finished) < 40
     for p in finished:  # every visible output decodes completely
         with Image.open(p) as im:
