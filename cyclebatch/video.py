@@ -94,6 +94,7 @@ class VideoSource:
         self.start, self.duration = start, duration
         self.rotation = 0
         self.offset_pts = 0  # subtracted from every PTS (clip start)
+        self.colour: Optional[dict] = None  # the first frame's colour tags, when it carries any
         total = s.frames or (int(float(s.duration * s.time_base) * self.rate) if s.duration else 0)
         if duration is not None:
             total = int(round(duration * self.rate))
@@ -123,6 +124,7 @@ class VideoSource:
                     first = pts
                     self.offset_pts = pts if self.start else 0
                     self.rotation = int(round(getattr(f, "rotation", 0) or 0)) % 360
+                    self.colour = _colour_tags(f)
                 rgb = f.to_ndarray(format="rgb24")
                 if self.rotation:
                     rgb = np.ascontiguousarray(np.rot90(rgb, k=self.rotation // 90))
@@ -221,6 +223,19 @@ def is_frame_folder(path: Path) -> bool:
     return path.is_dir() or path.suffix == ""
 
 
+def _colour_tags(frame) -> Optional[dict]:
+    """Colour matrix, range, primaries and transfer of a decoded frame; None when the matrix is unspecified
+    (then RGB goes to YUV with FFmpeg's default, BT.601, and the output stays untagged as the input was)."""
+    tags = {k: int(getattr(frame, k, 0) or 0) for k in ("colorspace", "color_range", "color_primaries", "color_trc")}
+    if tags["colorspace"] in (0, 2):  # RGB or unspecified
+        return None
+    tags["color_range"] = tags["color_range"] or 1  # unspecified range: limited, as FFmpeg assumes
+    for k in ("color_primaries", "color_trc"):
+        if tags[k] in (0, 2):  # reserved or unspecified: leave the output's unspecified too
+            del tags[k]
+    return tags
+
+
 class VideoSink:
     """Encodes frames into a container; copies (or re-encodes) the source's audio, interleaved by time."""
 
@@ -263,6 +278,9 @@ class VideoSink:
         if self.codec in ("libx264", "libx265"):
             opts["preset"] = self.preset
         s.options = opts
+        self.colour = getattr(self.src, "colour", None)
+        for name, value in (self.colour or {}).items():  # same matrix, range, primaries and transfer as the input
+            setattr(s.codec_context, name, value)
         self.stream = s
         self._open_audio()
 
@@ -297,6 +315,9 @@ class VideoSink:
             if h % 2 or w % 2:
                 rgb = np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
             vf = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            if self.colour:  # decoding used the input's matrix and range (PyAV reads the tags): encode with them
+                vf = vf.reformat(format="yuv420p", dst_colorspace=self.colour["colorspace"],
+                                 dst_color_range=self.colour["color_range"])
             vf.pts, vf.time_base = f.pts, self.src.time_base
             self.out.mux(self.stream.encode(vf))
             self._mux_audio(float(f.pts * self.src.time_base) + 1.0)

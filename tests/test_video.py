@@ -348,3 +348,33 @@ def test_fps_is_for_frame_folders_only(tmp_path):
     with pytest.raises(CycleBatchError, match="--fps is for a folder of frames"):
         translate_video(tmp_path / "in.mp4", tmp_path / "out.mp4", Identity(), fps=10)
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_colour_tags_and_matrix_are_kept(tmp_path):
+    """BT.709 input (any HD source): decoded with its matrix, re-encoded with it and tagged the same, so a
+    player shows the colours it showed before. Untagged BT.601 output would shift a red by ~12 levels."""
+    from av.video.reformatter import ColorRange, Colorspace
+
+    colour = np.zeros((48, 64, 3), np.uint8)
+    colour[:, :32] = (200, 50, 50)
+    colour[:, 32:] = (40, 160, 90)
+    with av.open(str(tmp_path / "in.mp4"), "w") as o:
+        s = o.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt, s.options = 64, 48, "yuv420p", {"qp": "0"}
+        for name in ("colorspace", "color_primaries", "color_trc", "color_range"):
+            setattr(s.codec_context, name, 1)  # BT.709, limited range
+        for i in range(4):
+            vf = av.VideoFrame.from_ndarray(colour, format="rgb24").reformat(
+                format="yuv420p", dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG)
+            vf.pts = i
+            o.mux(s.encode(vf))
+        o.mux(s.encode())
+    translate_video(tmp_path / "in.mp4", tmp_path / "out.mp4", Identity(), crf=0)
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        cc = c.streams.video[0].codec_context
+        assert (cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range) == (1, 1, 1, 1)
+        f = next(c.decode(video=0))
+        as_709 = f.reformat(format="rgb24", src_colorspace=Colorspace.ITU709,
+                            src_color_range=ColorRange.MPEG).to_ndarray().astype(int)
+    assert np.abs(as_709[8:40, 4:28] - (200, 50, 50)).max() <= 3
+    assert np.abs(as_709[8:40, 36:60] - (40, 160, 90)).max() <= 3
