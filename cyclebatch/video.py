@@ -9,6 +9,8 @@ a writer thread encodes and muxes. Decisions:
   no rotation metadata, so every player shows the same picture.
 - Odd sizes: H.264/HEVC with 4:2:0 chroma can only crop in steps of 2 pixels, so an odd width or height
   is padded by one replicated edge row/column; nothing is scaled, the picture is not distorted.
+- Colour: the input's matrix, range, primaries and transfer are used for both conversions and tagged on
+  the output (untagged input: FFmpeg's BT.601 default, output untagged too).
 - Audio: every audio stream is copied packet by packet when the output container accepts its codec,
   otherwise re-encoded to AAC.
 - Output: written under a temporary name and renamed at the end (also for a folder of frames).
