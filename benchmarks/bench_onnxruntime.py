@@ -23,21 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import model_or_random  # noqa: E402
 from cyclebatch.engine import Translator  # noqa: E402
 from cyclebatch.export import export_onnx  # noqa: E402
-from cyclebatch.networks import GeneratorConfig, ResnetGenerator, init_weights  # noqa: E402
-
-
-def load(model: str) -> tuple[ResnetGenerator, str]:
-    from cyclebatch.errors import CycleBatchError
-    from cyclebatch.registry import load_generator
-
-    try:
-        return load_generator(model), model
-    except CycleBatchError as e:
-        print(f"note: {e}; using a random-init resnet_9blocks (speed does not depend on the weights)")
-        torch.manual_seed(0)
-        return init_weights(ResnetGenerator(GeneratorConfig(ngf=64, n_blocks=9))).eval(), "random init"
 
 
 def main() -> None:
@@ -51,7 +39,7 @@ def main() -> None:
     import onnxruntime as ort
 
     torch.set_num_threads(args.threads)
-    net, name = load(args.model)
+    net, name = model_or_random(args.model)
     fp32 = Translator(net, device="cpu", precision="fp32")
     default = Translator(net, device="cpu", precision="auto")
     with tempfile.TemporaryDirectory() as tmp:

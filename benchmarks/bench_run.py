@@ -25,20 +25,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import model_or_random  # noqa: E402
 from cyclebatch.engine import Translator  # noqa: E402
-from cyclebatch.errors import CycleBatchError  # noqa: E402
-from cyclebatch.networks import ResnetGenerator, init_weights  # noqa: E402
 from cyclebatch.pipeline import translate_paths  # noqa: E402
-from cyclebatch.registry import load_generator  # noqa: E402
-
-
-def get_model(name: str):
-    try:
-        return load_generator(name), name
-    except CycleBatchError as e:
-        print(f"({e}; using a random-init resnet_9blocks instead)")
-        torch.manual_seed(0)
-        return init_weights(ResnetGenerator()).eval(), "random resnet_9blocks"
 
 
 def make_photos(folder: Path, size: int, n: int) -> list[Path]:
@@ -87,7 +76,7 @@ def main() -> None:
     ap.add_argument("--n256", type=int, default=16)
     ap.add_argument("--n1024", type=int, default=4)
     args = ap.parse_args()
-    net, name = get_model(args.model)
+    net, name = model_or_random(args.model)
     t = Translator(net)
     print(f"model {name}, device {t.device}, precision {t.precision}, torch threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -23,6 +23,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from common import model_or_random  # noqa: E402
 PHOTO = ROOT / "examples" / "photos" / "china.jpg"
 
 
@@ -36,19 +37,6 @@ def rss_now() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def load_model(name: str):
-    from cyclebatch.networks import GeneratorConfig, ResnetGenerator, init_weights
-    from cyclebatch.registry import load_generator
-
-    try:
-        return load_generator(name, quiet=True), name
-    except Exception as exc:  # no network, no such model: the figures still mean something with random weights
-        print(f"# model '{name}' unavailable ({exc}); using a random-init resnet_9blocks", file=sys.stderr)
-        import torch
-        torch.manual_seed(0)
-        return init_weights(ResnetGenerator(GeneratorConfig())).eval(), "random resnet_9blocks"
-
-
 def worker(spec: dict) -> None:
     """One translation in this fresh process; prints a JSON line with time and memory."""
     import cv2
@@ -57,7 +45,7 @@ def worker(spec: dict) -> None:
     from cyclebatch.engine import Translator
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    net, _ = load_model(spec["model"])
+    net, _ = model_or_random(spec["model"])
     photo = cv2.cvtColor(cv2.imread(str(PHOTO)), cv2.COLOR_BGR2RGB)
     img = cv2.resize(photo, (spec["w"], spec["h"]), interpolation=cv2.INTER_CUBIC)
     del photo

@@ -30,20 +30,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import model_or_random  # noqa: E402
 from cyclebatch.engine import Translator  # noqa: E402
-from cyclebatch.networks import GeneratorConfig, ResnetGenerator, init_weights  # noqa: E402
 from cyclebatch.stabilize import StableStats  # noqa: E402
 from cyclebatch.video import translate_video  # noqa: E402
-
-
-def load_model(name: str):
-    try:
-        from cyclebatch.registry import load_generator
-        return load_generator(name, quiet=True), name
-    except Exception as e:  # offline or unknown: the same architecture with random weights
-        print(f"model '{name}' unavailable ({e}); using a random-init resnet_9blocks")
-        torch.manual_seed(0)
-        return init_weights(ResnetGenerator(GeneratorConfig(n_blocks=9))).eval(), "random resnet_9blocks"
 
 
 def run_batches(tr: Translator, frames, stable: StableStats | None = None):
@@ -92,7 +82,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
 
-    model, label = load_model(args.model)
+    model, label = model_or_random(args.model)
     tr = Translator(model, device=args.device, precision=args.precision)
     with av.open(args.clip) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
@@ -117,7 +107,7 @@ def main() -> None:
             res = translate_video(args.clip, Path(d) / "out_s.mp4", tr, stabilize=True, duration=duration)
             vid_s.append(res.frames / res.seconds)
     img_fps, vid_fps, vid_fps_s = max(img), max(vid), max(vid_s)
-    print(f"rounds (images/s, video, video stabilised): "
+    print("rounds (images/s, video, video stabilised): "
           + "; ".join(f"{a:.2f} {b:.2f} {c:.2f}" for a, b, c in zip(img, vid, vid_s)))
     print(f"images/s (translate_batch)            {img_fps:7.2f}")
     print(f"video frames/s (per-frame statistics) {vid_fps:7.2f}   ratio {vid_fps / img_fps:.2f} (goal >= 0.9)")
