@@ -28,7 +28,6 @@ from typing import Callable, Iterator, Optional
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import CycleBatchError

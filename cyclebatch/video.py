@@ -33,7 +33,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 
 from .errors import CycleBatchError
-from .fileio import TMP_MARK, atomic_path
+from .fileio import TMP_MARK, atomic_path, temp_name
 from .images import IMAGE_SUFFIXES, read_image
 
 DEFAULT_FOLDER_FPS = 25
@@ -406,7 +406,7 @@ def atomic_folder(path: Path) -> Iterator[Path]:
         raise CycleBatchError(f"{path}: exists and is not an empty folder; frames go to a new or empty folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{TMP_MARK}{os.getpid()}-{path.name}")
+        tmp = temp_name(path)
         tmp.mkdir()
     except OSError as e:
         raise CycleBatchError(f"{path}: cannot write here ({e.strerror or _short(e)})") from None
