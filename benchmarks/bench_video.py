@@ -113,7 +113,7 @@ def main() -> None:
     print(f"video frames/s (per-frame statistics) {vid_fps:7.2f}   ratio {vid_fps / img_fps:.2f} (goal >= 0.9)")
     print(f"video frames/s (stabilised)           {vid_fps_s:7.2f}   ratio {vid_fps_s / img_fps:.2f}")
 
-    probe = StableStats(model)
+    probe = StableStats(tr)
     probe.next_frames(frames)
     cuts = probe.cuts
     print(f"scene cuts found: {sum(cuts[1:])} at frames {[i for i in range(1, len(cuts)) if cuts[i]]}")
@@ -123,7 +123,7 @@ def main() -> None:
     print(f"flicker, per-frame statistics         {f_plain:.3f}")
     print(f"motion-compensated residual: input {w_in:.2f} levels, per-frame statistics {w_plain:.2f}")
     for m in args.momentum:
-        with StableStats(tr.model, momentum=m) as st:  # the norms the translator runs (its bf16 copy on CPU)
+        with StableStats(tr, momentum=m) as st:
             stab = run_batches(tr, frames, st)
         f_stab = flicker(frames, stab, cuts)
         diff = np.mean([np.abs(a.astype(np.float32) - b).mean() for a, b in zip(stab, plain)])

@@ -405,6 +405,7 @@ def video(src: Path = typer.Argument(..., help="Input video, or a folder of fram
         rate = done / max(1e-9, time.perf_counter() - t0[0])
         bar.update(task, completed=done, total=max(total or 0, done) or None, fps=f"{rate:.1f}")
 
+    _sigterm_as_interrupt()
     try:
         translator = Translator(load_generator(model, direction, quiet=quiet), device=device,
                                 precision=precision, batch_size=batch_size, tile=tile,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -41,19 +43,30 @@ def is_temp(path: Path) -> bool:
 
 def sweep_dead_temps(folder: Path) -> int:
     """Remove temporary files left in `folder` (recursively) by writers that are no longer running."""
-    removed = 0
     if not folder.is_dir():
         return 0
-    for p in folder.rglob(f"{TMP_MARK}*"):
-        try:
-            pid = int(p.name[len(TMP_MARK):].split("-", 1)[0])
-        except ValueError:
-            continue
-        if pid != os.getpid() and not _alive(pid):
-            with contextlib.suppress(OSError):
-                p.unlink()
-                removed += 1
-    return removed
+    return sum(_remove_if_dead(p) for p in folder.rglob(f"{TMP_MARK}*"))
+
+
+def sweep_dead_temps_of(path: Path) -> int:
+    """Remove what dead writers left while writing `path` itself (a file or a folder), and nothing else."""
+    if not path.parent.is_dir():
+        return 0
+    return sum(_remove_if_dead(p) for p in path.parent.glob(f"{TMP_MARK}*-{glob.escape(path.name)}"))
+
+
+def _remove_if_dead(p: Path) -> bool:
+    try:
+        pid = int(p.name[len(TMP_MARK):].split("-", 1)[0])
+    except ValueError:
+        return False
+    if pid == os.getpid() or _alive(pid):
+        return False
+    try:
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    except OSError:
+        return False
+    return True
 
 
 def _alive(pid: int) -> bool:

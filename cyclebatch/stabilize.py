@@ -45,10 +45,17 @@ def colour_histogram(frame: np.ndarray) -> np.ndarray:
 
 
 class StableStats:
-    """Installs itself as the `stats_hook` of a generator's norms; call `next_frames` before each batch."""
+    """Installs itself as the `stats_hook` of a generator's norms; call `next_frames` before each batch.
 
-    def __init__(self, model: torch.nn.Module, momentum: float = 0.8, cut_threshold: float = 0.3):
-        self.norms: list[InstanceNorm] = model.norms() if hasattr(model, "norms") else []
+    Give it the `engine.Translator` that will run the frames: the translator may run its own copy of
+    the generator (bf16 on CPU), and only that copy's norms see the frames. A bare generator is taken too.
+    """
+
+    def __init__(self, translator, momentum: float = 0.8, cut_threshold: float = 0.3):
+        model = translator.model if isinstance(getattr(translator, "model", None), torch.nn.Module) else translator
+        if not hasattr(model, "norms"):
+            raise TypeError(f"StableStats needs a Translator or a cyclebatch generator, not {type(translator).__name__}")
+        self.norms: list[InstanceNorm] = model.norms()
         self.momentum = momentum
         self.cut_threshold = cut_threshold
         self.state: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}

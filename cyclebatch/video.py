@@ -33,7 +33,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 
 from .errors import CycleBatchError
-from .fileio import TMP_MARK, atomic_path, temp_name
+from .fileio import TMP_MARK, atomic_path, sweep_dead_temps_of, temp_name
 from .images import IMAGE_SUFFIXES, read_image
 
 DEFAULT_FOLDER_FPS = 25
@@ -463,6 +463,7 @@ def translate_video(src: str | Path, dst: str | Path, translator, *, codec: str 
     if src.resolve() == dst.resolve():
         raise CycleBatchError(f"{dst}: the output would overwrite the input")
     source = open_source(src, start, duration, fps)
+    sweep_dead_temps_of(dst)  # a killed earlier attempt at this same output
     t0 = time.perf_counter()
     try:
         if is_frame_folder(dst):
@@ -519,8 +520,7 @@ def _pipeline(source, sink, translator, stabilize: bool, progress) -> tuple[int,
             errors.append(e)
             stop.set()
 
-    model = getattr(translator, "model", None)
-    stable = StableStats(model) if (stabilize and model is not None) else None
+    stable = StableStats(translator) if stabilize else None
     reader = threading.Thread(target=read, name="cyclebatch-decode", daemon=True)
     writer = threading.Thread(target=write, name="cyclebatch-encode", daemon=True)
     reader.start()

@@ -196,13 +196,13 @@ def test_stable_stats_average_within_a_shot_and_restart_at_a_cut():
     b[..., 2] = 230  # a cut: another picture
     frames = [a, a, a, a2, a2, b, b]
     plain = [tr.translate(f).astype(int) for f in frames]
-    stable = StableStats(net, momentum=0.8)
+    stable = StableStats(tr, momentum=0.8)
     with stable:
         out = []
         for i in range(0, len(frames), 4):  # batches of 4 and 3: the average crosses the batch boundary
             stable.next_frames(frames[i:i + 4])
             out += [o.astype(int) for o in tr.translate_batch(frames[i:i + 4])]
-    assert all(n.stats_hook is None for n in net.norms())  # hooks removed on exit
+    assert all(n.stats_hook is None for n in tr.model.norms())  # hooks removed on exit
     assert stable.cuts == [False, True, False] and stable.n_cuts == 1
     for i in (0, 1, 2, 5, 6):  # a steady shot averages to its own statistics; a cut starts afresh
         assert np.abs(out[i] - plain[i]).max() <= 1, i
@@ -324,7 +324,8 @@ def test_cli_bad_input_exit_code_and_one_line(tmp_path):
     assert not (tmp_path / "out.mp4").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["g.safetensors", "notes.mp4"]
 
 
-def test_cli_ctrl_c_says_so_and_leaves_nothing(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_cli_interrupt_says_so_and_leaves_nothing(tmp_path, sig):
     save_generator(tiny_generator(1), tmp_path / "g.safetensors", {})
     synth(tmp_path / "in.mp4", n=400, w=128, h=96, audio=True)
     out = tmp_path / "o"
@@ -337,10 +338,34 @@ def test_cli_ctrl_c_says_so_and_leaves_nothing(tmp_path):
     while not any(out.iterdir()) and p.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     assert p.poll() is None, "finished before it could be interrupted"
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     _, stderr = p.communicate(timeout=60)
     assert p.returncode == 130 and "interrupted" in stderr and "out.mp4 was not written" in stderr
     assert list(out.iterdir()) == []
+
+
+def test_leftovers_of_a_killed_run_on_the_same_output_are_swept(tmp_path):
+    from cyclebatch.fileio import TMP_MARK
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs
+    synth(tmp_path / "in.mp4", n=6, audio=False)
+    out = tmp_path / "o"
+    out.mkdir()
+    mine_file = out / f"{TMP_MARK}{dead.pid}-0123abcd-out.mp4"  # SIGKILL mid-encode left this
+    mine_file.write_bytes(b"half a video")
+    mine_dir = out / f"{TMP_MARK}{dead.pid}-0123abcd-frames"  # and this, mid frame folder
+    mine_dir.mkdir()
+    (mine_dir / "000000.png").write_bytes(b"x")
+    live = out / f"{TMP_MARK}{os.getpid()}-0123abcd-out.mp4"  # a writer still running: not ours to remove
+    other = out / f"{TMP_MARK}{dead.pid}-0123abcd-other.mp4"  # another output's leftovers: left for its own run
+    user = out / "notes-out.mp4"
+    for p in (live, other, user):
+        p.write_bytes(b"keep")
+    tr = Translator(tiny_generator(1), device="cpu", precision="fp32")
+    translate_video(tmp_path / "in.mp4", out / "out.mp4", tr)
+    translate_video(tmp_path / "in.mp4", out / "frames", tr)
+    assert sorted(p.name for p in out.iterdir()) == sorted(["out.mp4", "frames", live.name, other.name, user.name])
 
 
 def test_fps_is_for_frame_folders_only(tmp_path):
