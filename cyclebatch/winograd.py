@@ -1,0 +1,103 @@
+"""Winograd convolution for the residual trunk's 3x3 convolutions (CPU inference).
+
+Why: on CPU the trunk's 3x3 convolutions are 75-85% of a forward pass and oneDNN already runs them
+at the cores' bf16 peak, so only fewer multiplications can make them faster. Winograd F(m, 3)
+computes an m x m output tile from an (m+2) x (m+2) input tile with (m+2)^2 multiplies per channel
+pair instead of 9 m^2 (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016).
+The per-position products become one batched matmul over channels; the tile transforms are small
+matmuls with a fixed matrix.
+
+Activations run channels_last (NHWC in memory): tiles are gathered with channels innermost and the
+matmul reads them without a transpose.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .networks import ResnetBlock, ResnetGenerator
+
+BAND_BYTES = 1 << 20  # transformed input tiles per band: about what stays in a core's L2 cache
+
+# Transform matrices (B^T, G, A^T) for interpolation points 0, +-1 (F2) and 0, +-1, +-2 (F4).
+_SPECS = {
+    2: ([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
+        [[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]],
+        [[1, 1, 1, 0], [0, 1, -1, -1]]),
+    4: ([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+         [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
+        [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+         [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]],
+        [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]),
+}
+
+
+class WinogradConv3x3(nn.Module):
+    """A drop-in for `nn.Conv2d(C, K, 3)` (stride 1, no padding, no dilation or groups) at inference.
+
+    Takes the already-padded input in any memory format and returns a channels_last tensor.
+    """
+
+    def __init__(self, conv: nn.Conv2d, m: int = 4, dtype: torch.dtype | None = None):
+        super().__init__()
+        if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.padding != (0, 0) \
+                or conv.dilation != (1, 1) or conv.groups != 1:
+            raise ValueError("WinogradConv3x3 replaces only plain 3x3, stride-1, unpadded convolutions")
+        bt, g, at = (torch.tensor(t, dtype=torch.float64) for t in _SPECS[m])
+        dtype = dtype or conv.weight.dtype
+        self.m, self.a = m, m + 2
+        w = conv.weight.detach().double()  # [K, C, 3, 3]
+        u = torch.einsum("ij,kcjl,ml->imck", g, w, g)  # G w G^T per channel pair, [a, a, C, K]
+        self.register_buffer("u", u.reshape(self.a * self.a, w.shape[1], w.shape[0]).to(dtype).contiguous())
+        # Row-major vec(B^T d B) = (B^T kron B^T) vec(d): one matmul transforms every tile at once.
+        self.register_buffer("bt", torch.kron(bt, bt).to(dtype))
+        self.register_buffer("at", torch.kron(at, at).to(dtype))
+        # A^T e1 is all ones, so a bias added to the products at tile position (1, 1) lands on
+        # every output pixel: 1/a^2 of the work of adding it to the output.
+        self.bias_at = self.a + 1
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().to(dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, hp, wp = x.shape
+        h, w, m, a = hp - 2, wp - 2, self.m, self.a
+        th, tw = -(-h // m), -(-w // m)
+        x = x.to(self.u.dtype).contiguous(memory_format=torch.channels_last)
+        if th * m != h or tw * m != w:  # whole tiles only; the extra rows and columns are cropped below
+            x = F.pad(x, (0, tw * m - w, 0, th * m - h)).contiguous(memory_format=torch.channels_last)
+        k = self.u.shape[2]
+        out = x.new_empty((n, th * m, tw * m, k))
+        sn, sc, sh, sw = x.stride()
+        # Bands of tile rows whose transformed tiles fit in cache: past a few MB the transforms are
+        # bound by memory bandwidth and a whole 1024 px image ran slower than the direct convolution.
+        rows = max(1, min(th, BAND_BYTES // (a * a * n * tw * max(c, k) * x.element_size())))
+        for r in range(0, th, rows):
+            b = min(rows, th - r)
+            tiles = x.as_strided((a, a, n, b, tw, c), (sh, sw, sn, m * sh, m * sw, sc),
+                                 x.storage_offset() + r * m * sh)
+            v = (self.bt @ tiles.reshape(a * a, -1)).view(a * a, n * b * tw, c)
+            prod = torch.bmm(v, self.u)  # [a*a, tiles, K]
+            if self.bias is not None:
+                prod[self.bias_at] += self.bias
+            y = (self.at @ prod.view(a * a, -1)).view(m, m, n, b, tw, k)
+            out[:, r * m:(r + b) * m].view(n, b, m, tw, m, k).copy_(y.permute(2, 3, 0, 4, 1, 5))
+        out = out.permute(0, 3, 1, 2)  # logical NCHW, channels_last in memory
+        if th * m != h or tw * m != w:
+            out = out[:, :, :h, :w].contiguous(memory_format=torch.channels_last)
+        return out
+
+
+def use_winograd(model: ResnetGenerator, m: int) -> ResnetGenerator:
+    """Swap the 3x3 convolutions of every residual block for Winograd F(m, 3) ones, in place.
+
+    Layer indices stay the same, so tiling and statistics hooks see the structure they expect; the
+    state_dict does not (the buffers hold transformed weights), so do this to an inference copy only.
+    """
+    for block in model.model:
+        if isinstance(block, ResnetBlock):
+            layers = block.conv_block
+            for i, layer in enumerate(layers):
+                if isinstance(layer, nn.Conv2d):
+                    layers[i] = WinogradConv3x3(layer, m)
+    return model
