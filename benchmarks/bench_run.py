@@ -1,6 +1,6 @@
 """`cyclebatch run` throughput against the raw model and against a naive official-test.py-style loop.
 
-    python benchmarks/bench_run.py [--model vintage] [--n256 16] [--n1024 4]
+    python benchmarks/bench_run.py [--model vintage] [--n256 16] [--n1024 4] [--precision fp32]
 
 Prints, per resolution (real photos from examples/photos, centre-cropped and resized):
   1. raw model throughput: Translator.forward on ready tensors (same precision and batch size as run),
@@ -8,11 +8,15 @@ Prints, per resolution (real photos from examples/photos, centre-cropped and res
   3. a naive loop like the official test.py (PIL decode, batch 1, fp32, sequential save) and run's ratio
      to it; goal >= 2x on a 2-core CPU with default settings.
 All three run in one process, one after another, so the ratios compare like with like.
+Then 4. fidelity: run's output against the fp32 model on one 256 px photo, beside a plain bf16 copy of
+the model (no Winograd), in 8-bit levels, so the engine's speed-ups are seen to cost no accuracy.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import math
 import sys
 import tempfile
 import time
@@ -70,14 +74,32 @@ def naive_loop(net, paths: list[Path], out: Path) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
+def levels(y: torch.Tensor, ref: torch.Tensor) -> str:
+    d = (y.float() - ref).abs() * 127.5
+    psnr = 10 * math.log10(4 / max(1e-20, (d / 127.5).pow(2).mean().item()))
+    return f"mean {d.mean():.3f}  max {d.max():.2f} levels  ({psnr:.1f} dB)"
+
+
+def fidelity(net, t: Translator, path: Path) -> None:
+    x = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)[None].float() / 127.5 - 1
+    with torch.inference_mode():
+        ref = net.float()(x)
+        plain = copy.deepcopy(net).to(t.weights_dtype or torch.float32)(x.to(t.weights_dtype or torch.float32))
+        print(f"\n4. fidelity against the fp32 model ({path.name}, {x.shape[-1]} px)")
+        engine = f"{t.precision}, Winograd F({t.winograd},3)" if t.winograd else t.precision
+        print(f"  run's engine ({engine}):".ljust(44) + levels(t.forward(x), ref))
+        print(f"  plain {t.precision} copy of the model:".ljust(44) + levels(plain, ref))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="vintage")
     ap.add_argument("--n256", type=int, default=16)
     ap.add_argument("--n1024", type=int, default=4)
+    ap.add_argument("--precision", default="auto", help="the engine's precision (fp32: what CPUs without bf16 run)")
     args = ap.parse_args()
     net, name = model_or_random(args.model)
-    t = Translator(net)
+    t = Translator(net, precision=args.precision)
     print(f"model {name}, device {t.device}, precision {t.precision}, torch threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
         for size, n in ((256, args.n256), (1024, args.n1024)):
@@ -91,6 +113,9 @@ def main() -> None:
             print(f"  1. raw model      {raw:8.3f} images/s")
             print(f"  2. run end-to-end {e2e:8.3f} images/s   run / raw   = {e2e / raw:5.2f}  (goal >= 0.90)")
             print(f"  3. naive loop     {naive:8.3f} images/s   run / naive = {e2e / naive:5.2f}  (goal >= 2.00)")
+            if size == 256:
+                first = paths[0]
+        fidelity(net, t, first)
 
 
 if __name__ == "__main__":
