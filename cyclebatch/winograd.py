@@ -40,13 +40,13 @@ class WinogradConv3x3(nn.Module):
     Takes the already-padded input in any memory format and returns a channels_last tensor.
     """
 
-    def __init__(self, conv: nn.Conv2d, m: int = 4, dtype: torch.dtype | None = None):
+    def __init__(self, conv: nn.Conv2d, m: int):
         super().__init__()
         if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.padding != (0, 0) \
                 or conv.dilation != (1, 1) or conv.groups != 1:
             raise ValueError("WinogradConv3x3 replaces only plain 3x3, stride-1, unpadded convolutions")
         bt, g, at = (torch.tensor(t, dtype=torch.float64) for t in _SPECS[m])
-        dtype = dtype or conv.weight.dtype
+        dtype = conv.weight.dtype  # the products run in the weights' precision
         self.m, self.a = m, m + 2
         w = conv.weight.detach().double()  # [K, C, 3, 3]
         u = torch.einsum("ij,kcjl,ml->imck", g, w, g)  # G w G^T per channel pair, [a, a, C, K]

@@ -30,7 +30,7 @@ def test_equals_the_direct_convolution_in_float64(m, size, channels_last, monkey
 def test_refuses_what_it_cannot_replace():
     for conv in (nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, stride=2), nn.Conv2d(4, 4, 5)):
         with pytest.raises(ValueError):
-            WinogradConv3x3(conv)
+            WinogradConv3x3(conv, 2)
 
 
 @pytest.mark.parametrize("affine", [False, True])
