@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import model_or_random  # noqa: E402
+from common import model_or_random, psnr  # noqa: E402
 from cyclebatch.engine import Translator  # noqa: E402
 from cyclebatch.pipeline import translate_paths  # noqa: E402
 
@@ -75,16 +74,18 @@ def naive_loop(net, paths: list[Path], out: Path) -> float:
 
 
 def levels(y: torch.Tensor, ref: torch.Tensor) -> str:
-    d = (y.float() - ref).abs() * 127.5
-    psnr = 10 * math.log10(4 / max(1e-20, (d / 127.5).pow(2).mean().item()))
-    return f"mean {d.mean():.3f}  max {d.max():.2f} levels  ({psnr:.1f} dB)"
+    """[-1, 1] outputs compared in 8-bit levels."""
+    a, b = (y.float().numpy() + 1) * 127.5, (ref.numpy() + 1) * 127.5
+    d = np.abs(a - b)
+    return f"mean {d.mean():.3f}  max {d.max():.2f} levels  ({psnr(a, b):.1f} dB)"
 
 
 def fidelity(net, t: Translator, path: Path) -> None:
     x = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)[None].float() / 127.5 - 1
     with torch.inference_mode():
-        ref = net.float()(x)
-        plain = copy.deepcopy(net).to(t.weights_dtype or torch.float32)(x.to(t.weights_dtype or torch.float32))
+        ref = net(x)
+        dtype = t.weights_dtype or torch.float32
+        plain = copy.deepcopy(net).to(dtype)(x.to(dtype))
         print(f"\n4. fidelity against the fp32 model ({path.name}, {x.shape[-1]} px)")
         engine = f"{t.precision}, Winograd F({t.winograd},3)" if t.winograd else t.precision
         print(f"  run's engine ({engine}):".ljust(44) + levels(t.forward(x), ref))
@@ -113,9 +114,7 @@ def main() -> None:
             print(f"  1. raw model      {raw:8.3f} images/s")
             print(f"  2. run end-to-end {e2e:8.3f} images/s   run / raw   = {e2e / raw:5.2f}  (goal >= 0.90)")
             print(f"  3. naive loop     {naive:8.3f} images/s   run / naive = {e2e / naive:5.2f}  (goal >= 2.00)")
-            if size == 256:
-                first = paths[0]
-        fidelity(net, t, first)
+        fidelity(net, t, Path(tmp) / "in256" / "000.jpg")
 
 
 if __name__ == "__main__":

@@ -23,13 +23,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from common import model_or_random  # noqa: E402
+from common import model_or_random, psnr  # noqa: E402
 PHOTO = ROOT / "examples" / "photos" / "china.jpg"
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
 def rss_now() -> int:

@@ -1,10 +1,11 @@
-"""What every benchmark shares: the model to measure."""
+"""What the benchmarks share: the model to measure, and PSNR."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,3 +25,8 @@ def model_or_random(name: str) -> tuple[ResnetGenerator, str]:
         print(f"# model '{name}' unavailable ({e}); using a random-init resnet_9blocks", file=sys.stderr)
         torch.manual_seed(0)
         return init_weights(ResnetGenerator()).eval(), "random resnet_9blocks"
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
+    mse = np.mean((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(peak ** 2 / mse))
