@@ -1,6 +1,10 @@
+import pytest
 import torch
+from torch import nn
 
-from cyclebatch.networks import GeneratorConfig, PatchDiscriminator, ResnetGenerator, init_weights, pad_to_multiple
+from cyclebatch.networks import (
+    GeneratorConfig, InstanceNorm, PatchDiscriminator, ResnetGenerator, init_weights, instance_stats, pad_to_multiple,
+)
 
 # The official resnet_9blocks generator (ngf 64, InstanceNorm without affine, no dropout), written out by hand
 # from junyanz/pytorch-CycleGAN-and-pix2pix's networks.py.
@@ -76,3 +80,40 @@ def test_pad_to_multiple_reflects_and_keeps_size():
     assert y.shape[-2:] == (8, 8) and (h, w) == (5, 7)
     assert torch.equal(y[..., :5, :7], x)
     assert torch.equal(y[..., 5, :7], x[..., 3, :])  # reflection, not zeros
+
+
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("hook", [None, "own", "fixed"])
+def test_instance_norm_on_channels_last_equals_the_nchw_one(affine, hook):
+    # The CPU engine runs channels_last, where norms (hooked or not) take a batch_norm path of their own.
+    torch.manual_seed(0)
+    norm = InstanceNorm(6, affine)
+    if affine:
+        nn.init.normal_(norm.weight, 1.0, 0.5)
+        nn.init.normal_(norm.bias, 0.0, 0.5)
+    fixed = (torch.randn(1, 6, 1, 1), torch.rand(1, 6, 1, 1) + 0.5)
+    norm.stats_hook = {None: None, "own": lambda n, x: instance_stats(x), "fixed": lambda n, x: fixed}[hook]
+    x = torch.randn(3, 6, 9, 11) * 3 + torch.randn(1, 6, 1, 1) * 4
+    y = norm(x.contiguous(memory_format=torch.channels_last))
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, norm(x), rtol=1e-5, atol=1e-5)
+    if hook == "fixed":  # the hook's statistics are the ones used, not the frame's own
+        mean, var = fixed
+        want = (x - mean) / torch.sqrt(var + norm.eps)
+        if affine:
+            want = want * norm.weight.view(1, -1, 1, 1) + norm.bias.view(1, -1, 1, 1)
+        torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("size", [(9, 11), (1, 5), (1, 1)])
+def test_instance_stats_are_fp32_per_image_statistics_in_either_layout(dtype, size):
+    torch.manual_seed(0)
+    x = (torch.randn(3, 6, *size) * 3 + torch.randn(1, 6, 1, 1) * 10).to(dtype)
+    ref = x.double()
+    want_mean, want_var = ref.mean((2, 3), keepdim=True), ref.var((2, 3), unbiased=False, keepdim=True)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        mean, var = instance_stats(x.contiguous(memory_format=layout))
+        assert mean.dtype == var.dtype == torch.float32 and mean.shape == var.shape == (3, 6, 1, 1)
+        torch.testing.assert_close(mean.double(), want_mean, rtol=1e-6, atol=1e-5)
+        torch.testing.assert_close(var.double(), want_var, rtol=1e-5, atol=1e-5)

@@ -8,7 +8,7 @@ from torch import nn
 
 import cyclebatch.winograd as wino
 from cyclebatch.engine import Translator
-from cyclebatch.networks import GeneratorConfig, InstanceNorm, ResnetGenerator, init_weights
+from cyclebatch.networks import GeneratorConfig, ResnetGenerator, init_weights
 from cyclebatch.winograd import WinogradConv3x3
 
 
@@ -31,18 +31,6 @@ def test_refuses_what_it_cannot_replace():
     for conv in (nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, stride=2), nn.Conv2d(4, 4, 5)):
         with pytest.raises(ValueError):
             WinogradConv3x3(conv, 2)
-
-
-@pytest.mark.parametrize("affine", [False, True])
-def test_instance_norm_on_channels_last_equals_the_nchw_one(affine):
-    torch.manual_seed(0)
-    norm = InstanceNorm(6, affine)
-    if affine:
-        nn.init.normal_(norm.weight, 1.0, 0.5)
-        nn.init.normal_(norm.bias, 0.0, 0.5)
-    x = torch.randn(3, 6, 9, 11) * 3 + 1
-    y = norm(x.contiguous(memory_format=torch.channels_last))
-    torch.testing.assert_close(y, norm(x), rtol=1e-5, atol=1e-5)
 
 
 def _tiny(seed=0):
