@@ -382,8 +382,9 @@ def video(src: Path = typer.Argument(..., help="Input video, or a folder of fram
           start: float = typer.Option(0.0, "--start", min=0, help="Clip start, seconds."),
           duration: Optional[float] = typer.Option(None, "--duration", min=0, help="Clip length, seconds."),
           fps: Optional[float] = typer.Option(None, "--fps", min=0.001, help="Frame rate of a folder of frames (default 25)."),
-          stabilize: bool = typer.Option(False, "--stabilize",
-                                         help="Share InstanceNorm statistics across the frames of a shot."),
+          stabilize: bool = typer.Option(True, "--stabilize/--no-stabilize",
+                                         help="Share InstanceNorm statistics across the frames of a shot "
+                                              "(less flicker), or give each frame its own."),
           tile: Optional[int] = typer.Option(None, "--tile", min=32, help=TILE_HELP),
           max_memory: Optional[str] = typer.Option(None, "--max-memory", help=MEMORY_HELP),
           quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
@@ -420,6 +421,9 @@ def video(src: Path = typer.Argument(..., help="Input video, or a folder of fram
     except (RuntimeError, MemoryError) as e:  # e.g. out of memory: say so in one line, leave no output
         fail(f"{src}: translation failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
              f"{dst} was not written")
+    if stabilize and not res.stabilized:
+        err.print("note: frames were tiled, so each kept its own statistics (--stabilize does not reach tiled frames)",
+                  highlight=False)
     if not quiet:
         out.print(f"wrote {dst}: {res.frames} frames in {res.seconds:.1f} s "
                   f"({res.frames / max(res.seconds, 1e-9):.1f} frames/s, {translator.precision} on {translator.device})",
