@@ -421,9 +421,6 @@ def video(src: Path = typer.Argument(..., help="Input video, or a folder of fram
     except (RuntimeError, MemoryError) as e:  # e.g. out of memory: say so in one line, leave no output
         fail(f"{src}: translation failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
              f"{dst} was not written")
-    if stabilize and not res.stabilized:
-        err.print("note: frames were tiled, so each kept its own statistics (--stabilize does not reach tiled frames)",
-                  highlight=False)
     if not quiet:
         out.print(f"wrote {dst}: {res.frames} frames in {res.seconds:.1f} s "
                   f"({res.frames / max(res.seconds, 1e-9):.1f} frames/s, {translator.precision} on {translator.device})",

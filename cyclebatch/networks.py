@@ -15,7 +15,9 @@ from torch import nn
 import torch.nn.functional as F
 
 # A hook that returns (mean, var) for an InstanceNorm input, each broadcastable to [N, C, 1, 1].
-# Tiling (whole-image statistics) and video (statistics shared across frames) install one.
+# Tiling (whole-image statistics) and video (statistics shared across frames) install one. A hook with a
+# `share(norm, mean, var)` method also takes statistics computed elsewhere: the tiler, which installs its
+# own hooks over it, passes each whole-frame (mean, var) through it, so shared statistics reach tiles too.
 StatsHook = Callable[["InstanceNorm", torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
 
 

@@ -50,6 +50,8 @@ def colour_histogram(frame: np.ndarray) -> np.ndarray:
 class StableStats:
     """Installs itself as the `stats_hook` of a generator's norms; call `next_frames` before each batch.
 
+    Tiled frames work too: the tiler hands its whole-frame statistics to `share` (networks.StatsHook).
+
     Give it the `engine.Translator` that will run the frames: the translator may run its own copy of
     the generator (bf16 on CPU), and only that copy's norms see the frames. A bare generator is taken too.
     """
@@ -71,7 +73,7 @@ class StableStats:
         # Keep whatever hook was there (tiling may install one) and put it back on exit.
         self._saved = [n.stats_hook for n in self.norms]
         for n in self.norms:
-            n.stats_hook = self._hook
+            n.stats_hook = self
         return self
 
     def __exit__(self, *exc) -> None:
@@ -88,14 +90,17 @@ class StableStats:
             self.n_cuts += int(cut and self._last_hist is not None)
             self._last_hist = h
 
-    def _hook(self, norm: InstanceNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, var = instance_stats(x)
-        if len(self.cuts) != x.shape[0]:  # not fed by next_frames (a stray call): behave like plain IN
+    def __call__(self, norm: InstanceNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.share(norm, *instance_stats(x))
+
+    def share(self, norm: InstanceNorm, mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frames' own statistics ([N, C, 1, 1], frame order) in, the shot's running averages out."""
+        if len(self.cuts) != mean.shape[0]:  # not fed by next_frames (a stray call): behave like plain IN
             return mean, var
         key, m = id(norm), self.momentum
         prev = self.state.get(key)
         means, vars_ = [], []
-        for i in range(x.shape[0]):
+        for i in range(mean.shape[0]):
             if prev is None or self.cuts[i]:
                 prev = (mean[i], var[i])
             else:

@@ -251,6 +251,7 @@ class Tiler:
         norms = self.tr.model.norms()
         if on:
             self._saved = [n.stats_hook for n in norms]
+            self._outer = {n: h for n, h in zip(norms, self._saved) if hasattr(h, "share")}
             for n in norms:
                 n.stats_hook = lambda norm, x: self.fixed[norm]
         elif hasattr(self, "_saved"):
@@ -310,10 +311,15 @@ class Tiler:
 
     # -------------------------------------------------- exact statistics
 
+    def _whole(self, norm: InstanceNorm, acc: RunningStats) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image's statistics for `norm`, through the hook that was there before ours (video's shared ones)."""
+        stats = acc.result(self.device)
+        return self._outer[norm].share(norm, *stats) if norm in self._outer else stats
+
     def _stats_pass(self, tiles, fetch, layers, norm) -> None:
         acc = RunningStats()
         self._pass(tiles, fetch, layers[:layers.index(norm)], lambda t, y: acc.add(y))
-        self.fixed[norm] = acc.result(self.device)
+        self.fixed[norm] = self._whole(norm, acc)
 
     def _run_head(self, tiles, fetch, hp, wp) -> torch.Tensor:
         norms = [m for m in self.head if isinstance(m, InstanceNorm)]
@@ -331,7 +337,7 @@ class Tiler:
             trunk[:, :, t.y0 // 4:t.y1 // 4, t.x0 // 4:t.x1 // 4] = y
 
         self._pass(tiles, fetch, self.head[:last], store)
-        self.fixed[norms[-1]] = acc.result(self.device)
+        self.fixed[norms[-1]] = self._whole(norms[-1], acc)
         for r in range(0, trunk.shape[2], self.plan.strip):  # the head's last norm and ReLU, in place
             with self.tr.autocast():
                 part = trunk[:, :, r:r + self.plan.strip].to(self.device)
@@ -365,9 +371,8 @@ class Tiler:
         for i, block in enumerate(self.blocks):
             mods = [m for m in block.conv_block if not isinstance(m, (nn.Dropout, nn.ReLU))]
             pad1, conv1, norm1, pad2, conv2, norm2 = mods
-            s1 = self._conv_strips(x, y, pad1, conv1, None).result(self.device)
-            s2 = self._conv_strips(y, y, pad2, conv2,
-                                   lambda t: torch.relu(_normalize(t, norm1, s1))).result(self.device)
+            s1 = self._whole(norm1, self._conv_strips(x, y, pad1, conv1, None))
+            s2 = self._whole(norm2, self._conv_strips(y, y, pad2, conv2, lambda t: torch.relu(_normalize(t, norm1, s1))))
             for r in range(0, x.shape[2], self.plan.strip):
                 sl = (slice(None), slice(None), slice(r, r + self.plan.strip))
                 x[sl] = (x[sl].to(self.device).float() + _normalize(y[sl].to(self.device), norm2, s2)).to(x.dtype)

@@ -14,9 +14,8 @@ a writer thread encodes and muxes. Decisions:
 - Audio: every audio stream is copied packet by packet when the output container accepts its codec,
   otherwise re-encoded to AAC.
 - Output: written under a temporary name and renamed at the end (also for a folder of frames).
-- Statistics: shared across the frames of a shot by default (stabilize.py); `stabilize=False` gives every
-  frame its own, as a still image gets. Tiled frames (too big for memory, or `--tile`) keep their own:
-  the tiler computes whole-frame statistics of its own, and the result says which way it went.
+- Statistics: shared across the frames of a shot by default (stabilize.py), tiled frames included;
+  `stabilize=False` gives every frame its own, as a still image gets.
 """
 
 from __future__ import annotations
@@ -30,16 +29,13 @@ import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
 from .errors import CycleBatchError
 from .fileio import TMP_MARK, atomic_path, sweep_dead_temps_of, temp_name
 from .images import IMAGE_SUFFIXES, read_image
-
-if TYPE_CHECKING:
-    from .stabilize import StableStats
 
 DEFAULT_FOLDER_FPS = 25
 FRAME_SUFFIX = ".png"
@@ -51,7 +47,6 @@ class VideoResult:
     seconds: float
     output: Path
     scene_cuts: int = 0
-    stabilized: bool = False  # statistics shared across frames (False when asked not to, or frames were tiled)
 
 
 @dataclass
@@ -462,8 +457,7 @@ def translate_video(src: str | Path, dst: str | Path, translator, *, codec: str 
 
     `translator` is an `engine.Translator` (anything with `translate_batch` and `auto_batch_size`).
     `dst` is a video file (its suffix picks the container) or a folder for numbered PNG frames.
-    `stabilize` shares InstanceNorm statistics across the frames of a shot (see `stabilize.py`); it has
-    no effect on frames the translator tiles (`VideoResult.stabilized` says whether it applied).
+    `stabilize` shares InstanceNorm statistics across the frames of a shot (see `stabilize.py`).
     `progress(done, total_or_None)` is called after every batch.
     """
     src, dst = Path(src), Path(dst)
@@ -475,7 +469,7 @@ def translate_video(src: str | Path, dst: str | Path, translator, *, codec: str 
     try:
         if is_frame_folder(dst):
             with atomic_folder(dst) as tmp:
-                n, stable = _pipeline(source, FolderSink(tmp), translator, stabilize, progress)
+                n, cuts = _pipeline(source, FolderSink(tmp), translator, stabilize, progress)
         else:
             try:
                 ctx = atomic_path(dst)
@@ -484,18 +478,17 @@ def translate_video(src: str | Path, dst: str | Path, translator, *, codec: str 
                 raise CycleBatchError(f"{dst}: cannot write here ({e.strerror or _short(e)})") from None
             try:
                 sink = VideoSink(tmp, source, codec, crf, preset, label=dst)
-                n, stable = _pipeline(source, sink, translator, stabilize, progress)
+                n, cuts = _pipeline(source, sink, translator, stabilize, progress)
             except BaseException as e:
                 ctx.__exit__(type(e), e, e.__traceback__)
                 raise
             ctx.__exit__(None, None, None)
     finally:
         source.close()
-    cuts = stable.n_cuts if stable is not None else 0
-    return VideoResult(n, time.perf_counter() - t0, dst, cuts, stabilized=stable is not None)
+    return VideoResult(n, time.perf_counter() - t0, dst, cuts)
 
 
-def _pipeline(source, sink, translator, stabilize: bool, progress) -> tuple[int, Optional["StableStats"]]:
+def _pipeline(source, sink, translator, stabilize: bool, progress) -> tuple[int, int]:
     from .stabilize import StableStats
 
     stop = threading.Event()
@@ -528,26 +521,22 @@ def _pipeline(source, sink, translator, stabilize: bool, progress) -> tuple[int,
             errors.append(e)
             stop.set()
 
-    stable: Optional[StableStats] = None
+    sharing = stabilize and hasattr(getattr(translator, "model", None), "norms")  # not for a stand-in model
+    stable = StableStats(translator) if sharing else None
     reader = threading.Thread(target=read, name="cyclebatch-decode", daemon=True)
     writer = threading.Thread(target=write, name="cyclebatch-encode", daemon=True)
     reader.start()
     writer.start()
     done = 0
     try:
-        with contextlib.ExitStack() as hooks:
+        with (stable if stable is not None else contextlib.nullcontext()):
             batch_size, ended = None, False
             while not ended:
                 first = _get(frames_q, stop)
                 if first is _END:
                     break
                 if batch_size is None:
-                    h, w = first.rgb.shape[:2]
-                    batch_size = max(1, translator.auto_batch_size(h, w))
-                    # Only a generator's own norms can share statistics: not tiled frames, not a stand-in model.
-                    tiled = getattr(translator, "needs_tiling", lambda h, w: False)(h, w)
-                    if stabilize and not tiled and hasattr(getattr(translator, "model", None), "norms"):
-                        stable = hooks.enter_context(StableStats(translator))
+                    batch_size = max(1, translator.auto_batch_size(*first.rgb.shape[:2]))
                 batch = [first]
                 while len(batch) < batch_size:
                     item = _get(frames_q, stop)
@@ -578,4 +567,4 @@ def _pipeline(source, sink, translator, stabilize: bool, progress) -> tuple[int,
         writer.join()
         sink.abort()
         raise
-    return done, stable
+    return done, (stable.n_cuts if stable is not None else 0)
