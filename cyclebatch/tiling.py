@@ -372,7 +372,8 @@ class Tiler:
             mods = [m for m in block.conv_block if not isinstance(m, (nn.Dropout, nn.ReLU))]
             pad1, conv1, norm1, pad2, conv2, norm2 = mods
             s1 = self._whole(norm1, self._conv_strips(x, y, pad1, conv1, None))
-            s2 = self._whole(norm2, self._conv_strips(y, y, pad2, conv2, lambda t: torch.relu(_normalize(t, norm1, s1))))
+            s2 = self._whole(norm2, self._conv_strips(y, y, pad2, conv2,
+                                                      lambda t: torch.relu(_normalize(t, norm1, s1))))
             for r in range(0, x.shape[2], self.plan.strip):
                 sl = (slice(None), slice(None), slice(r, r + self.plan.strip))
                 x[sl] = (x[sl].to(self.device).float() + _normalize(y[sl].to(self.device), norm2, s2)).to(x.dtype)
