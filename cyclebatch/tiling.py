@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .errors import CycleBatchError
-from .networks import InstanceNorm, ResnetBlock, ResnetGenerator
+from .networks import InstanceNorm, ResnetBlock, ResnetGenerator, instance_stats
 
 STATS_MODES = ("exact", "per-tile")
 MIN_TILE = 32
@@ -191,7 +191,9 @@ class RunningStats:
         n = x.shape[-2] * x.shape[-1]
         if n == 0:
             return
-        var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), unbiased=False)  # one sample at a time
+        if x.device.type == "cpu":  # a tile's own region is a strided view: packed, it takes the fast path
+            x = x.contiguous(memory_format=torch.channels_last)  # (0.15 vs 0.82 s of a 1024x683 image's 5 s)
+        mean, var = instance_stats(x)  # one sample at a time
         mean, m2 = mean.double().reshape(-1).cpu(), var.double().reshape(-1).cpu() * n
         if self.mean is None:
             self.n, self.mean, self.m2 = n, mean, m2
