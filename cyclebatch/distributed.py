@@ -23,7 +23,8 @@ def setup(device: str) -> tuple[tuple[int, int], str]:
 
     if not dist.is_initialized():
         dist.init_process_group("gloo")  # gloo: only small summaries travel, and it works without GPUs
-    if device == "auto" and torch.cuda.is_available():
+    # One GPU per rank: a bare "cuda" would put every rank on cuda:0.
+    if device in ("auto", "cuda") and torch.cuda.is_available():
         device = f"cuda:{local % torch.cuda.device_count()}"
     if device.startswith("cpu") or (device == "auto" and not torch.cuda.is_available()):
         local_size = int(os.environ.get("LOCAL_WORLD_SIZE", size))

@@ -2,14 +2,20 @@
 
 `run`, `video` and Python users all go through `Translator`. Pixels come in and go out as NumPy
 HxWx3 arrays (uint8 or uint16); everything between is torch on the chosen device.
+
+Per image size the engine decides once how to run it (images per pass, or tiles) and remembers what
+running out of memory taught it: a failed batch is halved, a failed single image goes to the tiler.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
+import logging
 import os
-from typing import Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -17,7 +23,10 @@ import torch
 from .errors import CycleBatchError
 from .networks import ResnetGenerator, pad_to_multiple
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
+MAX_GPU_BATCH = 32  # past this, batching a CycleGAN buys no throughput and only costs memory
+
+log = logging.getLogger("cyclebatch")
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -49,7 +58,7 @@ def cpu_has_native_bf16() -> bool:
 
 
 def pick_precision(name: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype, or None for plain fp32."""
+    """The autocast dtype, or None for fp32 (tf32 is fp32 storage with TF32 tensor-core maths on CUDA)."""
     if name not in PRECISIONS:
         raise CycleBatchError(f"unknown precision '{name}' (use one of {', '.join(PRECISIONS)})")
     if name == "auto":
@@ -58,7 +67,67 @@ def pick_precision(name: str, device: torch.device) -> Optional[torch.dtype]:
         if device.type == "cpu" and cpu_has_native_bf16():
             return torch.bfloat16
         return None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    return {"fp32": None, "tf32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def use_channels_last(device: torch.device, compiled: bool) -> bool:
+    """CPU: InstanceNorm has an NHWC path there (networks.py), head and tail measured faster. CUDA: eager
+    InstanceNorm and reflection padding hand back NCHW, so channels_last would convert at every layer;
+    only a compiled graph, whose kernels inductor generates for the layout, keeps it end to end."""
+    return device.type == "cpu" or (device.type == "cuda" and compiled)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
+
+
+def device_free_bytes(device: torch.device) -> int:
+    """Memory a new pass can use. On CUDA what the driver reports free plus what PyTorch's caching
+    allocator holds but does not use (mem_get_info counts that reserve as taken)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    return available_memory()
+
+
+class ChunkListener(Protocol):
+    """Told about every forward pass a batch is split into (video's shared statistics listen)."""
+
+    def begin(self, images: Sequence[np.ndarray]) -> None:
+        """The next pass runs exactly these images, in this order."""
+
+    def abort(self) -> None:
+        """That pass ran out of memory: forget it; the same images come again through `begin`."""
+
+
+@dataclass
+class ShapePlan:
+    """How images of one size run, decided once from the memory free at the first one (re-reading it
+    per image let the allocator's own reserve shrink the batches), and lowered by out-of-memory errors."""
+
+    batch: int
+    tiled: bool
+    budget: int
+    tile_plan: object = None  # tiling.TilePlan, kept after an out-of-memory retry made it smaller
+    passes: int = 0
+
+
+@dataclass
+class EngineStats:
+    batch_sizes: collections.Counter = field(default_factory=collections.Counter)  # images per full-frame pass
+    out_of_memory: int = 0  # passes that ran out of memory and were retried smaller
+    tiled_images: int = 0
+    wider_precision_reruns: int = 0  # batches re-run in fp32 after non-finite output
+
+
+class Pending:
+    """A submitted batch: its results are on their way back from the device."""
+
+    def __init__(self, translator: "Translator", images: Sequence[np.ndarray], parts: list):
+        self._t, self._images, self._parts = translator, images, parts
+
+    def result(self) -> list[np.ndarray]:
+        return self._t._collect(self._images, self._parts)
 
 
 class Translator:
@@ -66,10 +135,12 @@ class Translator:
 
     def __init__(self, model: ResnetGenerator, device: str = "auto", precision: str = "auto",
                  compile: bool = False, batch_size: Optional[int] = None, *, tile: Optional[int] = None,
-                 context: int = 64, max_memory: Optional[int] = None, tile_stats: str = "exact"):
+                 context: int = 64, max_memory: Optional[int] = None, tile_stats: str = "exact",
+                 notify: Optional[Callable[[str], None]] = None):
         """tile: force tiling with this tile size; otherwise images whose full-frame pass would exceed
         max_memory bytes (default: half the free memory) are tiled automatically. tile_stats "exact"
-        (whole-image InstanceNorm statistics, seamless) or "per-tile" (the naive way, for comparison)."""
+        (whole-image InstanceNorm statistics, seamless) or "per-tile" (the naive way, for comparison).
+        notify: where one-off notes go (a precision fallback); default the "cyclebatch" logger."""
         from .tiling import STATS_MODES
 
         if tile_stats not in STATS_MODES:
@@ -79,10 +150,16 @@ class Translator:
         if context < 0:
             raise CycleBatchError(f"tile context must be >= 0, not {context}")
         self.tile, self.context, self.max_memory, self.tile_stats = tile, context, max_memory, tile_stats
+        self.notify = notify or log.warning
         self.last_plan = None  # the TilePlan the latest tiled image ran with (after any out-of-memory retry)
         self.device = pick_device(device)
         self.dtype = pick_precision(precision, self.device)
+        self.tf32 = precision == "tf32"
+        self.stats = EngineStats()
+        self._plans: dict[tuple[int, int], ShapePlan] = {}
+        self._noted: set[str] = set()
         self.model = model.eval().requires_grad_(False).to(self.device)
+        self.fp32_model = self.model  # non-finite reduced-precision output is re-run through this one
         # On CPU a bf16 copy of the weights runs about 2x faster than autocast, which re-casts every
         # weight on every call and converts around each InstanceNorm (measured: benchmarks/bench_run.py).
         self.weights_dtype = torch.bfloat16 if (self.dtype == torch.bfloat16 and self.device.type == "cpu") else None
@@ -98,36 +175,67 @@ class Translator:
             if self.model is model:
                 self.model = copy.deepcopy(model)
             use_winograd(self.model, self.winograd)
-        # channels_last feeds CUDA's tensor cores. On CPU it pays once InstanceNorm takes its NHWC
-        # path (networks.py): head 20 vs 26 ms, tail 33 vs 43 ms at 256 px, bf16.
-        self.channels_last = self.device.type in ("cuda", "cpu")
+        self.channels_last = use_channels_last(self.device, compile)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
+        # Static shapes: a folder has few sizes and a video one; dynamic=True would give up the
+        # per-shape specialisation that makes compiling pay.
+        self._forward = torch.compile(self.model, dynamic=False) if compile else self.model
         self.batch_size = batch_size
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
+        self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
     @property
     def precision(self) -> str:
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+        if self.dtype is None:
+            return "tf32" if self.tf32 and self.device.type == "cuda" else "fp32"
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
 
     def autocast(self):
         if self.dtype is None or self.weights_dtype is not None:
-            return contextlib.nullcontext()
+            return self._fp32_maths()
         return torch.autocast(self.device.type, dtype=self.dtype)
+
+    @contextlib.contextmanager
+    def _fp32_maths(self):
+        """On CUDA, fp32 means fp32: cuDNN convolutions use TF32 by default unless told not to."""
+        if self.device.type != "cuda":
+            yield
+            return
+        saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = self.tf32
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+    def note_once(self, key: str, message: str) -> None:
+        if key not in self._noted:
+            self._noted.add(key)
+            self.notify(message)
 
     # ------------------------------------------------------------ tensors
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[-1, 1] NCHW float in, [-1, 1] NCHW float out, any H and W (reflect-padded to a multiple of 4)."""
-        x, (h, w) = pad_to_multiple(self.model_input(x), 4)
+        return self._run(self.model_input(x), self._forward, self.autocast()).float()
+
+    def _run(self, x: torch.Tensor, net, precision_context) -> torch.Tensor:
+        x, (h, w) = pad_to_multiple(x, 4)
         if self.channels_last:  # padding may hand back a plain NCHW tensor
             x = x.contiguous(memory_format=torch.channels_last)
-        with self.autocast():
-            y = self._forward(x)
-        return y[..., :h, :w].float()
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = self.autotune(tuple(x.shape))
+        with precision_context:
+            y = net(x)
+        return y[..., :h, :w]
+
+    def autotune(self, shape: tuple) -> bool:
+        """cuDNN autotuning costs seconds and workspace per new shape: worth it only for shapes that
+        repeat (a video, a folder's common size), so a shape is tuned from its second pass on."""
+        counts = self.__dict__.setdefault("_shape_passes", collections.Counter())
+        counts[shape] += 1
+        return counts[shape] >= 2
 
     def model_input(self, x: torch.Tensor) -> torch.Tensor:
         """On the device, in the weights' dtype and memory layout: what the model's layers take."""
@@ -139,33 +247,183 @@ class Translator:
     # ------------------------------------------------------------ pixels
 
     def to_tensor(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """Stack HxWx3 uint8/uint16 arrays into a [-1, 1] NCHW float batch on the device."""
-        scale = 65535.0 if images[0].dtype == np.uint16 else 255.0
+        """Stack HxWx3 uint8/uint16 arrays into a [-1, 1] NCHW float batch on the device.
+
+        Pixels travel in their own width (16-bit as int16, not int32) from pinned memory on a side
+        stream, so the upload of one batch overlaps the model's work on the one before."""
         arr = np.stack(images)  # a writable copy, whatever the decoder handed us
-        t = torch.from_numpy(arr.astype(np.int32) if arr.dtype == np.uint16 else arr)
-        t = t.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()  # the cast happens on the device
-        return t.mul_(2.0 / scale).sub_(1.0)
+        sixteen = arr.dtype == np.uint16
+        if sixteen:  # int16 is the 16-bit type every backend casts: store u - 32768 (the top bit flipped)
+            arr = np.bitwise_xor(arr, np.uint16(0x8000), out=arr).view(np.int16)
+        t = torch.from_numpy(arr)
+        if self._copy_stream is not None:
+            t = t.pin_memory()
+            with torch.cuda.stream(self._copy_stream):
+                t = t.to(self.device, non_blocking=True)
+            torch.cuda.current_stream(self.device).wait_stream(self._copy_stream)
+            t.record_stream(torch.cuda.current_stream(self.device))
+        else:
+            t = t.to(self.device)
+        t = t.permute(0, 3, 1, 2).float()  # the cast happens on the device
+        if sixteen:
+            return t.add_(32768.0).mul_(2.0 / 65535.0).sub_(1.0)
+        return t.mul_(2.0 / 255.0).sub_(1.0)
 
     @staticmethod
-    def to_pixels(y: torch.Tensor, dtype=np.uint8) -> list[np.ndarray]:
-        scale = 65535.0 if dtype == np.uint16 else 255.0
-        q = y.add(1.0).mul_(scale / 2.0).round_().clamp_(0, scale)
-        q = q.to(torch.int32 if dtype == np.uint16 else torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        return [np.ascontiguousarray(a.astype(dtype, copy=False)) for a in q]
+    def quantize(y: torch.Tensor, dtype=np.uint8) -> tuple[torch.Tensor, torch.Tensor]:
+        """[-1, 1] NCHW float -> NHWC integers on the device (16-bit as int16, u - 32768), and one flag per
+        image: all of its values finite. A NaN survives the clamp and would be written as black."""
+        finite = torch.isfinite(y).flatten(1).all(1)
+        if dtype == np.uint16:
+            q = y.float().add(1.0).mul_(65535.0 / 2.0).round_().clamp_(0, 65535).sub_(32768.0).to(torch.int16)
+        else:
+            q = y.float().add(1.0).mul_(255.0 / 2.0).round_().clamp_(0, 255).to(torch.uint8)
+        return q.permute(0, 2, 3, 1), finite
 
-    def translate_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    @staticmethod
+    def host_pixels(q: torch.Tensor, dtype=np.uint8) -> list[np.ndarray]:
+        a = q.cpu().numpy()
+        if dtype == np.uint16:
+            a = np.bitwise_xor(a.view(np.uint16), np.uint16(0x8000))
+        return [np.ascontiguousarray(x) for x in a]
+
+    @classmethod
+    def to_pixels(cls, y: torch.Tensor, dtype=np.uint8) -> list[np.ndarray]:
+        q, finite = cls.quantize(y, dtype)
+        out = cls.host_pixels(q, dtype)
+        if not bool(finite.all()):
+            raise NonFiniteOutput(int((~finite).sum()))
+        return out
+
+    # ------------------------------------------------------------ batches
+
+    def plan_for(self, height: int, width: int) -> ShapePlan:
+        plan = self._plans.get((height, width))
+        if plan is None:
+            budget = self.memory_budget()
+            need = estimate_bytes(self.model, height, width, self.dtype)
+            tiled = self.tile is not None or need > budget
+            if tiled:
+                batch = 1  # tiled images go one at a time; their tiles batch inside the tiler
+            elif self.batch_size:
+                batch = self.batch_size
+            elif self.device.type == "cuda":
+                batch = int(max(1, min(MAX_GPU_BATCH, budget * 1.2 // need)))
+            else:
+                # CPU: one image a pass. Batches of 4 measured slower per image (bf16, 256 px: 333 vs 285 ms)
+                # and cost memory; the pipeline's threads already keep the model busy.
+                batch = 1
+            plan = self._plans[(height, width)] = ShapePlan(batch, tiled, budget)
+        return plan
+
+    def auto_batch_size(self, height: int, width: int) -> int:
+        """Images per forward pass for this size (decided once per size, lowered by out-of-memory errors)."""
+        return self.plan_for(height, width).batch
+
+    def needs_tiling(self, height: int, width: int) -> bool:
+        return self.plan_for(height, width).tiled
+
+    def translate_batch(self, images: Sequence[np.ndarray],
+                        listener: Optional[ChunkListener] = None) -> list[np.ndarray]:
         """Translate same-size images together; outputs have the input's size and dtype."""
-        if not images:
-            return []
-        shape, dtype = images[0].shape, images[0].dtype
-        if any(im.shape != shape or im.dtype != dtype for im in images):
-            raise ValueError("translate_batch needs images of one size and dtype (batch by size first)")
-        if self.needs_tiling(shape[0], shape[1]):
-            return [self.translate_tiled(im) for im in images]
-        return self.to_pixels(self.forward(self.to_tensor(images)), dtype)
+        return self.submit(images, listener).result()
 
     def translate(self, image: np.ndarray) -> np.ndarray:
         return self.translate_batch([image])[0]
+
+    def submit(self, images: Sequence[np.ndarray], listener: Optional[ChunkListener] = None) -> Pending:
+        """Start translating same-size images; `.result()` waits for them. On a GPU the work is queued and
+        this returns at once, so the caller can prepare the next batch while the device computes."""
+        if not images:
+            return Pending(self, images, [])
+        shape, dtype = images[0].shape, images[0].dtype
+        if any(im.shape != shape or im.dtype != dtype for im in images):
+            raise ValueError("translate_batch needs images of one size and dtype (batch by size first)")
+        plan = self.plan_for(shape[0], shape[1])
+        parts, i = [], 0
+        while i < len(images):
+            if plan.tiled:
+                for im in images[i:]:
+                    if listener is not None:
+                        listener.begin([im])
+                    parts.append(("done", [self.translate_tiled(im)]))
+                break
+            chunk = images[i:i + plan.batch]
+            if listener is not None:
+                listener.begin(chunk)
+            try:
+                parts.append(self._launch(chunk))
+                i += len(chunk)
+                continue
+            except RuntimeError as exc:
+                if not is_out_of_memory(exc):
+                    raise
+            # Out of memory. Retried here, outside the handler: inside it, the traceback would keep the
+            # failed pass's tensors alive. Halve the batch for good; a single image goes to the tiler.
+            if listener is not None:
+                listener.abort()
+            self.stats.out_of_memory += 1
+            self.release_memory()
+            if len(chunk) > 1:
+                plan.batch = max(1, len(chunk) // 2)
+            else:
+                plan.tiled = True
+                self.note_once(f"tile{shape[:2]}", f"out of memory on a full {shape[1]}x{shape[0]} frame: "
+                                                   "images of that size go through in tiles")
+        return Pending(self, images, parts)
+
+    @torch.inference_mode()
+    def _launch(self, chunk: Sequence[np.ndarray]) -> tuple:
+        y = self._run(self.model_input(self.to_tensor(chunk)), self._forward, self.autocast())
+        q, finite = self.quantize(y, chunk[0].dtype)
+        self.stats.batch_sizes[len(chunk)] += 1
+        if self._copy_stream is None:
+            return ("host", chunk, q, finite, None)
+        # Copies into pinned memory, queued behind the model: nothing here waits for the GPU.
+        q_host = torch.empty(q.shape, dtype=q.dtype, pin_memory=True)
+        f_host = torch.empty(finite.shape, dtype=finite.dtype, pin_memory=True)
+        q_host.copy_(q, non_blocking=True)
+        f_host.copy_(finite, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(self.device))
+        return ("host", chunk, q_host, f_host, done)
+
+    def _collect(self, images: Sequence[np.ndarray], parts: list) -> list[np.ndarray]:
+        out: list[np.ndarray] = []
+        for part in parts:
+            if part[0] == "done":
+                out += part[1]
+                continue
+            _, chunk, q, finite, done = part
+            if done is not None:
+                done.synchronize()
+            if not bool(finite.all()):
+                out += self._rerun_fp32(chunk)
+                continue
+            out += self.host_pixels(q, chunk[0].dtype)
+        return out
+
+    @torch.inference_mode()
+    def _rerun_fp32(self, chunk: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Reduced precision overflowed (fp16 past 65504, say): run the batch again in fp32, say so once.
+        Non-finite output in fp32 means the model itself is broken: those files fail."""
+        if self.dtype is None:
+            raise NonFiniteOutput(len(chunk))
+        self.stats.wider_precision_reruns += 1
+        self.note_once("fp32", f"{self.precision} gave non-finite values on some images; those are re-run in fp32")
+        x = self.to_tensor(chunk)
+        if self.fp32_model is not self.model or not self.channels_last:
+            x = x.contiguous()
+        else:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x, (h, w) = pad_to_multiple(x, 4)
+        with self._fp32_maths():
+            y = self.fp32_model(x)[..., :h, :w]
+        return self.to_pixels(y, chunk[0].dtype)
+
+    def release_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     # ------------------------------------------------------------ tiles
 
@@ -173,42 +431,35 @@ class Translator:
         """Bytes one image's working set may take: --max-memory, else half of what is free now."""
         if self.max_memory:
             return int(self.max_memory)
-        if self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.device)
-            return int(free * 0.5)
-        return int(available_memory() * 0.5)
-
-    def needs_tiling(self, height: int, width: int) -> bool:
-        return self.tile is not None or estimate_bytes(self.model, height, width, self.dtype) > self.memory_budget()
+        return int(device_free_bytes(self.device) * 0.5)
 
     def tile_plan(self, height: int, width: int):
         from .tiling import plan_tiles
 
-        return plan_tiles(self.model, height, width, self.memory_budget(), self.dtype, tile=self.tile,
-                          context=self.context, stats=self.tile_stats,
-                          max_batch=16 if self.device.type == "cuda" else 1)
+        shape_plan = self.plan_for(height, width)
+        if shape_plan.tile_plan is None:
+            shape_plan.tile_plan = plan_tiles(self.model, height, width, shape_plan.budget, self.dtype,
+                                              tile=self.tile, context=self.context, stats=self.tile_stats,
+                                              max_batch=16 if self.device.type == "cuda" else 1)
+        return shape_plan.tile_plan
 
     def translate_tiled(self, image: np.ndarray) -> np.ndarray:
-        """One image through the tiler (whatever its size); the plan used is kept in `last_plan`."""
+        """One image through the tiler (whatever its size); the plan used is kept in `last_plan` and, for
+        later images of this size, in the size's plan (so an out-of-memory retry is not repeated)."""
         from .tiling import translate_tiled
 
-        out, self.last_plan = translate_tiled(self, image, self.tile_plan(image.shape[0], image.shape[1]))
+        h, w = image.shape[:2]
+        out, self.last_plan = translate_tiled(self, image, self.tile_plan(h, w))
+        self.plan_for(h, w).tile_plan = self.last_plan
+        self.stats.tiled_images += 1
         return out
 
-    # ------------------------------------------------------------ memory
 
-    def auto_batch_size(self, height: int, width: int) -> int:
-        """Images per forward pass for this size: bounded by free memory, capped where batching stops paying."""
-        if self.batch_size:
-            return self.batch_size
-        if self.needs_tiling(height, width):
-            return 1  # tiled images go one at a time; their tiles batch inside the tiler
-        if self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.device)
-            return int(max(1, min(32, (free * 0.6) // estimate_bytes(self.model, height, width, self.dtype))))
-        # CPU: one image a pass. Batches of 4 measured slower per image (bf16, 256 px: 333 vs 285 ms) and
-        # cost memory; the pipeline's threads already keep the model busy.
-        return 1
+class NonFiniteOutput(CycleBatchError):
+    def __init__(self, images: int):
+        super().__init__("the model produced NaN or infinite values (a broken checkpoint, or weights out of "
+                         "range for this precision); nothing was written")
+        self.images = images
 
 
 def estimate_bytes(model: ResnetGenerator, height: int, width: int, dtype: Optional[torch.dtype]) -> int:

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .discover import Job, plan
-from .engine import Translator
+from .engine import Pending, Translator
 from .errors import CycleBatchError
 from .fileio import sweep_dead_temps
 from .images import DEFAULT_MAX_PIXELS, Picture, read_image, write_image
@@ -141,22 +141,30 @@ def translate_paths(inputs: Sequence[str], output: str | Path, translator: Trans
 
 
 class _Loop:
-    """The producer/consumer core. Decodes run ahead by a bounded amount; writes drain behind."""
+    """The producer/consumer core. Decodes run ahead by a bounded amount; writes drain behind; one batch
+    is on the device while the next is prepared (on a GPU the two overlap)."""
 
     def __init__(self, translator: Translator, opts: RunOptions, reporter: Reporter, summary: Summary):
         self.t, self.opts, self.reporter, self.summary = translator, opts, reporter, summary
-        workers = opts.workers or max(2, min(8, (os.cpu_count() or 2)))
-        self.decoders = ThreadPoolExecutor(workers, thread_name_prefix="cb-decode")
-        self.writers = ThreadPoolExecutor(workers, thread_name_prefix="cb-write")
-        self.readahead = 2 * workers + 8
+        self.workers = opts.workers or max(2, min(8, (os.cpu_count() or 2)))
+        self.decoders = ThreadPoolExecutor(self.workers, thread_name_prefix="cb-decode")
+        self.writers = ThreadPoolExecutor(self.workers, thread_name_prefix="cb-write")
+        self.readahead = 2 * self.workers + 8  # grows with the batch size (see `batch_for`)
         self.writes: collections.deque[tuple[Job, Future, float]] = collections.deque()
         self.groups: dict[tuple, list[tuple[Job, Picture]]] = collections.OrderedDict()
+        self.inflight: Optional[tuple[tuple, list, Pending]] = None
 
     def fail(self, job: Job, reason: str) -> None:
         self.summary.failed += 1
         self.summary.failures.append((str(job.src), reason))
         self.reporter.failure(str(job.src), reason)
         self.reporter.advance()
+
+    def batch_for(self, h: int, w: int) -> int:
+        """The size's batch; the read-ahead keeps room for two of them, or a batch could never fill."""
+        n = self.t.auto_batch_size(h, w)
+        self.readahead = max(self.readahead, 2 * n + self.workers)
+        return n
 
     def run(self, jobs: list[Job]) -> None:
         todo = collections.deque(jobs)
@@ -179,12 +187,13 @@ class _Loop:
                 group = self.groups.setdefault(key, [])
                 group.append((job, pic))
                 h, w = pic.rgb.shape[:2]
-                if len(group) >= self.t.auto_batch_size(h, w):
+                if len(group) >= self.batch_for(h, w):
                     self.flush(key)
                 elif self.buffered() >= self.readahead // 2:
                     self.flush(max(self.groups, key=lambda k: len(self.groups[k])))
             for key in list(self.groups):
                 self.flush(key)
+            self.collect_batch()
             while self.writes:
                 self.collect_write()
         finally:
@@ -199,19 +208,50 @@ class _Loop:
         return sum(len(g) for g in self.groups.values())
 
     def flush(self, key: tuple) -> None:
+        """Send a group to the device, then hand the previous batch's results to the writers."""
         batch = self.groups.pop(key)
         try:
-            outs = self.t.translate_batch([pic.rgb for _, pic in batch])
+            pending = self.t.submit([pic.rgb for _, pic in batch])
         except KeyboardInterrupt:
             raise
         except Exception as e:
-            if len(batch) > 1:  # e.g. out of memory: one at a time before giving any image up
-                for item in batch:
-                    self.groups[key] = [item]
-                    self.flush(key)
-                return
-            self.fail(batch[0][0], f"translation failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+            self.collect_batch()
+            self.one_by_one(key, batch, e)
             return
+        self.collect_batch()
+        self.inflight = (key, batch, pending)
+
+    def collect_batch(self) -> None:
+        if self.inflight is None:
+            return
+        key, batch, pending = self.inflight
+        self.inflight = None
+        try:
+            outs = pending.result()
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:
+            self.one_by_one(key, batch, e)
+            return
+        self.write(batch, outs)
+
+    def one_by_one(self, key: tuple, batch: list, exc: Exception) -> None:
+        """A failed batch (the engine already retried out-of-memory ones smaller) is tried image by image,
+        so that one bad image costs one file."""
+        if len(batch) == 1:
+            self.fail(batch[0][0], f"translation failed ({_short(exc)})")
+            return
+        for job, pic in batch:
+            try:
+                out = self.t.translate_batch([pic.rgb])
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:
+                self.fail(job, f"translation failed ({_short(e)})")
+                continue
+            self.write([(job, pic)], out)
+
+    def write(self, batch: list, outs: list[np.ndarray]) -> None:
         for (job, pic), out in zip(batch, outs):
             while len(self.writes) >= self.readahead:
                 self.collect_write()
@@ -234,6 +274,12 @@ class _Loop:
         self.summary.translated += 1
         self.summary.megapixels += mp
         self.reporter.advance()
+
+
+def _short(e: BaseException) -> str:
+    if isinstance(e, CycleBatchError):
+        return str(e)
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
 
 
 def _reason(e: CycleBatchError, job: Job) -> str:
