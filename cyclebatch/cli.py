@@ -25,6 +25,14 @@ out = Console()
 err = Console(stderr=True)
 
 
+PRECISION_HELP = ("auto (fp16 on CUDA, bf16 on CPUs with native bf16, else fp32), fp32 (true fp32, also on CUDA), "
+                  "tf32 (CUDA tensor cores, fp32 storage), bf16, fp16. Outputs that overflow are re-run in fp32.")
+
+
+def note(message: str) -> None:
+    err.print(f"[yellow]note:[/] {message}", highlight=False)
+
+
 def fail(message: str, code: int = 1) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -208,7 +216,7 @@ def run(
     scale: Optional[float] = typer.Option(None, "--scale", min=0.01, max=8.0, help="Working resolution as a factor (output at that size)."),
     max_pixels: int = typer.Option(400_000_000, "--max-pixels", help="Refuse images over this many pixels (read from the header)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps."),
-    precision: str = typer.Option("auto", "--precision", help="auto (fp16 on CUDA, bf16 on CPUs with native bf16), fp32, bf16, fp16."),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Images per forward pass; default from free memory."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the generator (pays off on long runs)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N: translate only the K-th of N shares (0-based), for job arrays."),
@@ -250,7 +258,7 @@ def run(
     is_main = rank_shard[0] == 0 or shard_kn is not None
     translator = Translator(load_generator(model, direction, quiet=quiet or json_out), device, precision,
                             compile=compile, batch_size=batch_size, tile=tile,
-                            max_memory=parse_bytes(max_memory), tile_stats=tile_stats)
+                            max_memory=parse_bytes(max_memory), tile_stats=tile_stats, notify=note)
     opts = RunOptions(ext=ext, quality=quality, overwrite=overwrite, side_by_side=side_by_side,
                       max_pixels=max_pixels, max_size=max_size, scale=scale, shard=rank_shard, workers=workers)
     reporter = _ProgressReporter(quiet=quiet or json_out or not is_main)
