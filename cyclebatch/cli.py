@@ -270,7 +270,7 @@ def run(
         raise typer.Exit(130)
     parts = gather(summary)
     if parts is None:  # not rank 0: rank 0 reports for everyone
-        raise typer.Exit(0 if summary.failed == 0 else 1)
+        raise typer.Exit(0 if summary.failed == 0 and not summary.stopped else 1)
     total = Summary.combine(parts)
     if json_out:
         out.print_json(json.dumps({**total.to_dict(), "model": model, "device": str(translator.device),
@@ -280,7 +280,9 @@ def run(
                   f"in {total.seconds:.1f} s ({total.images_per_second:.2f} images/s, "
                   f"{total.megapixels / max(total.seconds, 1e-9):.2f} MP/s) on {translator.device} "
                   f"{translator.precision} -> {out_dir}")
-    raise typer.Exit(0 if total.failed == 0 else 1)
+    if total.stopped:
+        err.print(f"[bold red]error:[/] {total.stopped} ({total.not_done} images not translated)", highlight=False)
+    raise typer.Exit(0 if total.failed == 0 and not total.stopped else 1)
 
 # ---------------------------------------------------------------- train
 

@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 from .errors import CycleBatchError
 from .fileio import is_temp
-from .images import IMAGE_SUFFIXES
+from .images import IMAGE_SUFFIXES, not_regular
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,8 @@ def expand(inputs: Sequence[str], exclude: Optional[Path] = None) -> tuple[list[
             pairs += [(f, prefix / f.relative_to(p)) for f in files]
         elif p.is_file():
             pairs.append((p, Path(p.name)))
+        elif p.exists():  # a FIFO, socket or device named directly: say what it is, never open it
+            problems.append((item, not_regular(p.stat().st_mode)))
         elif glob.has_magic(item):
             base = _glob_base(item)
             files = sorted(Path(f) for f in glob.glob(item, recursive=True) if Path(f).is_file() and _is_image(Path(f)))

@@ -6,6 +6,7 @@ HxW alpha of the same dtype. The model only ever sees the colour.
 
 from __future__ import annotations
 
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,10 @@ def probe(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
 
 def _open(path: Path) -> Image.Image:
     try:
-        if path.stat().st_size == 0:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):  # never open it: reading a FIFO with no writer blocks forever
+            raise CycleBatchError(f"{path}: {not_regular(st.st_mode)}")
+        if st.st_size == 0:
             raise CycleBatchError(f"{path}: empty file (0 bytes)")
         return Image.open(path)
     except CycleBatchError:
@@ -64,6 +68,13 @@ def _open(path: Path) -> Image.Image:
         if e.errno is not None:  # the file system refused, not the content
             raise CycleBatchError(f"{path}: cannot read ({e.strerror})") from None
         raise CycleBatchError(f"{path}: corrupt or truncated image ({_short(e)})") from None
+
+
+def not_regular(mode: int) -> str:
+    kinds = [(stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")]
+    what = next((name for test, name in kinds if test(mode)), "a special file")
+    return f"not a regular file ({what}); skipped without reading it"
 
 
 def _orientation(im: Image.Image) -> int:

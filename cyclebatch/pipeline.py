@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import collections
+import errno
 import os
+import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -43,6 +45,8 @@ class Summary:
     megapixels: float = 0.0
     interrupted: bool = False
     failures: list = field(default_factory=list)  # [(path, reason)]
+    stopped: Optional[str] = None  # why the run stopped early (the output cannot be written: disk full...)
+    not_done: int = 0  # images left untranslated by such a stop
 
     @property
     def images_per_second(self) -> float:
@@ -68,6 +72,8 @@ class Summary:
             out.seconds = max(out.seconds, s.seconds)
             out.interrupted |= s.interrupted
             out.failures += s.failures
+            out.stopped = out.stopped or s.stopped
+            out.not_done += s.not_done
         return out
 
 
@@ -131,6 +137,9 @@ def translate_paths(inputs: Sequence[str], output: str | Path, translator: Trans
     started = time.perf_counter()
     try:
         _Loop(translator, opts, reporter, summary).run(work.jobs)
+    except OutputUnwritable as e:
+        summary.stopped = str(e)
+        summary.not_done = len(work.jobs) - summary.translated - (summary.failed - len(work.problems))
     except KeyboardInterrupt:
         summary.interrupted = True
         raise
@@ -202,7 +211,10 @@ class _Loop:
             self.decoders.shutdown(wait=True, cancel_futures=True)
             self.writers.shutdown(wait=True)  # in-flight writes finish or vanish: they are atomic
             while self.writes:
-                self.collect_write()
+                try:
+                    self.collect_write()
+                except OutputUnwritable:
+                    pass  # the first one already stopped the run
 
     def buffered(self) -> int:
         return sum(len(g) for g in self.groups.values())
@@ -266,6 +278,8 @@ class _Loop:
             self.fail(job, _reason(e, job))
             return
         except OSError as e:
+            if e.errno in RUN_STOPPERS:  # the run's problem, not the file's: one message, not one per image
+                raise OutputUnwritable(_unwritable(e, job.dst)) from None
             self.fail(job, f"cannot write {job.dst} ({e.strerror or e})")
             return
         except Exception as e:
@@ -274,6 +288,25 @@ class _Loop:
         self.summary.translated += 1
         self.summary.megapixels += mp
         self.reporter.advance()
+
+
+RUN_STOPPERS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+class OutputUnwritable(CycleBatchError):
+    """The output location takes no more files; the run stops, keeping what it finished."""
+
+
+def _unwritable(e: OSError, dst: Path) -> str:
+    what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+            errno.EROFS: "the file system is read-only"}.get(e.errno, "no permission to write there")
+    where = next((p for p in [dst.parent, *dst.parents] if p.exists()), dst.parent)
+    try:
+        free = f"; {shutil.disk_usage(where).free / 2**20:,.1f} MiB free there"
+    except OSError:
+        free = ""
+    return (f"cannot write {dst}: {what} ({e.strerror}){free}. Stopped; finished images are kept and no "
+            "partial file was left: make room and run the same command again to resume")
 
 
 def _short(e: BaseException) -> str:
