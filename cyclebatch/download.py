@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import shutil
 import sys
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -15,6 +17,22 @@ from .errors import CycleBatchError
 from .fileio import atomic_path
 
 CHUNK = 1 << 20
+MAX_BYTES = 512 << 20  # every zoo file is about 46 MB: a server sending far more is broken or hostile
+DEADLINE_S = 1800.0  # the socket timeout bounds each read, not a server that drips bytes for ever
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects between http(s) URLs only, and never from https down to http."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        old, new = urllib.parse.urlsplit(req.full_url).scheme, urllib.parse.urlsplit(newurl).scheme
+        if new not in ("http", "https") or (old == "https" and new == "http"):
+            raise CycleBatchError(f"cannot download {req.full_url}: refused its redirect to {newurl} "
+                                  f"({old} to {new or 'no scheme'})")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_opener = urllib.request.build_opener(_HttpOnlyRedirects)
 
 
 def sha256_of(path: Path) -> str:
@@ -26,18 +44,24 @@ def sha256_of(path: Path) -> str:
 
 
 def fetch(url: str, dest: Path, sha256: Optional[str] = None, *, quiet: bool = False,
-          timeout: float = 30.0, manual_hint: Optional[Path] = None) -> str:
+          timeout: float = 30.0, manual_hint: Optional[Path] = None, max_bytes: int = MAX_BYTES,
+          deadline_s: float = DEADLINE_S) -> str:
     """Download `url` to `dest` atomically and return the file's sha256.
 
-    A failed, interrupted or mismatching transfer leaves nothing at `dest`. `manual_hint` is the path
-    named in the error message where a user can put the file by hand.
+    A failed, interrupted, oversized, overlong or mismatching transfer leaves nothing at `dest`.
+    `manual_hint` is the path named in the error message where a user can put the file by hand.
     """
     hint = f"; or place the file by hand at {manual_hint}" if manual_hint else ""
     with atomic_path(dest) as tmp:
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
+            with _opener.open(url, timeout=timeout) as resp:
                 total = int(resp.headers.get("Content-Length") or 0) or None
-                digest = _copy_with_progress(resp, tmp, total, dest.name, quiet)
+                if total is not None and total > max_bytes:
+                    raise CycleBatchError(f"cannot download {url}: it announces {total:,} bytes, over the "
+                                          f"limit of {max_bytes:,}; nothing was kept{hint}")
+                limit = min(max_bytes, total) if total is not None else max_bytes
+                deadline = time.monotonic() + deadline_s
+                digest = _copy_with_progress(resp, tmp, total, dest.name, quiet, limit, deadline, url)
                 if total is not None and tmp.stat().st_size != total:
                     raise CycleBatchError(
                         f"download of {url} was cut short ({tmp.stat().st_size} of {total} bytes); "
@@ -51,7 +75,8 @@ def fetch(url: str, dest: Path, sha256: Optional[str] = None, *, quiet: bool = F
     return digest
 
 
-def _copy_with_progress(resp, tmp: Path, total: Optional[int], label: str, quiet: bool) -> str:
+def _copy_with_progress(resp, tmp: Path, total: Optional[int], label: str, quiet: bool, limit: int,
+                        deadline: float, url: str) -> str:
     from http.client import IncompleteRead
 
     h = hashlib.sha256()
@@ -64,17 +89,27 @@ def _copy_with_progress(resp, tmp: Path, total: Optional[int], label: str, quiet
                             TransferSpeedColumn(), TimeRemainingColumn(), transient=True)
         progress.start()
         task = progress.add_task(f"downloading {label}", total=total)
+    got = 0
     try:
         with open(tmp, "wb") as out:
             while True:
+                if time.monotonic() > deadline:
+                    raise CycleBatchError(f"cannot download {url}: still unfinished after {got:,} bytes at the "
+                                          "time limit; nothing was kept")
                 try:
-                    block = resp.read(CHUNK)
+                    # read1 returns what has arrived (read waits for the whole CHUNK, so a drip would
+                    # never reach the deadline check); one byte past the limit is enough to know.
+                    block = resp.read1(min(CHUNK, limit + 1 - got))
                 except IncompleteRead as e:  # server closed early: keep what came, the size check reports it
                     out.write(e.partial)
                     h.update(e.partial)
                     break
                 if not block:
                     break
+                got += len(block)
+                if got > limit:  # (with a Content-Length, http.client never reads past it)
+                    raise CycleBatchError(f"cannot download {url}: the server sent more than the limit of "
+                                          f"{limit:,} bytes; nothing was kept")
                 out.write(block)
                 h.update(block)
                 if progress is not None:
