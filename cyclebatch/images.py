@@ -68,6 +68,8 @@ def _open(path: Path) -> Image.Image:
         if e.errno is not None:  # the file system refused, not the content
             raise CycleBatchError(f"{path}: cannot read ({e.strerror})") from None
         raise CycleBatchError(f"{path}: corrupt or truncated image ({_short(e)})") from None
+    except Exception as e:  # a damaged header can raise nearly anything inside a format plugin
+        raise CycleBatchError(f"{path}: corrupt or truncated image ({_short(e)})") from None
 
 
 def not_regular(mode: int) -> str:
@@ -97,16 +99,19 @@ def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
             orientation = _orientation(im)
             sixteen = _is_16bit(im, path)
             im = ImageOps.exif_transpose(im)
+        if exif:
+            exif[0x0112] = 1  # orientation is now baked into the pixels
+            try:
+                info["exif"] = exif.tobytes()
+            except Exception:  # a damaged EXIF block must not cost the image, only itself
+                pass
+        if sixteen:
+            return _read_16bit(path, info, orientation)
+        return _from_pil(im, info)
     except CycleBatchError:
         raise
-    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError... for damaged data
+    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error... for damaged data
         raise CycleBatchError(f"{path}: corrupt or truncated image ({_short(e)})") from None
-    if exif:
-        exif[0x0112] = 1  # orientation is now baked into the pixels
-        info["exif"] = exif.tobytes()
-    if sixteen:
-        return _read_16bit(path, info, orientation)
-    return _from_pil(im, info)
 
 
 def _is_16bit(im: Image.Image, path: Path) -> bool:
