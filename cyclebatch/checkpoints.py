@@ -37,8 +37,9 @@ def read_tensors(path: str | Path) -> tuple[object, dict]:
         raise CycleBatchError(f"{path}: cannot read ({e.strerror or e})") from None
     if size == 0:
         raise CycleBatchError(f"{path}: empty file (0 bytes), not a checkpoint")
-    if _looks_like_safetensors(head, size):
-        return _read_safetensors(path)
+    # By name too: torch.load would pass a damaged .safetensors file on to a loader whose errors escape.
+    if _looks_like_safetensors(head, size) or (path.suffix == ".safetensors" and not head.startswith(b"PK")):
+        return _read_safetensors(path, head, size)
     return _read_pth(path), {}
 
 
@@ -49,9 +50,23 @@ def _looks_like_safetensors(head: bytes, size: int) -> bool:
     return 0 < n <= size - 8 and head[8:9] == b"{"
 
 
-def _read_safetensors(path: Path) -> tuple[Tensors, dict]:
+MAX_HEADER = 100 << 20  # safetensors' own cap; a generator's header is a few kB
+
+
+def _read_safetensors(path: Path, head: bytes, size: int) -> tuple[Tensors, dict]:
     from safetensors import safe_open
 
+    # Checked here first, so a damaged length never reaches an allocation or another loader.
+    if len(head) < 9:
+        raise CycleBatchError(f"{path}: truncated safetensors file ({size} bytes)")
+    (n,) = struct.unpack("<Q", head[:8])
+    if n > size - 8:
+        raise CycleBatchError(f"{path}: corrupt safetensors file (its header claims {n:,} bytes; "
+                              f"the file has {size:,})")
+    if n > MAX_HEADER:
+        raise CycleBatchError(f"{path}: corrupt safetensors file (a {n:,}-byte header)")
+    if head[8:9] != b"{":
+        raise CycleBatchError(f"{path}: corrupt safetensors file (its header is not a JSON object)")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
@@ -84,6 +99,17 @@ def _read_pth(path: Path) -> object:
     except (EOFError, RuntimeError, ValueError, OSError, AttributeError, IndexError, KeyError) as e:
         what = "truncated or corrupt" if isinstance(e, (EOFError, RuntimeError)) else "unreadable"
         raise CycleBatchError(f"{path}: {what} checkpoint ({_first_line(e) or type(e).__name__})") from None
+    except Exception as e:  # torch.load hands some files to other loaders, which raise their own types
+        raise CycleBatchError(f"{path}: unreadable checkpoint ({_first_line(e)})") from None
+
+
+def check_finite(sd: Tensors, path: Path | str) -> None:
+    """A NaN or infinite weight makes every output black or garbage: refuse the file, naming the tensor."""
+    for k, v in sd.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            bad = int((~torch.isfinite(v)).sum())
+            raise CycleBatchError(f"{path}: refused: tensor {k} holds {bad:,} NaN or infinite values "
+                                  "(a broken checkpoint: every output would be garbage)")
 
 
 def _first_line(e: BaseException) -> str:
@@ -196,6 +222,7 @@ def load_file(path: str | Path, direction: Optional[str] = None) -> ResnetGenera
     if direction and meta.get("direction") and direction != meta["direction"]:
         raise CycleBatchError(f"{path}: translates {meta['direction']}, not {direction}")
     sd = to_official_keys(select_state_dict(payload, path, None if meta else direction))
+    check_finite(sd, path)
     net = build_generator(sd, path, meta)
     net.metadata.setdefault("source", str(path))
     return net
