@@ -897,7 +897,7 @@ class GpuCheck:
         if "tiled_vs_full" in r:
             rows.append(["full frame", r["full"]["first_s"], r["full"]["seconds"],
                          None if r["full"]["peak_bytes"] is None else r["full"]["peak_bytes"] / 2**30])
-        print_table(f"{w}x{h} ({w * h / 1e6:.1f} MP), {r['precision']}, tiled at {self.plan.tile} against full frame",
+        print_table(f"{w}x{h} ({w * h / 1e6:.2f} MP), {r['precision']}, tiled at {self.plan.tile} against full frame",
                     ["how", "first s", "second s", "peak GiB"], rows)
         if "tiled_vs_full" in r:
             d = r["tiled_vs_full"]
