@@ -19,6 +19,7 @@ from conftest import PHOTOS, ROOT, run_cli, tiny_generator
 from cyclebatch import CycleBatchError, load_generator, save_generator
 from cyclebatch.train import TrainConfig, load_checkpoint, train
 from cyclebatch.train.pool import ImagePool
+from cyclebatch.train.step import autocast_dtype
 from cyclebatch.train.trainer import Trainer
 
 TINY = dict(ngf=8, n_blocks=2, ndf=8, load_size=40, crop_size=32, workers=0, progress=False)
@@ -267,3 +268,16 @@ def test_image_pool_follows_the_paper():
     for k in torch.nonzero(swapped).flatten().tolist():
         assert out[k] < later[k] and (out[k] < 3 or out[k] >= 100)
     assert len(pool.images) == 3
+
+
+@pytest.mark.parametrize("capability, want", [((7, 0), torch.float16), ((7, 5), torch.float16),
+                                              ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
+def test_auto_precision_on_cuda_is_bf16_from_ampere_on_and_fp16_before(monkeypatch, capability, want):
+    # V100 (7.0) and T4 (7.5) report bf16 as supported, but emulate it: the compute capability decides.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: asked.append(device) or capability)
+    assert autocast_dtype("auto", torch.device("cuda", 1)) == want
+    assert asked == [torch.device("cuda", 1)]  # the training GPU's capability, not the current one's
+    assert autocast_dtype("auto", torch.device("cpu")) is None  # CPU stays fp32 whatever the GPU
+    assert autocast_dtype("bf16", torch.device("cuda", 1)) == torch.bfloat16  # asked for explicitly: obeyed

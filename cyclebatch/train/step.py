@@ -112,11 +112,16 @@ class TrainStep:
         return losses, stop_any
 
 
+# Native bf16 tensor cores start with Ampere (compute capability 8.0). torch.cuda.is_bf16_supported()
+# also says yes on T4 / V100, where bf16 is emulated and slower than fp16 with a grad scaler.
+BF16_CAPABILITY = (8, 0)
+
+
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
     if precision == "auto":
         if device.type != "cuda":
             return None  # bitwise-reproducible fp32 on CPU; bf16 is one flag away
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if torch.cuda.get_device_capability(device) >= BF16_CAPABILITY else torch.float16
     if precision == "fp16" and device.type == "cpu":
         raise CycleBatchError("precision fp16 needs a GPU; on CPU use bf16 or fp32")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
