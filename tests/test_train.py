@@ -19,6 +19,7 @@ from conftest import PHOTOS, ROOT, run_cli, tiny_generator
 from cyclebatch import CycleBatchError, load_generator, save_generator
 from cyclebatch.train import TrainConfig, load_checkpoint, train
 from cyclebatch.train.pool import ImagePool
+from cyclebatch.train.distributed import rank_device
 from cyclebatch.train.step import autocast_dtype
 from cyclebatch.train.trainer import Trainer
 
@@ -281,3 +282,44 @@ def test_auto_precision_on_cuda_is_bf16_from_ampere_on_and_fp16_before(monkeypat
     assert asked == [torch.device("cuda", 1)]  # the training GPU's capability, not the current one's
     assert autocast_dtype("auto", torch.device("cpu")) is None  # CPU stays fp32 whatever the GPU
     assert autocast_dtype("bf16", torch.device("cuda", 1)) == torch.bfloat16  # asked for explicitly: obeyed
+
+
+class _GroupStarting(Exception):
+    pass
+
+
+def _torchrun_rank(monkeypatch, local_rank: int) -> dict:
+    """Rank `local_rank` of 2 under torchrun on a machine that has CUDA; the process group it would
+    start is recorded ({"backend": ...}) and the Trainer stopped there."""
+    for key, value in {"WORLD_SIZE": "2", "RANK": str(local_rank), "LOCAL_RANK": str(local_rank)}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    group = {}
+
+    def init_process_group(backend=None, *args, **kwargs):
+        group["backend"] = backend
+        raise _GroupStarting
+
+    monkeypatch.setattr(torch.distributed, "init_process_group", init_process_group)
+    return group
+
+
+def test_cpu_training_under_torchrun_uses_gloo_on_a_gpu_machine(tmp_path, monkeypatch):
+    a, b = make_domains(tmp_path)
+    group = _torchrun_rank(monkeypatch, 0)
+    with pytest.raises(_GroupStarting):
+        Trainer(config(a, b, device="cpu"), log=quiet)
+    assert group == {"backend": "gloo"}  # NCCL cannot carry the CPU tensors of the loss all-reduce
+
+
+@pytest.mark.parametrize("device", ["auto", "cuda", "cuda:0"])
+def test_gpu_training_under_torchrun_puts_each_rank_on_its_local_gpu(tmp_path, monkeypatch, device):
+    a, b = make_domains(tmp_path)
+    group = _torchrun_rank(monkeypatch, 1)
+    current = []
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    with pytest.raises(_GroupStarting):
+        Trainer(config(a, b, device=device), log=quiet)
+    # the rank's own GPU is made current before NCCL starts, which binds to the current device
+    assert current == [torch.device("cuda", 1)] and group == {"backend": "nccl"}
+    assert rank_device(torch.device("cuda", 0), 1, 0) == torch.device("cuda", 0)  # one process: as asked

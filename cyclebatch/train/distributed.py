@@ -31,7 +31,8 @@ def rank_device(device: torch.device, world: int, local_rank: int) -> torch.devi
 
 
 def backend_for(device: torch.device) -> str:
-    return "nccl" if torch.cuda.is_available() else "gloo"
+    """NCCL carries CUDA tensors only: `--device cpu` on a GPU machine needs gloo all the same."""
+    return "nccl" if device.type == "cuda" else "gloo"
 
 
 def training_device(name: str, world: int, local_rank: int) -> torch.device:
