@@ -323,3 +323,15 @@ def test_gpu_training_under_torchrun_puts_each_rank_on_its_local_gpu(tmp_path, m
     # the rank's own GPU is made current before NCCL starts, which binds to the current device
     assert current == [torch.device("cuda", 1)] and group == {"backend": "nccl"}
     assert rank_device(torch.device("cuda", 0), 1, 0) == torch.device("cuda", 0)  # one process: as asked
+
+
+def test_training_inputs_and_weights_are_nchw_in_memory(tmp_path):
+    # NCHW on every device (CUDA's InstanceNorm and reflection padding return NCHW); the uint8 batches
+    # arrive N x H x W x 3, so the permute must not leave its NHWC strides behind.
+    a, b = make_domains(tmp_path)
+    t = Trainer(config(a, b), log=quiet)
+    batch = torch.tensor([0, 255, 51], dtype=torch.uint8).expand(2, 4, 5, 3).contiguous()  # as a loader gives it
+    x = t.to_input(batch)
+    assert x.shape == (2, 3, 4, 5) and x.is_contiguous()
+    assert torch.allclose(x[:, :, 1, 2], torch.tensor([[-1.0, 1.0, -0.6]] * 2))
+    assert all(p.is_contiguous() for p in [*t.gens.parameters(), *t.dis.parameters()])

@@ -87,7 +87,6 @@ class Trainer(TrainStep, Checkpointing):
         self.device = training_device(c.device, self.world, local_rank)
         join_group(self.device, self.world)
         self.dtype = autocast_dtype(c.precision, self.device)
-        self.channels_last = self.device.type == "cuda"
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
 
@@ -106,9 +105,8 @@ class Trainer(TrainStep, Checkpointing):
         D_A = init_weights(PatchDiscriminator(G_A.config.out_channels, c.ndf, c.d_layers))
         D_B = init_weights(PatchDiscriminator(G_A.config.in_channels, c.ndf, c.d_layers))
         identity = c.lambda_identity > 0 and G_A.config.in_channels == G_A.config.out_channels
-        mf = torch.channels_last if self.channels_last else torch.preserve_format
-        self.gens = Generators(G_A, G_B, identity).to(self.device, memory_format=mf).train()
-        self.dis = Discriminators(D_A, D_B).to(self.device, memory_format=mf).train()
+        self.gens = Generators(G_A, G_B, identity).to(self.device).train()
+        self.dis = Discriminators(D_A, D_B).to(self.device).train()
         betas = (c.beta1, 0.999)
         self.opt_G = torch.optim.Adam(self.gens.parameters(), lr=c.lr, betas=betas)
         self.opt_D = torch.optim.Adam(self.dis.parameters(), lr=c.lr, betas=betas)
@@ -173,9 +171,12 @@ class Trainer(TrainStep, Checkpointing):
         return out
 
     def to_input(self, x: torch.Tensor) -> torch.Tensor:
-        """N x H x W x 3 uint8 -> N x 3 x H x W in [-1, 1] on the device."""
+        """N x H x W x 3 uint8 -> N x 3 x H x W in [-1, 1] on the device, NCHW in memory."""
         x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        # The permute leaves NHWC strides. Training runs NCHW on every device: CUDA's InstanceNorm and
+        # reflection padding hand back NCHW, so channels_last would be converted back and forth in every
+        # block, and on CPU it would send the no-grad sample forwards down the inference norm path.
+        return x.contiguous()
 
     # ------------------------------------------------------------ the loop
 
