@@ -315,7 +315,7 @@ def train_cmd(
     save_every: int = typer.Option(5, "--save-every", help="Keep a numbered checkpoint every N epochs."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     precision: str = typer.Option("auto", "--precision",
-                                  help="auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16."),
+                                  help="auto (CUDA: bf16 on Ampere and newer, else fp16; CPU: fp32), fp32, bf16, fp16."),
     workers: int = typer.Option(-1, "--workers", help="Image decoding processes (-1: up to 4)."),
     max_iters: Optional[int] = typer.Option(None, "--max-iters", help="Stop (with a checkpoint) after this many "
                                             "iterations in all."),

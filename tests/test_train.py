@@ -19,6 +19,8 @@ from conftest import PHOTOS, ROOT, run_cli, tiny_generator
 from cyclebatch import CycleBatchError, load_generator, save_generator
 from cyclebatch.train import TrainConfig, load_checkpoint, train
 from cyclebatch.train.pool import ImagePool
+from cyclebatch.train.distributed import rank_device
+from cyclebatch.train.step import autocast_dtype
 from cyclebatch.train.trainer import Trainer
 
 TINY = dict(ngf=8, n_blocks=2, ndf=8, load_size=40, crop_size=32, workers=0, progress=False)
@@ -267,3 +269,69 @@ def test_image_pool_follows_the_paper():
     for k in torch.nonzero(swapped).flatten().tolist():
         assert out[k] < later[k] and (out[k] < 3 or out[k] >= 100)
     assert len(pool.images) == 3
+
+
+@pytest.mark.parametrize("capability, want", [((7, 0), torch.float16), ((7, 5), torch.float16),
+                                              ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
+def test_auto_precision_on_cuda_is_bf16_from_ampere_on_and_fp16_before(monkeypatch, capability, want):
+    # V100 (7.0) and T4 (7.5) report bf16 as supported, but emulate it: the compute capability decides.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: asked.append(device) or capability)
+    assert autocast_dtype("auto", torch.device("cuda", 1)) == want
+    assert asked == [torch.device("cuda", 1)]  # the training GPU's capability, not the current one's
+    assert autocast_dtype("auto", torch.device("cpu")) is None  # CPU stays fp32 whatever the GPU
+    assert autocast_dtype("bf16", torch.device("cuda", 1)) == torch.bfloat16  # asked for explicitly: obeyed
+
+
+class _GroupStarting(Exception):
+    pass
+
+
+def _torchrun_rank(monkeypatch, local_rank: int) -> dict:
+    """Rank `local_rank` of 2 under torchrun on a machine that has CUDA; the process group it would
+    start is recorded ({"backend": ...}) and the Trainer stopped there."""
+    for key, value in {"WORLD_SIZE": "2", "RANK": str(local_rank), "LOCAL_RANK": str(local_rank)}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    group = {}
+
+    def init_process_group(backend=None, *args, **kwargs):
+        group["backend"] = backend
+        raise _GroupStarting
+
+    monkeypatch.setattr(torch.distributed, "init_process_group", init_process_group)
+    return group
+
+
+def test_cpu_training_under_torchrun_uses_gloo_on_a_gpu_machine(tmp_path, monkeypatch):
+    a, b = make_domains(tmp_path)
+    group = _torchrun_rank(monkeypatch, 0)
+    with pytest.raises(_GroupStarting):
+        Trainer(config(a, b, device="cpu"), log=quiet)
+    assert group == {"backend": "gloo"}  # NCCL cannot carry the CPU tensors of the loss all-reduce
+
+
+@pytest.mark.parametrize("device", ["auto", "cuda", "cuda:0"])
+def test_gpu_training_under_torchrun_puts_each_rank_on_its_local_gpu(tmp_path, monkeypatch, device):
+    a, b = make_domains(tmp_path)
+    group = _torchrun_rank(monkeypatch, 1)
+    current = []
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    with pytest.raises(_GroupStarting):
+        Trainer(config(a, b, device=device), log=quiet)
+    # the rank's own GPU is made current before NCCL starts, which binds to the current device
+    assert current == [torch.device("cuda", 1)] and group == {"backend": "nccl"}
+    assert rank_device(torch.device("cuda", 0), 1, 0) == torch.device("cuda", 0)  # one process: as asked
+
+
+def test_training_inputs_and_weights_are_nchw_in_memory(tmp_path):
+    # NCHW on every device (CUDA's InstanceNorm and reflection padding return NCHW); the uint8 batches
+    # arrive N x H x W x 3, so the permute must not leave its NHWC strides behind.
+    a, b = make_domains(tmp_path)
+    t = Trainer(config(a, b), log=quiet)
+    batch = torch.tensor([0, 255, 51], dtype=torch.uint8).expand(2, 4, 5, 3).contiguous()  # as a loader gives it
+    x = t.to_input(batch)
+    assert x.shape == (2, 3, 4, 5) and x.is_contiguous()
+    assert torch.allclose(x[:, :, 1, 2], torch.tensor([[-1.0, 1.0, -0.6]] * 2))
+    assert all(p.is_contiguous() for p in [*t.gens.parameters(), *t.dis.parameters()])

@@ -1,8 +1,10 @@
 """Training CycleGANs: `train(TrainConfig(data_a, data_b, name))` is the whole API.
 
-config.py  the settings and their (paper) defaults    data.py     folders -> deterministic batches
-pool.py    the discriminators' image history          trainer.py  networks, losses, loop, checkpoints
-report.py  losses.csv / losses.png, sample grids, TensorBoard
+config.py      the settings and their (paper) defaults   data.py        folders -> deterministic batches
+pool.py        the discriminators' image history         step.py        networks, losses, precision, one step
+checkpoint.py  saving and exact resume                   distributed.py torchrun: ranks, devices, the group
+trainer.py     the run: setup, epoch loop, samples, exports
+report.py      losses.csv / losses.png, sample grids, TensorBoard, progress bar
 """
 
 from .config import TrainConfig

@@ -51,7 +51,7 @@ class TrainConfig:
     log_every: int = 20  # iterations averaged into one row of losses.csv
     # runtime
     device: str = "auto"
-    precision: str = "auto"  # auto: bf16 (or fp16 + grad scaler) on CUDA, fp32 on CPU
+    precision: str = "auto"  # auto on CUDA: bf16 from Ampere (8.0) on, fp16 + grad scaler before; fp32 on CPU
     workers: int = -1  # DataLoader decoding processes; -1: min(4, CPUs)
     max_iterations: Optional[int] = None  # stop (with a checkpoint) after this many iterations in all
     resume: bool = False

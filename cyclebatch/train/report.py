@@ -1,9 +1,11 @@
-"""What a run shows and leaves behind besides weights: losses.csv, losses.png, sample grids, TensorBoard."""
+"""What a run shows and leaves behind besides weights: losses.csv, losses.png, sample grids, TensorBoard,
+the progress bar."""
 
 from __future__ import annotations
 
 import csv
 import io
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -132,3 +134,49 @@ def save_grid(path: Path, rows: list[list[torch.Tensor]]) -> None:
     grid = np.concatenate([np.concatenate([to_uint8(t) for t in row], axis=1) for row in rows], axis=0)
     with atomic_path(path) as tmp:
         Image.fromarray(grid).save(tmp, "PNG")
+
+
+class Progress:
+    """A rich progress bar with losses and iterations/s on a terminal; nothing otherwise."""
+
+    def __init__(self, enabled: bool, epochs: int, per_epoch: int):
+        self.bar = None
+        self.per_epoch, self.epochs = per_epoch, epochs
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            console = Console(stderr=True)
+            if console.is_terminal:
+                self.bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+                                    TextColumn("{task.fields[losses]}"), console=console, transient=False)
+        self.task = None
+        self._t = time.perf_counter()
+        self._n = 0
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def start_epoch(self, epoch: int, done: int) -> None:
+        if self.bar is None:
+            return
+        if self.task is not None:
+            self.bar.remove_task(self.task)
+        self.task = self.bar.add_task("", total=self.per_epoch, completed=done, epoch=f"{epoch + 1}/{self.epochs}",
+                                      rate="", losses="")
+        self._t, self._n = time.perf_counter(), 0
+
+    def advance(self, losses: list[float]) -> None:
+        if self.bar is None:
+            return
+        self._n += 1
+        rate = self._n / max(time.perf_counter() - self._t, 1e-9)
+        shown = "  ".join(f"{k} {v:.3f}" for k, v in zip(LOSS_NAMES, losses) if not k.startswith("idt"))
+        self.bar.update(self.task, advance=1, rate=f"{rate:.2f} it/s", losses=shown)

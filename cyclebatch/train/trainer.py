@@ -1,15 +1,11 @@
-"""CycleGAN training as the paper and the official code do it, resumable to the bit.
+"""The training run: setup, the epoch loop, samples and exports; Ctrl-C and SIGTERM end in a checkpoint.
 
-One iteration: both generators forward (A->B->A, B->A->B, identities); generator losses with the
-discriminators frozen (LSGAN + cycle L1 + identity L1); discriminator losses on fakes drawn from
-the image pools; the losses are checked finite (across all ranks) before either optimizer steps,
-so a NaN stops the run with the last good weights still in hand.
+step.py holds one iteration (networks, losses, precision), checkpoint.py saving and exact resume,
+distributed.py the torchrun process group.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
 import os
 import signal
 import time
@@ -18,54 +14,18 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from ..checkpoints import save_generator
-from ..engine import pick_device
 from ..errors import CycleBatchError
 from ..fileio import atomic_path
 from ..networks import GeneratorConfig, PatchDiscriminator, ResnetGenerator, init_weights
+from .checkpoint import Checkpointing, load_checkpoint, resume_point  # noqa: F401 (load_checkpoint: public here too)
 from .config import TrainConfig
 from .data import UnpairedDataset, augment, batches_per_epoch, load_rgb8, make_loader, usable_images
+from .distributed import group_initialized, join_group, leave_group, rank_info, training_device
 from .pool import ImagePool
-from .report import LOSS_NAMES, LossLog, save_grid
-
-CHECKPOINT_FORMAT = "cyclebatch-training"
-
-
-class Generators(nn.Module):
-    """Both generators in one module, so DDP sees one forward per iteration."""
-
-    def __init__(self, G_A: ResnetGenerator, G_B: ResnetGenerator, identity: bool):
-        super().__init__()
-        self.G_A, self.G_B, self.identity = G_A, G_B, identity
-
-    def forward(self, real_A: torch.Tensor, real_B: torch.Tensor):
-        fake_B = self.G_A(real_A)
-        fake_A = self.G_B(real_B)
-        rec_A, rec_B = self.G_B(fake_B), self.G_A(fake_A)
-        idt_A = self.G_A(real_B) if self.identity else None
-        idt_B = self.G_B(real_A) if self.identity else None
-        return fake_B, fake_A, rec_A, rec_B, idt_A, idt_B
-
-
-def lsgan(pred: torch.Tensor, target: float) -> torch.Tensor:
-    pred = pred.float()
-    return F.mse_loss(pred, torch.full_like(pred, target))
-
-
-class Discriminators(nn.Module):
-    """D_A judges domain B (real B vs G_A's fakes), D_B judges domain A. Forward = their losses."""
-
-    def __init__(self, D_A: nn.Module, D_B: nn.Module):
-        super().__init__()
-        self.D_A, self.D_B = D_A, D_B
-
-    def forward(self, real_A, real_B, fake_A, fake_B):
-        loss_A = 0.5 * (lsgan(self.D_A(real_B), 1.0) + lsgan(self.D_A(fake_B), 0.0))
-        loss_B = 0.5 * (lsgan(self.D_B(real_A), 1.0) + lsgan(self.D_B(fake_A), 0.0))
-        return loss_A, loss_B
+from .report import LossLog, Progress, save_grid
+from .step import Discriminators, Generators, NonFiniteLoss, TrainStep, autocast_dtype, grad_scaler, precision_name
 
 
 @dataclass
@@ -113,45 +73,20 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank); initialises the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
-
-
-class Trainer:
+class Trainer(TrainStep, Checkpointing):
     def __init__(self, config: TrainConfig, log=print, warn=None):
-        self.rank, self.world, local_rank = _distributed()
+        self.rank, self.world, local_rank = rank_info()
         self.is_main = self.rank == 0
         self.log = log if self.is_main else (lambda *a, **k: None)
         self.warn = warn or self.log
         config.validate()
         self.run_dir = config.run_dir
-        ckpt_path = self.run_dir / "checkpoints" / "latest.pt"
-        stored = None
-        if config.resume:
-            if not ckpt_path.is_file():
-                raise CycleBatchError(f"{ckpt_path}: no checkpoint to resume from")
-            stored = load_checkpoint(ckpt_path)
-            config = TrainConfig.from_dict(stored["config"]).resumed_with(config)
-            config.validate()
-        elif ckpt_path.exists():
-            raise CycleBatchError(f"{self.run_dir}: already holds a training run; pass --resume to continue "
-                                  "it, or choose another --name")
+        config, stored = resume_point(config)
         self.config = c = config
 
-        self.device = pick_device(c.device)
-        if self.device.type == "cuda" and self.world > 1:
-            self.device = torch.device("cuda", local_rank)
-            torch.cuda.set_device(self.device)
-        self.dtype = _autocast_dtype(c.precision, self.device)
-        self.channels_last = self.device.type == "cuda"
+        self.device = training_device(c.device, self.world, local_rank)
+        join_group(self.device, self.world)
+        self.dtype = autocast_dtype(c.precision, self.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
 
@@ -170,16 +105,15 @@ class Trainer:
         D_A = init_weights(PatchDiscriminator(G_A.config.out_channels, c.ndf, c.d_layers))
         D_B = init_weights(PatchDiscriminator(G_A.config.in_channels, c.ndf, c.d_layers))
         identity = c.lambda_identity > 0 and G_A.config.in_channels == G_A.config.out_channels
-        mf = torch.channels_last if self.channels_last else torch.preserve_format
-        self.gens = Generators(G_A, G_B, identity).to(self.device, memory_format=mf).train()
-        self.dis = Discriminators(D_A, D_B).to(self.device, memory_format=mf).train()
+        self.gens = Generators(G_A, G_B, identity).to(self.device).train()
+        self.dis = Discriminators(D_A, D_B).to(self.device).train()
         betas = (c.beta1, 0.999)
         self.opt_G = torch.optim.Adam(self.gens.parameters(), lr=c.lr, betas=betas)
         self.opt_D = torch.optim.Adam(self.dis.parameters(), lr=c.lr, betas=betas)
         rule = lambda epoch: 1.0 - max(0, epoch + 1 - c.epochs) / float(c.decay_epochs + 1)  # noqa: E731
         self.sched_G = torch.optim.lr_scheduler.LambdaLR(self.opt_G, rule)
         self.sched_D = torch.optim.lr_scheduler.LambdaLR(self.opt_D, rule)
-        self.scaler = _grad_scaler(self.device, enabled=self.dtype == torch.float16)
+        self.scaler = grad_scaler(self.device, enabled=self.dtype == torch.float16)
         self.pool_A = ImagePool(c.pool_size, seed=_seed(c.seed, 1, self.rank))
         self.pool_B = ImagePool(c.pool_size, seed=_seed(c.seed, 2, self.rank))
         self.epoch = self.step = self.iteration = 0
@@ -237,60 +171,12 @@ class Trainer:
         return out
 
     def to_input(self, x: torch.Tensor) -> torch.Tensor:
-        """N x H x W x 3 uint8 -> N x 3 x H x W in [-1, 1] on the device."""
+        """N x H x W x 3 uint8 -> N x 3 x H x W in [-1, 1] on the device, NCHW in memory."""
         x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
-
-    def autocast(self):
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
-
-    # ------------------------------------------------------------ one iteration
-
-    def train_step(self, real_A: torch.Tensor, real_B: torch.Tensor, stop: bool = False) -> tuple[list[float], bool]:
-        """One optimisation step of all four networks; returns (the eight losses, whether any rank stops)."""
-        c = self.config
-        lam, lam_idt = c.lambda_cycle, c.lambda_cycle * c.lambda_identity
-        D_A, D_B = self.dis.D_A, self.dis.D_B  # unwrapped: frozen here, so DDP has nothing to sync
-        zero = torch.zeros((), device=self.device)
-        with self.autocast():
-            fake_B, fake_A, rec_A, rec_B, idt_A, idt_B = self.train_gens(real_A, real_B)
-            self.dis.requires_grad_(False)
-            G_A = lsgan(D_A(fake_B), 1.0)
-            G_B = lsgan(D_B(fake_A), 1.0)
-            cyc_A = F.l1_loss(rec_A.float(), real_A) * lam
-            cyc_B = F.l1_loss(rec_B.float(), real_B) * lam
-            idt_A_loss = F.l1_loss(idt_A.float(), real_B) * lam_idt if idt_A is not None else zero
-            idt_B_loss = F.l1_loss(idt_B.float(), real_A) * lam_idt if idt_B is not None else zero
-            loss_G = G_A + G_B + cyc_A + cyc_B + idt_A_loss + idt_B_loss
-        self.opt_G.zero_grad(set_to_none=True)
-        self.scaler.scale(loss_G).backward()
-
-        self.dis.requires_grad_(True)
-        pooled_A = self.pool_A.query(fake_A.detach())
-        pooled_B = self.pool_B.query(fake_B.detach())
-        with self.autocast():
-            D_A_loss, D_B_loss = self.train_dis(real_A, real_B, pooled_A, pooled_B)
-        self.opt_D.zero_grad(set_to_none=True)
-        self.scaler.scale(D_A_loss + D_B_loss).backward()
-
-        values = torch.stack([D_A_loss, G_A, cyc_A, idt_A_loss, D_B_loss, G_B, cyc_B, idt_B_loss]).detach().float()
-        values = torch.cat([values, torch.tensor([float(stop)], device=self.device)])
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(values)  # one small message: mean losses for the log, NaN anywhere, stop anywhere
-            values[:-1] /= self.world
-        values = values.tolist()
-        losses, stop_any = values[:-1], values[-1] > 0
-        if not all(math.isfinite(v) for v in losses):
-            bad = ", ".join(f"{k}={v}" for k, v in zip(LOSS_NAMES, losses) if not math.isfinite(v))
-            raise NonFiniteLoss(bad)
-        self.scaler.step(self.opt_G)
-        self.scaler.step(self.opt_D)
-        self.scaler.update()
-        return losses, stop_any
+        # The permute leaves NHWC strides. Training runs NCHW on every device: CUDA's InstanceNorm and
+        # reflection padding hand back NCHW, so channels_last would be converted back and forth in every
+        # block, and on CPU it would send the no-grad sample forwards down the inference norm path.
+        return x.contiguous()
 
     # ------------------------------------------------------------ the loop
 
@@ -308,10 +194,10 @@ class Trainer:
         pin = self.device.type == "cuda"
         step_s = loop_s = end_s = 0.0
         measured = 0
-        progress = _Progress(c.progress and self.is_main, c.total_epochs, n_batches)
+        progress = Progress(c.progress and self.is_main, c.total_epochs, n_batches)
         self.log(f"training {self.run_dir}: {len(self.dataset.a)} A images ({self.domains['A']}), "
                  f"{len(self.dataset.b)} B images ({self.domains['B']}), {n_batches} iterations per epoch, "
-                 f"{c.total_epochs} epochs, device {self.device}, precision {_precision_name(self.dtype)}"
+                 f"{c.total_epochs} epochs, device {self.device}, precision {precision_name(self.dtype)}"
                  + (f", {self.world} processes" if self.world > 1 else ""))
         if self.epoch >= c.total_epochs:
             self.log(f"{self.run_dir}: already finished ({self.epoch} epochs)")
@@ -424,103 +310,18 @@ class Trainer:
             paths.append(save_generator(net, self.run_dir / f"G_{letter}.safetensors", meta))
         return paths
 
-    def save_checkpoint(self, numbered: bool = False) -> None:
-        if not self.is_main:
-            return
-        state = {
-            "format": CHECKPOINT_FORMAT, "version": 1, "config": self.config.to_dict(), "domains": self.domains,
-            "epoch": self.epoch, "step": self.step, "iteration": self.iteration, "skipped": self.skipped,
-            "G_A": self.gens.G_A.state_dict(), "G_B": self.gens.G_B.state_dict(),
-            "D_A": self.dis.D_A.state_dict(), "D_B": self.dis.D_B.state_dict(),
-            "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
-            "sched_G": self.sched_G.state_dict(), "sched_D": self.sched_D.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "pool_A": self.pool_A.state_dict(), "pool_B": self.pool_B.state_dict(),
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-        }
-        folder = self.run_dir / "checkpoints"
-        with atomic_path(folder / "latest.pt") as tmp:
-            torch.save(state, tmp)
-        if numbered:
-            with atomic_path(folder / f"epoch_{self.epoch:03d}.pt") as tmp:
-                torch.save(state, tmp)
-        self.losses.write()  # the log always matches the newest checkpoint
-
-    def _restore(self, s: dict) -> None:
-        self.gens.G_A.load_state_dict(s["G_A"])
-        self.gens.G_B.load_state_dict(s["G_B"])
-        self.dis.D_A.load_state_dict(s["D_A"])
-        self.dis.D_B.load_state_dict(s["D_B"])
-        self.opt_G.load_state_dict(s["opt_G"])
-        self.opt_D.load_state_dict(s["opt_D"])
-        self.sched_G.load_state_dict(s["sched_G"])
-        self.sched_D.load_state_dict(s["sched_D"])
-        if s.get("scaler"):
-            self.scaler.load_state_dict(s["scaler"])
-        self.pool_A.load_state_dict(s["pool_A"], self.device)
-        self.pool_B.load_state_dict(s["pool_B"], self.device)
-        torch.set_rng_state(s["rng"]["torch"])
-        if s["rng"]["cuda"] and torch.cuda.is_available() and len(s["rng"]["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(s["rng"]["cuda"])
-        self.epoch, self.step, self.iteration = s["epoch"], s["step"], s["iteration"]
-        self.skipped = max(self.skipped, s.get("skipped", 0))
-
-
-class NonFiniteLoss(Exception):
-    pass
-
-
-def load_checkpoint(path: Path) -> dict:
-    """A full training checkpoint: tensors and plain containers only (weights_only=True)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CycleBatchError(f"{path}: unreadable training checkpoint ({str(e).splitlines()[0][:160]})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CycleBatchError(f"{path}: not a cyclebatch training checkpoint")
-    return state
-
 
 def train(config: TrainConfig, log=print, warn=None) -> TrainResult:
     """Train (or, with config.resume, continue) a CycleGAN; returns where it stopped and why."""
-    started_group = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _group_initialized()
+    started_group = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not group_initialized()
     try:
         return Trainer(config, log, warn).fit()
     finally:
-        if started_group and _group_initialized():
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
-
-def _group_initialized() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized()
+        if started_group and group_initialized():
+            leave_group()
 
 
 # ---------------------------------------------------------------- small helpers
-
-def _autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
-    if precision == "auto":
-        if device.type != "cuda":
-            return None  # bitwise-reproducible fp32 on CPU; bf16 is one flag away
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if precision == "fp16" and device.type == "cpu":
-        raise CycleBatchError("precision fp16 needs a GPU; on CPU use bf16 or fp32")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def _grad_scaler(device: torch.device, enabled: bool):
-    if hasattr(torch, "amp") and hasattr(torch.amp, "GradScaler"):
-        return torch.amp.GradScaler(device.type, enabled=enabled)
-    return torch.cuda.amp.GradScaler(enabled=enabled and device.type == "cuda")  # torch < 2.3
-
-
-def _precision_name(dtype: Optional[torch.dtype]) -> str:
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16 + grad scaler"}[dtype]
-
 
 def _swap_channels(cfg: GeneratorConfig) -> GeneratorConfig:
     return GeneratorConfig(**{**cfg.to_dict(), "in_channels": cfg.out_channels, "out_channels": cfg.in_channels})
@@ -542,49 +343,3 @@ def _write_json(path: Path, obj: dict) -> None:
 
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
-
-
-class _Progress:
-    """A rich progress bar with losses and iterations/s on a terminal; nothing otherwise."""
-
-    def __init__(self, enabled: bool, epochs: int, per_epoch: int):
-        self.bar = None
-        self.per_epoch, self.epochs = per_epoch, epochs
-        if enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            console = Console(stderr=True)
-            if console.is_terminal:
-                self.bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
-                                    TextColumn("{task.fields[losses]}"), console=console, transient=False)
-        self.task = None
-        self._t = time.perf_counter()
-        self._n = 0
-
-    def __enter__(self):
-        if self.bar is not None:
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-
-    def start_epoch(self, epoch: int, done: int) -> None:
-        if self.bar is None:
-            return
-        if self.task is not None:
-            self.bar.remove_task(self.task)
-        self.task = self.bar.add_task("", total=self.per_epoch, completed=done, epoch=f"{epoch + 1}/{self.epochs}",
-                                      rate="", losses="")
-        self._t, self._n = time.perf_counter(), 0
-
-    def advance(self, losses: list[float]) -> None:
-        if self.bar is None:
-            return
-        self._n += 1
-        rate = self._n / max(time.perf_counter() - self._t, 1e-9)
-        shown = "  ".join(f"{k} {v:.3f}" for k, v in zip(LOSS_NAMES, losses) if not k.startswith("idt"))
-        self.bar.update(self.task, advance=1, rate=f"{rate:.2f} it/s", losses=shown)

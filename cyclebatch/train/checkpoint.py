@@ -1,0 +1,90 @@
+"""Training checkpoints: everything a resumed run needs to continue to the bit (networks, optimizers,
+schedulers, grad scaler, image pools, RNG states and the position in the epoch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..errors import CycleBatchError
+from ..fileio import atomic_path
+from .config import TrainConfig
+
+CHECKPOINT_FORMAT = "cyclebatch-training"
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A full training checkpoint: tensors and plain containers only (weights_only=True)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CycleBatchError(f"{path}: unreadable training checkpoint ({str(e).splitlines()[0][:160]})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CycleBatchError(f"{path}: not a cyclebatch training checkpoint")
+    return state
+
+
+def resume_point(config: TrainConfig) -> tuple[TrainConfig, Optional[dict]]:
+    """(the run's config, its checkpoint) for --resume: the stored settings with this call's runtime ones.
+    Without --resume, a folder that already holds a run is refused rather than overwritten."""
+    ckpt_path = config.run_dir / "checkpoints" / "latest.pt"
+    if config.resume:
+        if not ckpt_path.is_file():
+            raise CycleBatchError(f"{ckpt_path}: no checkpoint to resume from")
+        stored = load_checkpoint(ckpt_path)
+        config = TrainConfig.from_dict(stored["config"]).resumed_with(config)
+        config.validate()
+        return config, stored
+    if ckpt_path.exists():
+        raise CycleBatchError(f"{config.run_dir}: already holds a training run; pass --resume to continue "
+                              "it, or choose another --name")
+    return config, None
+
+
+class Checkpointing:
+    """The Trainer's saving and restoring. Uses its config, run_dir, is_main, device, domains, the
+    counters (epoch, step, iteration, skipped), gens, dis, optimizers, schedulers, scaler, pools, losses."""
+
+    def save_checkpoint(self, numbered: bool = False) -> None:
+        if not self.is_main:
+            return
+        state = {
+            "format": CHECKPOINT_FORMAT, "version": 1, "config": self.config.to_dict(), "domains": self.domains,
+            "epoch": self.epoch, "step": self.step, "iteration": self.iteration, "skipped": self.skipped,
+            "G_A": self.gens.G_A.state_dict(), "G_B": self.gens.G_B.state_dict(),
+            "D_A": self.dis.D_A.state_dict(), "D_B": self.dis.D_B.state_dict(),
+            "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
+            "sched_G": self.sched_G.state_dict(), "sched_D": self.sched_D.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "pool_A": self.pool_A.state_dict(), "pool_B": self.pool_B.state_dict(),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        }
+        folder = self.run_dir / "checkpoints"
+        with atomic_path(folder / "latest.pt") as tmp:
+            torch.save(state, tmp)
+        if numbered:
+            with atomic_path(folder / f"epoch_{self.epoch:03d}.pt") as tmp:
+                torch.save(state, tmp)
+        self.losses.write()  # the log always matches the newest checkpoint
+
+    def _restore(self, s: dict) -> None:
+        self.gens.G_A.load_state_dict(s["G_A"])
+        self.gens.G_B.load_state_dict(s["G_B"])
+        self.dis.D_A.load_state_dict(s["D_A"])
+        self.dis.D_B.load_state_dict(s["D_B"])
+        self.opt_G.load_state_dict(s["opt_G"])
+        self.opt_D.load_state_dict(s["opt_D"])
+        self.sched_G.load_state_dict(s["sched_G"])
+        self.sched_D.load_state_dict(s["sched_D"])
+        if s.get("scaler"):
+            self.scaler.load_state_dict(s["scaler"])
+        self.pool_A.load_state_dict(s["pool_A"], self.device)
+        self.pool_B.load_state_dict(s["pool_B"], self.device)
+        torch.set_rng_state(s["rng"]["torch"])
+        if s["rng"]["cuda"] and torch.cuda.is_available() and len(s["rng"]["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(s["rng"]["cuda"])
+        self.epoch, self.step, self.iteration = s["epoch"], s["step"], s["iteration"]
+        self.skipped = max(self.skipped, s.get("skipped", 0))
