@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import shutil
@@ -35,6 +36,25 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+# Write errors that are the location's problem, not one file's: every later write there fails the same way.
+LOCATION_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def location_problem(e: BaseException, dst: Path) -> "str | None":
+    """For a write error that no later write to that place would escape (a full disk, a quota, a
+    read-only or forbidden folder), what and where, with the space left; None for other errors."""
+    if not isinstance(e, OSError) or e.errno not in LOCATION_ERRORS:
+        return None
+    what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+            errno.EROFS: "the file system is read-only"}.get(e.errno, "no permission to write there")
+    where = next((p for p in [dst.parent, *dst.parents] if p.exists()), dst.parent)
+    try:
+        free = f"; {shutil.disk_usage(where).free / 2**20:,.1f} MiB free there"
+    except OSError:
+        free = ""
+    return f"cannot write {dst}: {what} ({e.strerror}){free}"
 
 
 def is_temp(path: Path) -> bool:

@@ -5,9 +5,7 @@
 from __future__ import annotations
 
 import collections
-import errno
 import os
-import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -19,7 +17,7 @@ import numpy as np
 from .discover import Job, plan
 from .engine import Pending, Translator
 from .errors import CycleBatchError
-from .fileio import sweep_dead_temps
+from .fileio import location_problem, sweep_dead_temps
 from .images import DEFAULT_MAX_PIXELS, Picture, read_image, write_image
 
 
@@ -278,8 +276,10 @@ class _Loop:
             self.fail(job, _reason(e, job))
             return
         except OSError as e:
-            if e.errno in RUN_STOPPERS:  # the run's problem, not the file's: one message, not one per image
-                raise OutputUnwritable(_unwritable(e, job.dst)) from None
+            problem = location_problem(e, job.dst)
+            if problem:  # the run's problem, not the file's: one message, not one per image
+                raise OutputUnwritable(f"{problem}. Stopped; finished images are kept and no partial file "
+                                       "was left: make room and run the same command again to resume") from None
             self.fail(job, f"cannot write {job.dst} ({e.strerror or e})")
             return
         except Exception as e:
@@ -290,23 +290,8 @@ class _Loop:
         self.reporter.advance()
 
 
-RUN_STOPPERS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
-
-
 class OutputUnwritable(CycleBatchError):
     """The output location takes no more files; the run stops, keeping what it finished."""
-
-
-def _unwritable(e: OSError, dst: Path) -> str:
-    what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
-            errno.EROFS: "the file system is read-only"}.get(e.errno, "no permission to write there")
-    where = next((p for p in [dst.parent, *dst.parents] if p.exists()), dst.parent)
-    try:
-        free = f"; {shutil.disk_usage(where).free / 2**20:,.1f} MiB free there"
-    except OSError:
-        free = ""
-    return (f"cannot write {dst}: {what} ({e.strerror}){free}. Stopped; finished images are kept and no "
-            "partial file was left: make room and run the same command again to resume")
 
 
 def _short(e: BaseException) -> str:

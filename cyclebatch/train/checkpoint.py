@@ -63,11 +63,10 @@ class Checkpointing:
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         }
         folder = self.run_dir / "checkpoints"
-        with atomic_path(folder / "latest.pt") as tmp:
-            torch.save(state, tmp)
-        if numbered:
-            with atomic_path(folder / f"epoch_{self.epoch:03d}.pt") as tmp:
-                torch.save(state, tmp)
+        # Through a Python file object: torch.save to a path reports a full disk as an opaque RuntimeError.
+        for name in ["latest.pt"] + ([f"epoch_{self.epoch:03d}.pt"] if numbered else []):
+            with atomic_path(folder / name) as tmp, open(tmp, "wb") as f:
+                torch.save(state, f)
         self.losses.write()  # the log always matches the newest checkpoint
 
     def _restore(self, s: dict) -> None:

@@ -17,7 +17,7 @@ import torch
 
 from ..checkpoints import save_generator
 from ..errors import CycleBatchError
-from ..fileio import atomic_path
+from ..fileio import atomic_path, location_problem, sweep_dead_temps
 from ..networks import GeneratorConfig, PatchDiscriminator, ResnetGenerator, init_weights
 from .checkpoint import Checkpointing, load_checkpoint, resume_point  # noqa: F401 (load_checkpoint: public here too)
 from .config import TrainConfig
@@ -182,11 +182,24 @@ class Trainer(TrainStep, Checkpointing):
 
     def fit(self) -> TrainResult:
         with StopRequest() as stop:  # from the start: a signal during setup also ends in a checkpoint
-            return self._fit(stop)
+            try:
+                return self._fit(stop)
+            except OSError as e:  # a full disk or a read-only folder: the run's end, said once
+                problem = location_problem(e, Path(e.filename) if e.filename else self.run_dir / "checkpoints")
+                if problem is None:
+                    raise
+                latest = self.run_dir / "checkpoints" / "latest.pt"
+                where = (f"the last good checkpoint, {latest}, is intact: make room and continue with --resume"
+                         if latest.exists() else "no checkpoint had been written yet")
+                raise CycleBatchError(f"{problem}. Training stopped; {where}") from None
+            finally:
+                if self.is_main:
+                    sweep_dead_temps(self.run_dir)
 
     def _fit(self, stop: StopRequest) -> TrainResult:
         c = self.config
         if self.is_main:
+            sweep_dead_temps(self.run_dir)  # what a killed earlier attempt was writing (a checkpoint, say)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             _write_json(self.run_dir / "config.json", {**c.to_dict(), "domains": self.domains, "world_size": self.world})
         n_batches = batches_per_epoch(len(self.dataset), c, self.world)
