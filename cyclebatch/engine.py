@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .errors import CycleBatchError
-from .networks import ResnetGenerator, pad_to_multiple
+from .networks import ResnetGenerator, full_frame_only, pad_to_multiple, with_batchnorm_mode
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -66,11 +66,18 @@ class Translator:
 
     def __init__(self, model: ResnetGenerator, device: str = "auto", precision: str = "auto",
                  compile: bool = False, batch_size: Optional[int] = None, *, tile: Optional[int] = None,
-                 context: int = 64, max_memory: Optional[int] = None, tile_stats: str = "exact"):
+                 context: int = 64, max_memory: Optional[int] = None, tile_stats: str = "exact",
+                 batchnorm: str = "running"):
         """tile: force tiling with this tile size; otherwise images whose full-frame pass would exceed
         max_memory bytes (default: half the free memory) are tiled automatically. tile_stats "exact"
-        (whole-image InstanceNorm statistics, seamless) or "per-tile" (the naive way, for comparison)."""
+        (whole-image InstanceNorm statistics, seamless) or "per-tile" (the naive way, for comparison).
+        batchnorm: "running" statistics or "per-image" ones, for BatchNorm models (networks.with_batchnorm_mode)."""
         from .tiling import STATS_MODES
+
+        # issue 18: BatchNorm statistics mode (a converted copy, or the model itself); U-Nets never tile.
+        model = with_batchnorm_mode(model, batchnorm)
+        if tile is not None and not model.tileable:
+            raise full_frame_only(model.config, f"--tile {tile} was given")
 
         if tile_stats not in STATS_MODES:
             raise CycleBatchError(f"unknown tile statistics '{tile_stats}' (use {' or '.join(STATS_MODES)})")
@@ -91,7 +98,8 @@ class Translator:
         # On CPU the trunk's 3x3 convolutions go through Winograd: F(2,3) in bf16 (F(4,3) is faster
         # still but doubles the largest bf16 error), F(4,3) in fp32 (exact to rounding). See winograd.py.
         self.winograd = None
-        if self.device.type == "cpu" and not compile and self.dtype in (None, torch.bfloat16):
+        if self.device.type == "cpu" and not compile and self.dtype in (None, torch.bfloat16) \
+                and isinstance(model, ResnetGenerator):  # issue 18: Winograd is for the ResNet trunk only
             from .winograd import use_winograd
 
             self.winograd = 2 if self.dtype == torch.bfloat16 else 4
@@ -121,8 +129,8 @@ class Translator:
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[-1, 1] NCHW float in, [-1, 1] NCHW float out, any H and W (reflect-padded to a multiple of 4)."""
-        x, (h, w) = pad_to_multiple(self.model_input(x), 4)
+        """[-1, 1] NCHW float in, [-1, 1] NCHW float out, any H and W (reflect-padded to the model's multiple)."""
+        x, (h, w) = pad_to_multiple(self.model_input(x), self.model.size_multiple)
         if self.channels_last:  # padding may hand back a plain NCHW tensor
             x = x.contiguous(memory_format=torch.channels_last)
         with self.autocast():
@@ -192,6 +200,11 @@ class Translator:
         """One image through the tiler (whatever its size); the plan used is kept in `last_plan`."""
         from .tiling import translate_tiled
 
+        if not self.model.tileable:  # issue 18: a U-Net too large for the memory budget
+            h, w = image.shape[:2]
+            raise full_frame_only(self.model.config, f"a {w}x{h} image needs about "
+                                  f"{estimate_bytes(self.model, h, w, self.dtype) / 2**20:.0f} MiB, over the "
+                                  f"{self.memory_budget() / 2**20:.0f} MiB budget")
         out, self.last_plan = translate_tiled(self, image, self.tile_plan(image.shape[0], image.shape[1]))
         return out
 
