@@ -4,10 +4,10 @@ __version__ = "0.1.0"
 
 from .checkpoints import load_file, save_generator  # noqa: E402
 from .errors import CycleBatchError  # noqa: E402
-from .networks import GeneratorConfig, PatchDiscriminator, ResnetGenerator  # noqa: E402
+from .networks import GeneratorConfig, PatchDiscriminator, ResnetGenerator, UnetGenerator  # noqa: E402
 from .registry import ZOO, load_generator, resolve  # noqa: E402
 
 __all__ = [
-    "CycleBatchError", "GeneratorConfig", "PatchDiscriminator", "ResnetGenerator", "ZOO",
+    "CycleBatchError", "GeneratorConfig", "PatchDiscriminator", "ResnetGenerator", "UnetGenerator", "ZOO",
     "load_file", "load_generator", "resolve", "save_generator",
 ]

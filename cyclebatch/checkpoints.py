@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import torch
 
 from .errors import CycleBatchError
-from .networks import GeneratorConfig, ResnetGenerator
+from .networks import Generator, GeneratorConfig, make_generator
 
 FORMAT = "cyclebatch-generator"
 FORMAT_VERSION = 1
@@ -158,10 +158,13 @@ def _describe(obj: object) -> str:
     return f"a {type(obj).__name__}"
 
 
+_RUNNING = ("running_mean", "running_var", "num_batches_tracked")
+
+
 def _common_cleanup(sd: Tensors) -> Tensors:
-    """What the official loader also strips: DataParallel prefixes and stale InstanceNorm buffers."""
-    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items() if k != "_metadata"}
-    return {k: v for k, v in sd.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    """What the official loader also strips: DataParallel prefixes. (Running statistics stay until the
+    architecture is known: BatchNorm needs them; InstanceNorm's are stale, see build_generator.)"""
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items() if k != "_metadata"}
 
 
 def _vintagify(sd: Tensors) -> Optional[Tensors]:
@@ -184,27 +187,67 @@ def to_official_keys(sd: Tensors) -> Tensors:
     return sd
 
 
+def _norm_from_keys(sd: Tensors, norm: str, conv: str) -> dict:
+    """norm, affine and conv bias from the keys at the first norm position and the conv before it.
+
+    The official code gives convs a bias only with InstanceNorm; BatchNorm brings weight, bias and
+    running statistics; InstanceNorm (affine=False) and `none` (nn.Identity) have no keys. Running
+    statistics next to a biased conv are stale InstanceNorm buffers (pre-0.4 PyTorch saved them).
+    """
+    stats, bias, affine = f"{norm}.running_mean" in sd, f"{conv}.bias" in sd, f"{norm}.weight" in sd
+    if stats and not bias:
+        kind = "batch"
+    elif bias or affine:  # affine without running statistics: per-sample statistics, i.e. InstanceNorm
+        kind = "instance"
+    else:
+        kind = "none"
+    return dict(norm=kind, affine_norm=affine, bias=None if bias == (kind == "instance") else bias)
+
+
+def _unet_prefix(level: int) -> str:
+    """Key prefix of U-Net level `level` (0 = outermost): each level sits at index 1 (outermost) or 3."""
+    return "model.model." + "".join("1.model." if i == 0 else "3.model." for i in range(level))
+
+
+def _infer_unet(sd: Tensors, path: Path | str) -> GeneratorConfig:
+    first = sd["model.model.0.weight"]
+    levels = 1
+    while f"{_unet_prefix(levels)}1.weight" in sd:  # each inner level's down conv
+        levels += 1
+    last = sd.get("model.model.3.weight")
+    if first.dim() != 4 or last is None or last.dim() != 4 or levels < 5:
+        raise CycleBatchError(f"{path}: not an official U-Net generator ({levels} levels found, "
+                              f"'model.model.3.weight' {'missing' if last is None else 'present'})")
+    return GeneratorConfig(in_channels=first.shape[1], out_channels=last.shape[1], ngf=first.shape[0],
+                           family="unet", n_downs=levels,
+                           **_norm_from_keys(sd, "model.model.1.model.2", "model.model.0"))
+
+
 def infer_config(sd: Tensors, path: Path | str = "checkpoint") -> GeneratorConfig:
-    """Read the ResNet generator's architecture off its (official-named) keys."""
+    """Read the generator's architecture (ResNet or U-Net, norm, sizes) off its (official-named) keys."""
+    if "model.model.0.weight" in sd:
+        return _infer_unet(sd, path)
     first = sd.get("model.1.weight")
     if first is None or first.dim() != 4:
-        raise CycleBatchError(f"{path}: not a ResNet CycleGAN generator (no 'model.1.weight' conv; "
-                              f"keys start {', '.join(list(sd)[:3])})")
+        raise CycleBatchError(f"{path}: not a CycleGAN generator (ResNet or U-Net): no 'model.1.weight' or "
+                              f"'model.model.0.weight' conv; keys start {', '.join(list(sd)[:3])}")
     blocks = sorted({int(m.group(1)) for k in sd if (m := re.match(r"model\.(\d+)\.conv_block\.", k))})
     if not blocks:
-        raise CycleBatchError(f"{path}: not a ResNet generator (no residual blocks); U-Net generators are not supported")
+        raise CycleBatchError(f"{path}: not a ResNet generator (no residual blocks) nor an official U-Net")
     convs = [int(m.group(1)) for k, v in sd.items() if (m := re.match(r"model\.(\d+)\.weight$", k)) and v.dim() == 4]
     last = sd[f"model.{max(convs)}.weight"]
     dropout = any(k.endswith("conv_block.6.weight") and v.dim() == 4 for k, v in sd.items())
     return GeneratorConfig(
         in_channels=first.shape[1], out_channels=last.shape[0], ngf=first.shape[0],
-        n_blocks=len(blocks), dropout=dropout, affine_norm="model.2.weight" in sd,
+        n_blocks=len(blocks), dropout=dropout, **_norm_from_keys(sd, "model.2", "model.1"),
     )
 
 
-def build_generator(sd: Tensors, path: Path | str = "checkpoint", metadata: Optional[dict] = None) -> ResnetGenerator:
+def build_generator(sd: Tensors, path: Path | str = "checkpoint", metadata: Optional[dict] = None) -> Generator:
     config = infer_config(sd, path)
-    net = ResnetGenerator(config)
+    net = make_generator(config)
+    if config.norm != "batch":  # what the official loader deletes: InstanceNorm buffers of old PyTorch
+        sd = {k: v for k, v in sd.items() if not k.endswith(_RUNNING)}
     sd = {k: v.float() for k, v in sd.items()}
     result = net.load_state_dict(sd, strict=False)
     bad = [f"missing {k}" for k in result.missing_keys] + [f"unexpected {k}" for k in result.unexpected_keys]
@@ -215,7 +258,7 @@ def build_generator(sd: Tensors, path: Path | str = "checkpoint", metadata: Opti
     return net.eval().requires_grad_(False)
 
 
-def load_file(path: str | Path, direction: Optional[str] = None) -> ResnetGenerator:
+def load_file(path: str | Path, direction: Optional[str] = None) -> Generator:
     """Load a generator from one checkpoint file of any supported layout."""
     path = Path(path)
     payload, meta = read_tensors(path)
@@ -230,7 +273,7 @@ def load_file(path: str | Path, direction: Optional[str] = None) -> ResnetGenera
 
 # ---------------------------------------------------------------- own format
 
-def save_generator(net: ResnetGenerator, path: str | Path, metadata: Optional[dict] = None) -> Path:
+def save_generator(net: Generator, path: str | Path, metadata: Optional[dict] = None) -> Path:
     """Write safetensors weights with the architecture and `metadata` as JSON in the header."""
     from safetensors.torch import save_file
 

@@ -50,6 +50,8 @@ def parse_bytes(text: Optional[str]) -> Optional[int]:
 TILE_HELP = "Tile every image with tiles of this size (px); default: only images too big for --max-memory."
 MEMORY_HELP = "Memory one image may take before it is tiled (6G, 512M); default: half of what is free."
 STATS_HELP = "Tile InstanceNorm statistics: exact (whole image, seamless) or per-tile (naive, for comparison)."
+BATCHNORM_HELP = ("BatchNorm models: running statistics (official test.py --eval) or per-image ones "
+                  "(official test.py default).")
 
 
 def _version(value: bool) -> None:
@@ -123,10 +125,7 @@ def models_info(model: str = typer.Argument(..., help="Zoo name, run name, folde
     n = sum(p.numel() for p in net.parameters())
     table = Table(show_header=False, box=None)
     table.add_row("file", str(path))
-    table.add_row("architecture", f"{net.config.name}, ngf {net.config.ngf}, "
-                  f"{net.config.in_channels}->{net.config.out_channels} channels, "
-                  f"{'affine' if net.config.affine_norm else 'plain'} InstanceNorm, "
-                  f"{'dropout' if net.config.dropout else 'no dropout'}")
+    table.add_row("architecture", net.config.describe())
     table.add_row("parameters", f"{n:,} ({n / 1e6:.3f} M)")
     for k, v in sorted(net.metadata.items()):
         if k not in ("architecture", "format", "format_version", "source"):
@@ -224,6 +223,7 @@ def run(
     tile: Optional[int] = typer.Option(None, "--tile", min=32, help=TILE_HELP),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help=MEMORY_HELP),
     tile_stats: str = typer.Option("exact", "--tile-stats", help=STATS_HELP),
+    batchnorm: str = typer.Option("running", "--batchnorm", help=BATCHNORM_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary; errors only."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
@@ -258,7 +258,8 @@ def run(
     is_main = rank_shard[0] == 0 or shard_kn is not None
     translator = Translator(load_generator(model, direction, quiet=quiet or json_out), device, precision,
                             compile=compile, batch_size=batch_size, tile=tile,
-                            max_memory=parse_bytes(max_memory), tile_stats=tile_stats, notify=note)
+                            max_memory=parse_bytes(max_memory), tile_stats=tile_stats, batchnorm=batchnorm,
+                            notify=note)
     opts = RunOptions(ext=ext, quality=quality, overwrite=overwrite, side_by_side=side_by_side,
                       max_pixels=max_pixels, max_size=max_size, scale=scale, shard=rank_shard, workers=workers)
     reporter = _ProgressReporter(quiet=quiet or json_out or not is_main)
@@ -397,6 +398,7 @@ def video(src: Path = typer.Argument(..., help="Input video, or a folder of fram
                                               "(less flicker), or give each frame its own."),
           tile: Optional[int] = typer.Option(None, "--tile", min=32, help=TILE_HELP),
           max_memory: Optional[str] = typer.Option(None, "--max-memory", help=MEMORY_HELP),
+          batchnorm: str = typer.Option("running", "--batchnorm", help=BATCHNORM_HELP),
           quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
     """Translate every frame of a video; keeps frame timing, audio and rotation. Writes atomically."""
     import time
@@ -420,7 +422,7 @@ def video(src: Path = typer.Argument(..., help="Input video, or a folder of fram
     try:
         translator = Translator(load_generator(model, direction, quiet=quiet), device=device,
                                 precision=precision, batch_size=batch_size, tile=tile,
-                                max_memory=parse_bytes(max_memory))
+                                max_memory=parse_bytes(max_memory), batchnorm=batchnorm)
         with bar:
             task = bar.add_task(f"{src.name}", total=None, fps="-")
             t0[0] = time.perf_counter()

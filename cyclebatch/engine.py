@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .errors import CycleBatchError
-from .networks import ResnetGenerator, pad_to_multiple
+from .networks import ResnetGenerator, full_frame_only, pad_to_multiple, with_batchnorm_mode
 
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 MAX_GPU_BATCH = 32  # past this, batching a CycleGAN buys no throughput and only costs memory
@@ -136,12 +136,18 @@ class Translator:
     def __init__(self, model: ResnetGenerator, device: str = "auto", precision: str = "auto",
                  compile: bool = False, batch_size: Optional[int] = None, *, tile: Optional[int] = None,
                  context: int = 64, max_memory: Optional[int] = None, tile_stats: str = "exact",
-                 notify: Optional[Callable[[str], None]] = None):
+                 batchnorm: str = "running", notify: Optional[Callable[[str], None]] = None):
         """tile: force tiling with this tile size; otherwise images whose full-frame pass would exceed
         max_memory bytes (default: half the free memory) are tiled automatically. tile_stats "exact"
         (whole-image InstanceNorm statistics, seamless) or "per-tile" (the naive way, for comparison).
+        batchnorm: "running" statistics or "per-image" ones, for BatchNorm models (networks.with_batchnorm_mode).
         notify: where one-off notes go (a precision fallback); default the "cyclebatch" logger."""
         from .tiling import STATS_MODES
+
+        # BatchNorm statistics mode (a converted copy, or the model itself); U-Nets never tile.
+        model = with_batchnorm_mode(model, batchnorm)
+        if tile is not None and not model.tileable:
+            raise full_frame_only(model.config, f"--tile {tile} was given")
 
         if tile_stats not in STATS_MODES:
             raise CycleBatchError(f"unknown tile statistics '{tile_stats}' (use {' or '.join(STATS_MODES)})")
@@ -168,7 +174,8 @@ class Translator:
         # On CPU the trunk's 3x3 convolutions go through Winograd: F(2,3) in bf16 (F(4,3) is faster
         # still but doubles the largest bf16 error), F(4,3) in fp32 (exact to rounding). See winograd.py.
         self.winograd = None
-        if self.device.type == "cpu" and not compile and self.dtype in (None, torch.bfloat16):
+        if self.device.type == "cpu" and not compile and self.dtype in (None, torch.bfloat16) \
+                and isinstance(model, ResnetGenerator):  # Winograd is for the ResNet trunk only
             from .winograd import use_winograd
 
             self.winograd = 2 if self.dtype == torch.bfloat16 else 4
@@ -217,11 +224,11 @@ class Translator:
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[-1, 1] NCHW float in, [-1, 1] NCHW float out, any H and W (reflect-padded to a multiple of 4)."""
+        """[-1, 1] NCHW float in, [-1, 1] NCHW float out, any H and W (reflect-padded to the model's multiple)."""
         return self._run(self.model_input(x), self._forward, self.autocast()).float()
 
     def _run(self, x: torch.Tensor, net, precision_context) -> torch.Tensor:
-        x, (h, w) = pad_to_multiple(x, 4)
+        x, (h, w) = pad_to_multiple(x, self.model.size_multiple)
         if self.channels_last:  # padding may hand back a plain NCHW tensor
             x = x.contiguous(memory_format=torch.channels_last)
         if self.device.type == "cuda":
@@ -416,7 +423,7 @@ class Translator:
             x = x.contiguous()
         else:
             x = x.contiguous(memory_format=torch.channels_last)
-        x, (h, w) = pad_to_multiple(x, 4)
+        x, (h, w) = pad_to_multiple(x, self.fp32_model.size_multiple)
         with self._fp32_maths():
             y = self.fp32_model(x)[..., :h, :w]
         return self.to_pixels(y, chunk[0].dtype)
@@ -449,6 +456,10 @@ class Translator:
         from .tiling import translate_tiled
 
         h, w = image.shape[:2]
+        if not self.model.tileable:  # a U-Net sees the whole image at once: tiles would show
+            raise full_frame_only(self.model.config, f"a {w}x{h} image needs about "
+                                  f"{estimate_bytes(self.model, h, w, self.dtype) / 2**20:.0f} MiB, over the "
+                                  f"{self.plan_for(h, w).budget / 2**20:.0f} MiB budget")
         out, self.last_plan = translate_tiled(self, image, self.tile_plan(h, w))
         self.plan_for(h, w).tile_plan = self.last_plan
         self.stats.tiled_images += 1

@@ -45,11 +45,13 @@ class PixelGraph(nn.Module):
         super().__init__()
         self.net = net
         self.fp16 = fp16
+        self.multiple = int(getattr(net, "size_multiple", 4))  # 4 for ResNets, 2^downsamplings for U-Nets
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2], x.shape[-1]
+        m = self.multiple
         # Reflect, not zero, padding: the generator was trained on reflect-padded borders.
-        x = F.pad(x * 2.0 - 1.0, (0, (4 - w % 4) % 4, 0, (4 - h % 4) % 4), mode="reflect")
+        x = F.pad(x * 2.0 - 1.0, (0, (m - w % m) % m, 0, (m - h % m) % m), mode="reflect")
         if self.fp16:
             x = x.half()
         y = self.net(x)
@@ -80,19 +82,24 @@ def format_of(path: str | Path) -> str:
     return fmt
 
 
+def min_size(net: nn.Module) -> int:
+    """Smallest H and W the file takes: reflect padding must be shorter than the side (U-Nets)."""
+    return max(MIN_SIZE, net.size_multiple // 2 + 1)
+
+
 def contract(net: ResnetGenerator, *, fp16: bool, source: str = "") -> dict[str, str]:
     """What a user of the file needs to know, stored in it (ONNX metadata_props / TorchScript extra file)."""
     c = net.config
     meta = {
         "input": f"{INPUT}: float32 [N, 3, H, W], RGB, values in [0, 1] (8-bit pixel / 255); "
-                 f"any N, any H and W >= {MIN_SIZE}",
+                 f"any N, any H and W >= {min_size(net)}",
         "output": f"{OUTPUT}: float32 [N, 3, H, W], same N, H, W as the input, RGB, values in [0, 1] "
                   f"(pixel = round(value * 255))",
         "input_name": INPUT, "output_name": OUTPUT,
         "layout": "NCHW", "channel_order": "RGB", "input_range": "[0, 1]", "output_range": "[0, 1]",
-        "padding": "the graph reflect-pads H and W to a multiple of 4 and crops the output back",
+        "padding": f"the graph reflect-pads H and W to a multiple of {net.size_multiple} and crops the output back",
         "precision": "fp16" if fp16 else "fp32",
-        "architecture": f"{c.name}, ngf {c.ngf}, {'affine' if c.affine_norm else 'plain'} InstanceNorm",
+        "architecture": c.describe(),
         "source_model": source or str(net.metadata.get("name") or net.metadata.get("source", "")),
         "cyclebatch_version": __version__,
     }
@@ -162,7 +169,8 @@ def export_onnx(net: ResnetGenerator, path: str | Path, *, fp16: bool = False, o
         raise CycleBatchError(f"opset {opset} is not supported: use {OPSET} to {newest}")
     graph = _prepared(net, fp16)
     dyn = torch.export.Dim.DYNAMIC
-    sample = torch.rand(2, 3, 64, 64)  # traced symbolically: the size costs nothing
+    side = max(64, net.size_multiple * 3 // 2 + 4)  # traced symbolically; padded, never a pad of 0 or >= the side
+    sample = torch.rand(2, 3, side, side)
     with _quiet_exporters():
         try:
             program = torch.onnx.export(
@@ -192,7 +200,8 @@ def export_torchscript(net: ResnetGenerator, path: str | Path, *, fp16: bool = F
     dtype = torch.float16 if fp16 else torch.float32
     with _quiet_exporters():
         # Trace the generator (size-independent ops), script the wrapper (its padding depends on the size).
-        graph.net = torch.jit.trace(graph.net, torch.rand(1, 3, 64, 64, dtype=dtype), check_trace=False)
+        side = max(64, net.size_multiple)  # the generator itself sees padded sizes only
+        graph.net = torch.jit.trace(graph.net, torch.rand(1, 3, side, side, dtype=dtype), check_trace=False)
         scripted = torch.jit.script(graph)
         torch.jit.save(scripted, str(path),
                        _extra_files={"cyclebatch.json": json.dumps(metadata or contract(net, fp16=fp16))})
@@ -212,8 +221,10 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 # ---------------------------------------------------------------- verification
 
-def sample_batches() -> tuple[list[np.ndarray], str]:
-    """Two float [0, 1] NCHW batches of different, non-multiple-of-4 sizes, cut from a real photo."""
+def sample_batches(min_side: int = MIN_SIZE) -> tuple[list[np.ndarray], str]:
+    """Two float [0, 1] NCHW batches of different, non-multiple-of-4 sizes, cut from a real photo.
+
+    Sizes grow by a common factor where the smaller crop would be under `min_side` (U-Nets)."""
     import cv2
 
     if SAMPLE_PHOTO.is_file():
@@ -227,12 +238,14 @@ def sample_batches() -> tuple[list[np.ndarray], str]:
         rgb = (rgb - rgb.min()) / (rgb.max() - rgb.min())
         name = "a synthetic texture"
     h, w = rgb.shape[:2]
-    scale = 192 / min(h, w)
+    f = max(1.0, min_side / 94)
+    scale = 192 * f / min(h, w)
     small = cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
-    first = small[:183, :250]
-    second = np.stack([small[:94, :126], small[-94:, -126:]])
+    a, b, c, d = (round(n * f) for n in (183, 250, 94, 126))
+    first = small[:a, :b]
+    second = np.stack([small[:c, :d], small[-c:, -d:]])
     batches = [first.transpose(2, 0, 1)[None], second.transpose(0, 3, 1, 2)]
-    desc = f"{name} (1x{first.shape[0]}x{first.shape[1]} and 2x94x126)"
+    desc = f"{name} (1x{first.shape[0]}x{first.shape[1]} and 2x{c}x{d})"
     return [np.ascontiguousarray(b, dtype=np.float32) for b in batches], desc
 
 
@@ -261,7 +274,7 @@ def verify(path: str | Path, net: ResnetGenerator, *, precision: str = "fp32",
     when either exceeds TOLERANCE[precision] or the output has the wrong shape.
     """
     name = name or path  # the file the user asked for, not the temporary one being checked
-    batches, desc = sample_batches()
+    batches, desc = sample_batches(min_size(net))
     reference = _prepared(net, fp16=False)
     with torch.inference_mode():
         expected = [reference(torch.from_numpy(b)).numpy() for b in batches]

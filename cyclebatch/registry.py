@@ -219,7 +219,7 @@ def local_models() -> list[tuple[str, Path, str]]:
 
 
 def load_generator(source: str | Path = DEFAULT_MODEL, direction: str = "AtoB", *, quiet: bool = False):
-    """The one entry point: any name, alias, run, folder or checkpoint file -> an eval-mode ResnetGenerator."""
+    """The one entry point: any name, alias, run, folder or checkpoint file -> an eval-mode generator."""
     from .checkpoints import load_file
 
     if direction not in ("AtoB", "BtoA"):

@@ -95,6 +95,8 @@ def plan_tiles(model: ResnetGenerator, height: int, width: int, budget: int, dty
     if stats not in STATS_MODES:
         raise CycleBatchError(f"unknown tile statistics '{stats}' (use {' or '.join(STATS_MODES)})")
     context = _round4(max(0, context))
+    if not model.norms():  # no InstanceNorm (BatchNorm, none): plain tiles, exact with enough context
+        context = max(context, _round4(model.receptive_radius))
     hp, wp = padded_size(height, width)
     fixed, spill = pixel_bytes(height, width), False
     if stats == "exact":
@@ -299,7 +301,7 @@ class Tiler:
                                              self.tr.to_pixels(y.float(), image.dtype)[0])
         fetch = lambda batch: self._input(img, batch)  # noqa: E731
         try:
-            if self.plan.stats == "per-tile":
+            if self.plan.stats == "per-tile" or not self.tr.model.norms():  # no statistics to share
                 self._pass(tiles, fetch, self.all_layers, write)
             else:
                 self._hooks(True)

@@ -93,7 +93,10 @@ def use_winograd(model: ResnetGenerator, m: int) -> ResnetGenerator:
 
     Layer indices stay the same, so tiling and statistics hooks see the structure they expect; the
     state_dict does not (the buffers hold transformed weights), so do this to an inference copy only.
+    Other generators (a U-Net has no residual trunk) come back unchanged.
     """
+    if not isinstance(model, ResnetGenerator):
+        return model
     for block in model.model:
         if isinstance(block, ResnetBlock):
             layers = block.conv_block

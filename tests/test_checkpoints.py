@@ -107,7 +107,7 @@ def test_pickle_with_code_is_refused_and_never_runs(tmp_path):
     ("truncated", "truncated or corrupt"),
     ("garbage", "not a PyTorch checkpoint|truncated or corrupt|unreadable"),
     ("jpeg", "not a PyTorch checkpoint|truncated or corrupt|unreadable"),
-    ("discriminator", "not a ResNet CycleGAN generator"),
+    ("discriminator", "not a CycleGAN generator .ResNet or U-Net."),
     ("missing_key", "keys do not fit"),
     ("safetensors_truncated", "corrupt or truncated safetensors"),
     ("folder", "is a folder"),
