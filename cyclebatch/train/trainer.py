@@ -18,7 +18,7 @@ import torch
 from ..checkpoints import save_generator
 from ..errors import CycleBatchError
 from ..fileio import atomic_path, location_problem, sweep_dead_temps
-from ..networks import GeneratorConfig, PatchDiscriminator, ResnetGenerator, init_weights
+from ..networks import GeneratorConfig, PatchDiscriminator, ResnetGenerator, init_weights, make_generator
 from .checkpoint import Checkpointing, load_checkpoint, resume_point  # noqa: F401 (load_checkpoint: public here too)
 from .config import TrainConfig
 from .data import UnpairedDataset, augment, batches_per_epoch, load_rgb8, make_loader, usable_images
@@ -137,7 +137,7 @@ class Trainer(TrainStep, Checkpointing):
         if stored is not None:  # resuming: the architecture is the checkpoint's (init_from may be gone by now)
             from ..checkpoints import infer_config
 
-            return ResnetGenerator(infer_config(stored["G_A"])), ResnetGenerator(infer_config(stored["G_B"]))
+            return make_generator(infer_config(stored["G_A"])), make_generator(infer_config(stored["G_B"]))
         if not c.init_from:
             cfg = GeneratorConfig(ngf=c.ngf, n_blocks=c.n_blocks, dropout=c.dropout)
             return init_weights(ResnetGenerator(cfg)), init_weights(ResnetGenerator(cfg))
@@ -152,7 +152,7 @@ class Trainer(TrainStep, Checkpointing):
             G_B = None
         if G_B is None:
             self.log(f"init from {c.init_from}: G_A loaded; the source has no B->A generator, G_B starts fresh")
-            G_B = init_weights(ResnetGenerator(_swap_channels(G_A.config)))
+            G_B = init_weights(make_generator(_swap_channels(G_A.config)))
         for net in (G_A, G_B):
             net.requires_grad_(True).train()
             net.metadata = {}
