@@ -545,9 +545,10 @@ def _pipeline(source, sink, translator, stabilize: bool, progress) -> tuple[int,
                         break
                     batch.append(item)
                 images = [f.rgb for f in batch]
-                if stable is not None:
-                    stable.next_frames(images)
-                outs = translator.translate_batch(images)
+                # The engine tells the statistics about every pass it splits the batch into (and about
+                # a pass that ran out of memory, so that it leaves no trace in the running averages).
+                outs = (translator.translate_batch(images, listener=stable) if stable is not None
+                        else translator.translate_batch(images))
                 _put(out_q, [Frame(o, f.pts) for o, f in zip(outs, batch)], stop)
                 done += len(batch)
                 if progress:

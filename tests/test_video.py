@@ -10,6 +10,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
+import torch
 
 from cyclebatch.checkpoints import save_generator
 from cyclebatch.errors import CycleBatchError
@@ -188,7 +189,7 @@ def test_interruption_or_crash_leaves_no_output(tmp_path, exc):
 
 def test_stable_stats_average_within_a_shot_and_restart_at_a_cut():
     net = tiny_generator(3)
-    tr = Translator(net, device="cpu", precision="fp32")
+    tr = Translator(net, device="cpu", precision="fp32", batch_size=4)  # passes of 4 and 3 frames
     a = pattern(0, 32, 48)
     a2 = a.copy()
     a2[12:20, 18:30] = 250  # same shot, a bright object appears: this frame's own statistics move
@@ -200,8 +201,7 @@ def test_stable_stats_average_within_a_shot_and_restart_at_a_cut():
     with stable:
         out = []
         for i in range(0, len(frames), 4):  # batches of 4 and 3: the average crosses the batch boundary
-            stable.next_frames(frames[i:i + 4])
-            out += [o.astype(int) for o in tr.translate_batch(frames[i:i + 4])]
+            out += [o.astype(int) for o in tr.translate_batch(frames[i:i + 4], listener=stable)]
     assert all(n.stats_hook is None for n in tr.model.norms())  # hooks removed on exit
     assert stable.cuts == [False, True, False] and stable.n_cuts == 1
     for i in (0, 1, 2, 5, 6):  # a steady shot averages to its own statistics; a cut starts afresh
@@ -430,3 +430,85 @@ def test_colour_tags_and_matrix_are_kept(tmp_path):
                             src_color_range=ColorRange.MPEG).to_ndarray().astype(int)
     assert np.abs(as_709[8:40, 4:28] - (200, 50, 50)).max() <= 3
     assert np.abs(as_709[8:40, 36:60] - (40, 160, 90)).max() <= 3
+
+
+def fading(n, h=48, w=64):
+    """One shot whose statistics keep moving: the pattern brightens by 2% a frame (no cut anywhere)."""
+    return [np.clip(pattern(i, h, w) * (0.55 + 0.02 * i), 0, 255).astype(np.uint8) for i in range(n)]
+
+
+def encode_frames(path, frames, pts=None):
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=NTSC)
+        s.width, s.height, s.pix_fmt, s.options = frames[0].shape[1], frames[0].shape[0], "yuv420p", {"qp": "0"}
+        s.codec_context.time_base = Fraction(1, 30000)
+        for i, img in enumerate(frames):
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts, f.time_base = (pts[i] if pts else i * 1001), Fraction(1, 30000)
+            c.mux(s.encode(f))
+        c.mux(s.encode())
+
+
+def _inject_out_of_memory(tr, after_frames):
+    """The translator's forward pass fails for more than 2 frames once `after_frames` went through, half-way
+    through the model (the first norms have seen the frames), as a real out-of-memory error would."""
+    real, seen = tr._forward, [0]
+
+    def forward(x):
+        if x.shape[0] > 2 and seen[0] >= after_frames:
+            real.model[:6](x)
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        seen[0] += x.shape[0]
+        return real(x)
+
+    tr._forward = forward
+
+
+def test_out_of_memory_mid_video_keeps_every_frame_and_the_shared_statistics(tmp_path):
+    frames = fading(24)
+    encode_frames(tmp_path / "in.mp4", frames)
+    outs = {}
+    for oom, stabilize in ((False, True), (True, True), (False, False)):
+        tr = Translator(tiny_generator(3), device="cpu", precision="fp32", batch_size=8)
+        if oom:
+            _inject_out_of_memory(tr, after_frames=16)  # the third batch of 8, mid-shot, fails at 8 and 4
+        out = tmp_path / f"out{oom}{stabilize}.mp4"
+        res = translate_video(tmp_path / "in.mp4", out, tr, stabilize=stabilize)
+        assert res.frames == 24
+        outs[oom, stabilize] = probe_frames(out)
+        if oom:
+            assert tr.stats.out_of_memory == 2 and tr.auto_batch_size(48, 64) == 2
+    (failed, pts), (clean, clean_pts), (own, _) = outs[True, True], outs[False, True], outs[False, False]
+    assert pts == clean_pts == [i * 1001 for i in range(24)]  # every frame, same timestamps
+    for a, b in zip(failed, clean):
+        assert np.abs(a - b).max() <= 1
+    assert np.abs(clean[20] - own[20]).mean() > 3  # and those are shared statistics, not each frame's own
+
+
+def probe_frames(path):
+    with av.open(str(path)) as c:
+        frames = list(c.decode(video=0))
+        return [f.to_ndarray(format="rgb24").astype(int) for f in frames], [f.pts for f in frames]
+
+
+def test_stable_stats_abort_restores_the_state_exactly():
+    tr = Translator(tiny_generator(3), device="cpu", precision="fp32", batch_size=3)
+    frames = fading(6)
+    cut = (255 - frames[0]).astype(np.uint8)
+    with StableStats(tr) as stable:
+        tr.translate_batch(frames[:3], listener=stable)
+        before = [(m.clone(), v.clone()) for m, v in stable.state()]
+        hist, cuts = stable._last_hist.copy(), stable.n_cuts
+        stable.begin([cut] + frames[3:5])  # a pass with cuts in it (there and back) runs out of memory
+        with torch.inference_mode():
+            tr.model(tr.model_input(tr.to_tensor([cut] + frames[3:5])))
+        assert stable.n_cuts > cuts and not torch.equal(stable.state()[0][0], before[0][0])
+        stable.abort()
+        assert stable.n_cuts == cuts and np.array_equal(stable._last_hist, hist)
+        for (m, v), (m0, v0) in zip(stable.state(), before):
+            assert torch.equal(m, m0) and torch.equal(v, v0)
+        after_abort = tr.translate_batch(frames[3:6], listener=stable)
+    with StableStats(tr) as fresh:
+        tr.translate_batch(frames[:3], listener=fresh)
+        clean = tr.translate_batch(frames[3:6], listener=fresh)
+    assert all(np.array_equal(a, b) for a, b in zip(after_abort, clean))
