@@ -376,6 +376,8 @@ def video(src: Path = typer.Argument(..., help="Input video, or a folder of fram
           device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
           precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16."),
           batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Frames per forward pass (default: from memory)."),
+          compile: bool = typer.Option(False, "--compile", help="torch.compile the generator: compiled once for "
+                                       "the video's frame size (pays off on long videos, on a GPU)."),
           codec: str = typer.Option("libx264", "--codec", help="Video encoder (libx264, libx265, libvpx-vp9, ...)."),
           crf: int = typer.Option(18, "--crf", min=0, max=63, help="Quality: lower is better and bigger."),
           preset: str = typer.Option("medium", "--preset", help="x264/x265 speed preset."),
@@ -409,7 +411,7 @@ def video(src: Path = typer.Argument(..., help="Input video, or a folder of fram
     _sigterm_as_interrupt()
     try:
         translator = Translator(load_generator(model, direction, quiet=quiet), device=device,
-                                precision=precision, batch_size=batch_size, tile=tile,
+                                precision=precision, compile=compile, batch_size=batch_size, tile=tile,
                                 max_memory=parse_bytes(max_memory))
         with bar:
             task = bar.add_task(f"{src.name}", total=None, fps="-")

@@ -67,7 +67,8 @@ class StableStats:
     """
 
     def __init__(self, translator, momentum: float = 0.8, cut_threshold: float = 0.3):
-        model = translator.model if isinstance(getattr(translator, "model", None), torch.nn.Module) else translator
+        # A generator has a `model` attribute too (its layers): only a Translator's is the one to hook.
+        model = translator if isinstance(translator, torch.nn.Module) else getattr(translator, "model", None)
         if not hasattr(model, "norms"):
             raise TypeError(f"StableStats needs a Translator or a cyclebatch generator, not {type(translator).__name__}")
         self.norms: list[InstanceNorm] = model.norms()

@@ -455,7 +455,8 @@ def translate_video(src: str | Path, dst: str | Path, translator, *, codec: str 
                     progress: Optional[Callable[[int, Optional[int]], None]] = None) -> VideoResult:
     """Translate every frame of `src` (a video file or a folder of frames) into `dst`.
 
-    `translator` is an `engine.Translator` (anything with `translate_batch` and `auto_batch_size`).
+    `translator` is an `engine.Translator` (anything with `translate_batch` and `auto_batch_size`); built
+    with compile=True, every pass keeps one shape (the last batch is padded) so it compiles once.
     `dst` is a video file (its suffix picks the container) or a folder for numbered PNG frames.
     `stabilize` shares InstanceNorm statistics across the frames of a shot (see `stabilize.py`).
     `progress(done, total_or_None)` is called after every batch.
@@ -486,6 +487,11 @@ def translate_video(src: str | Path, dst: str | Path, translator, *, codec: str 
     finally:
         source.close()
     return VideoResult(n, time.perf_counter() - t0, dst, cuts)
+
+
+def _is_compiled(translator) -> bool:
+    model = getattr(translator, "model", None)
+    return model is not None and getattr(translator, "_forward", model) is not model
 
 
 def _pipeline(source, sink, translator, stabilize: bool, progress) -> tuple[int, int]:
@@ -523,6 +529,10 @@ def _pipeline(source, sink, translator, stabilize: bool, progress) -> tuple[int,
 
     sharing = stabilize and hasattr(getattr(translator, "model", None), "norms")  # not for a stand-in model
     stable = StableStats(translator) if sharing else None
+    # A compiled model is specialised to one batch shape: the last, shorter batch is padded with copies of
+    # its last frame (dropped again) rather than compiled anew. The shared statistics run forwards in
+    # time, so the copies after the real frames change none of them.
+    pad = _is_compiled(translator)
     reader = threading.Thread(target=read, name="cyclebatch-decode", daemon=True)
     writer = threading.Thread(target=write, name="cyclebatch-encode", daemon=True)
     reader.start()
@@ -544,7 +554,8 @@ def _pipeline(source, sink, translator, stabilize: bool, progress) -> tuple[int,
                         ended = True
                         break
                     batch.append(item)
-                images = [f.rgb for f in batch]
+                run = batch + [batch[-1]] * (batch_size - len(batch)) if pad else batch
+                images = [f.rgb for f in run]
                 # The engine tells the statistics about every pass it splits the batch into (and about
                 # a pass that ran out of memory, so that it leaves no trace in the running averages).
                 outs = (translator.translate_batch(images, listener=stable) if stable is not None
