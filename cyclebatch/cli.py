@@ -378,9 +378,12 @@ def video(src: Path = typer.Argument(..., help="Input video, or a folder of fram
           batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Frames per forward pass (default: from memory)."),
           compile: bool = typer.Option(False, "--compile", help="torch.compile the generator: compiled once for "
                                        "the video's frame size (pays off on long videos, on a GPU)."),
-          codec: str = typer.Option("libx264", "--codec", help="Video encoder (libx264, libx265, libvpx-vp9, ...)."),
-          crf: int = typer.Option(18, "--crf", min=0, max=63, help="Quality: lower is better and bigger."),
-          preset: str = typer.Option("medium", "--preset", help="x264/x265 speed preset."),
+          codec: str = typer.Option("libx264", "--codec", help="Video encoder: libx264, libx265, libvpx-vp9, ..., "
+                                    "or h264_nvenc / hevc_nvenc on an NVIDIA GPU."),
+          crf: int = typer.Option(18, "--crf", min=0, max=63, help="Quality: lower is better and bigger "
+                                  "(NVENC: its constant-quality level cq, 0 = lossless)."),
+          preset: str = typer.Option("medium", "--preset", help="x264/x265 speed preset (NVENC: p1..p7, "
+                                     "or the x264 name mapped to them)."),
           start: float = typer.Option(0.0, "--start", min=0, help="Clip start, seconds."),
           duration: Optional[float] = typer.Option(None, "--duration", min=0, help="Clip length, seconds."),
           fps: Optional[float] = typer.Option(None, "--fps", min=0.001, help="Frame rate of a folder of frames (default 25)."),

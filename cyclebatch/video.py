@@ -60,6 +60,11 @@ def _short(e: BaseException) -> str:
     return msg[:200]
 
 
+def _reason(e: BaseException) -> str:
+    """An encoder's refusal without the call and its options that PyAV's message repeats."""
+    return e.strerror if isinstance(e, OSError) and e.strerror else _short(e)
+
+
 # ---------------------------------------------------------------- sources
 
 def _tag_seconds(tag: Optional[str]) -> float:
@@ -239,6 +244,60 @@ def _colour_tags(frame) -> Optional[dict]:
     return tags
 
 
+# x264/x265 presets -> NVENC's p1 (fastest) .. p7 (best); p1..p7 are taken as they are.
+NVENC_PRESETS = {"ultrafast": "p1", "superfast": "p1", "veryfast": "p2", "faster": "p2", "fast": "p3",
+                 "medium": "p4", "slow": "p5", "slower": "p6", "veryslow": "p7", "placebo": "p7"}
+SOFTWARE_ENCODERS = ("libx264", "libx265", "libvpx-vp9", "libaom-av1", "libsvtav1")
+
+
+def available_encoders() -> list[str]:
+    """The video encoders `--codec` is documented for that this FFmpeg build has."""
+    import av
+
+    known = SOFTWARE_ENCODERS + ("h264_nvenc", "hevc_nvenc", "av1_nvenc")
+    return [c for c in known if c in av.codecs_available]
+
+
+def _alternatives(codec: str) -> str:
+    others = [c for c in available_encoders() if c != codec and not c.endswith("_nvenc")]
+    return f"; use --codec {' or '.join(others[:3])}" if others else ""
+
+
+def encoder_options(codec: str, crf: int, preset: str) -> dict[str, str]:
+    """--crf and --preset in the encoder's own terms. NVENC: constant quality (`cq`, its CRF-like scale;
+    0 there means "automatic", so --crf 0 asks for lossless) with the bitrate cap lifted, presets mapped."""
+    if codec.endswith("_nvenc"):
+        p = preset if preset in {f"p{i}" for i in range(1, 8)} else NVENC_PRESETS.get(preset)
+        if p is None:
+            raise CycleBatchError(f"--preset {preset}: not a preset for {codec} (use p1..p7 or an x264 name: "
+                                  f"{', '.join(NVENC_PRESETS)})")
+        if crf == 0:
+            return {"preset": p, "tune": "lossless"}
+        return {"preset": p, "rc": "vbr", "cq": str(min(crf, 51)), "b": "0"}
+    opts = {}
+    if codec in SOFTWARE_ENCODERS:
+        opts["crf"] = str(crf)
+    if codec in ("libx264", "libx265"):
+        opts["preset"] = preset
+    return opts
+
+
+def _probe_encoder(codec: str, options: dict[str, str]) -> None:
+    """Open the encoder once on a small frame size: a hardware encoder without its device fails here."""
+    import av
+
+    cc = av.CodecContext.create(codec, "w")
+    cc.width, cc.height, cc.pix_fmt, cc.time_base = 256, 256, "yuv420p", Fraction(1, 25)
+    cc.options = dict(options)
+    try:
+        cc.open()
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise CycleBatchError(f"cannot open the {codec} encoder ({_reason(e)}): it needs an NVIDIA GPU and "
+                              f"driver{_alternatives(codec)}") from None
+    finally:
+        del cc
+
+
 class VideoSink:
     """Encodes frames into a container; copies (or re-encodes) the source's audio, interleaved by time."""
 
@@ -257,10 +316,18 @@ class VideoSink:
             av.Codec(codec, "w")
         except Exception:
             self.out.close()
-            raise CycleBatchError(f"{self.label}: unknown video encoder '{codec}'") from None
+            raise CycleBatchError(f"{self.label}: this FFmpeg has no '{codec}' video encoder "
+                                  f"(available: {', '.join(available_encoders())})") from None
         if codec not in self.out.supported_codecs and av.Codec(codec, "w").name not in self.out.supported_codecs:
             self.out.close()
             raise CycleBatchError(f"{self.label}: the {self.out.format.name} container cannot hold {codec} video")
+        try:
+            self.options = encoder_options(codec, crf, preset)
+            if codec.endswith("_nvenc"):  # needs a GPU and its driver: find out now, not after the first batch
+                _probe_encoder(codec, self.options)
+        except CycleBatchError as e:
+            self.out.close()
+            raise CycleBatchError(f"{self.label}: {e}") from None
         self.codec, self.crf, self.preset = codec, crf, preset
         self.stream = None
         self.audio_in = None
@@ -269,21 +336,26 @@ class VideoSink:
         self._pending = None
 
     def _open_video(self, h: int, w: int) -> None:
+        import av
+
         s = self.out.add_stream(self.codec, rate=self.src.rate)
         s.width, s.height = w + w % 2, h + h % 2
         s.pix_fmt = "yuv420p"
         s.time_base = self.src.time_base
         s.codec_context.time_base = self.src.time_base
         s.thread_type = "AUTO"
-        opts = {}
-        if self.codec in ("libx264", "libx265", "libvpx-vp9", "libaom-av1", "libsvtav1"):
-            opts["crf"] = str(self.crf)
-        if self.codec in ("libx264", "libx265"):
-            opts["preset"] = self.preset
-        s.options = opts
+        # 0: the encoder picks its thread count (x264: 1.5 per core, plus lookahead). FFmpeg's own default
+        # is 1, a single-threaded x264; PyAV happens to set 0 today, so it is said here explicitly.
+        s.codec_context.thread_count = 0
+        s.options = dict(self.options)
         self.colour = getattr(self.src, "colour", None)
         for name, value in (self.colour or {}).items():  # same matrix, range, primaries and transfer as the input
             setattr(s.codec_context, name, value)
+        try:  # opened here, so that a refusal (size, options, no GPU) is one clear error
+            s.codec_context.open()
+        except (av.FFmpegError, OSError, ValueError) as e:
+            raise CycleBatchError(f"{self.label}: cannot open the {self.codec} encoder for {s.width}x{s.height} "
+                                  f"video ({_reason(e)}){_alternatives(self.codec)}") from None
         self.stream = s
         self._open_audio()
 

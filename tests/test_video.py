@@ -571,3 +571,58 @@ def test_cli_video_compile_compiles_once_for_the_whole_video(tmp_path, monkeypat
     assert counters["stats"]["unique_graphs"] == 1  # batches of 4, 4 and 2 (padded to 4)
     o = probe(tmp_path / "out.mp4")
     assert o["n"] == 10 and o["pts"] == pts
+
+
+def _nvenc_opens() -> bool:
+    cc = av.CodecContext.create("h264_nvenc", "w")
+    cc.width, cc.height, cc.pix_fmt, cc.time_base = 256, 256, "yuv420p", Fraction(1, 25)
+    try:
+        cc.open()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif("h264_nvenc" not in av.codecs_available, reason="this FFmpeg has no NVENC")
+def test_nvenc_without_a_gpu_is_one_clear_error_before_any_work(tmp_path):
+    if _nvenc_opens():
+        pytest.skip("NVENC works on this machine")
+    synth(tmp_path / "in.mp4", n=6, audio=False)
+    out = tmp_path / "o"
+    out.mkdir()
+    calls = []
+
+    class Counting(Identity):
+        def translate_batch(self, frames):
+            calls.append(len(frames))
+            return super().translate_batch(frames)
+
+    with pytest.raises(CycleBatchError) as e:
+        translate_video(tmp_path / "in.mp4", out / "out.mp4", Counting(), codec="h264_nvenc")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(str(out / "out.mp4")) and "h264_nvenc" in msg
+    assert "NVIDIA" in msg and "--codec libx264" in msg and "avcodec_open2" not in msg, msg
+    assert calls == [] and list(out.iterdir()) == []  # found before any frame was translated; nothing left
+
+
+def test_unknown_encoder_names_the_ones_there_are(tmp_path):
+    synth(tmp_path / "in.mp4", n=4, audio=False)
+    with pytest.raises(CycleBatchError, match=r"no 'h264_bogus' video encoder \(available: libx264"):
+        translate_video(tmp_path / "in.mp4", tmp_path / "out.mp4", Identity(), codec="h264_bogus")
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_nvenc_options_follow_crf_and_preset():
+    from cyclebatch.video import encoder_options
+
+    x264 = ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
+    levels = [int(encoder_options("h264_nvenc", 20, p)["preset"][1:]) for p in x264]
+    assert levels == sorted(levels) and levels[0] == 1 and levels[-1] == 7 and levels[5] == 4  # medium = p4
+    assert encoder_options("hevc_nvenc", 20, "p6")["preset"] == "p6"
+    opts = encoder_options("h264_nvenc", 23, "medium")
+    assert opts["cq"] == "23" and opts["rc"] == "vbr" and opts["b"] == "0"  # quality-driven, no bitrate cap
+    assert encoder_options("h264_nvenc", 63, "medium")["cq"] == "51"  # nvenc's scale ends at 51
+    assert encoder_options("h264_nvenc", 0, "slow") == {"preset": "p5", "tune": "lossless"}  # cq 0 is "auto"
+    assert encoder_options("libx264", 18, "slow") == {"crf": "18", "preset": "slow"}
+    with pytest.raises(CycleBatchError, match="--preset turbo: not a preset for h264_nvenc"):
+        encoder_options("h264_nvenc", 18, "turbo")
