@@ -626,3 +626,32 @@ def test_nvenc_options_follow_crf_and_preset():
     assert encoder_options("libx264", 18, "slow") == {"crf": "18", "preset": "slow"}
     with pytest.raises(CycleBatchError, match="--preset turbo: not a preset for h264_nvenc"):
         encoder_options("h264_nvenc", 18, "turbo")
+
+
+CLIP = ROOT / "examples" / "clip.mp4"
+
+
+@pytest.mark.parametrize("matrix,full", [(2, False), (1, False), (5, False), (5, True)],
+                         ids=["untagged", "bt709", "bt601", "bt601-full"])
+def test_colour_conversion_on_torch_matches_ffmpeg(matrix, full):
+    """colour.py against FFmpeg's own conversions (swscale, as the CPU path runs them) on real frames, both
+    ways: YUV -> RGB within 2 levels, RGB -> YUV 4:2:0 within 1 on every plane."""
+    from av.video.reformatter import ColorRange, Colorspace
+
+    from cyclebatch.colour import rgb_to_yuv420, yuv420_to_rgb
+
+    space = {2: None, 1: Colorspace.ITU709, 5: Colorspace.ITU601}[matrix]
+    rng = ColorRange.JPEG if full else ColorRange.MPEG
+    with av.open(str(CLIP)) as c:
+        frames = [f for i, f in zip(range(48), c.decode(video=0)) if i % 16 == 0]
+    for f in frames:
+        planes = f.to_ndarray()
+        frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+        ffmpeg_rgb = frame.reformat(format="rgb24", src_colorspace=space, src_color_range=rng).to_ndarray()
+        ours = yuv420_to_rgb(torch.from_numpy(planes)[None], matrix, full)[0].permute(1, 2, 0).numpy()
+        assert np.abs(ours - ffmpeg_rgb).max() <= 2
+        ffmpeg_yuv = av.VideoFrame.from_ndarray(ffmpeg_rgb, format="rgb24").reformat(
+            format="yuv420p", dst_colorspace=space, dst_color_range=rng).to_ndarray().astype(int)
+        ours = rgb_to_yuv420(torch.from_numpy(ffmpeg_rgb).permute(2, 0, 1)[None].float(), matrix, full)[0]
+        assert np.abs(ours.numpy().astype(int) - ffmpeg_yuv).max() <= 1
+
