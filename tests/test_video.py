@@ -449,6 +449,20 @@ def encode_frames(path, frames, pts=None):
         c.mux(s.encode())
 
 
+def count_device_conversions(monkeypatch):
+    """Counts the frames colour.py converts to RGB (the GPU path), so a test knows that path ran."""
+    import cyclebatch.colour as colour
+
+    real, frames = colour.yuv420_to_rgb, []
+
+    def counted(yuv, *args):
+        frames.append(yuv.shape[0])
+        return real(yuv, *args)
+
+    monkeypatch.setattr(colour, "yuv420_to_rgb", counted)
+    return frames
+
+
 def _inject_out_of_memory(tr, after_frames):
     """The translator's forward pass fails for more than 2 frames once `after_frames` went through, half-way
     through the model (the first norms have seen the frames), as a real out-of-memory error would."""
@@ -464,7 +478,9 @@ def _inject_out_of_memory(tr, after_frames):
     tr._forward = forward
 
 
-def test_out_of_memory_mid_video_keeps_every_frame_and_the_shared_statistics(tmp_path):
+@pytest.mark.parametrize("on_device", [False, True], ids=["engine", "colour-on-device"])
+def test_out_of_memory_mid_video_keeps_every_frame_and_the_shared_statistics(tmp_path, monkeypatch, on_device):
+    converted = count_device_conversions(monkeypatch)
     frames = fading(24)
     encode_frames(tmp_path / "in.mp4", frames)
     outs = {}
@@ -473,7 +489,7 @@ def test_out_of_memory_mid_video_keeps_every_frame_and_the_shared_statistics(tmp
         if oom:
             _inject_out_of_memory(tr, after_frames=16)  # the third batch of 8, mid-shot, fails at 8 and 4
         out = tmp_path / f"out{oom}{stabilize}.mp4"
-        res = translate_video(tmp_path / "in.mp4", out, tr, stabilize=stabilize)
+        res = translate_video(tmp_path / "in.mp4", out, tr, stabilize=stabilize, colour_on_device=on_device)
         assert res.frames == 24
         outs[oom, stabilize] = probe_frames(out)
         if oom:
@@ -483,6 +499,7 @@ def test_out_of_memory_mid_video_keeps_every_frame_and_the_shared_statistics(tmp
     for a, b in zip(failed, clean):
         assert np.abs(a - b).max() <= 1
     assert np.abs(clean[20] - own[20]).mean() > 3  # and those are shared statistics, not each frame's own
+    assert sum(converted) == (24 * 3 + 8 + 4 if on_device else 0)  # the failed passes' frames too
 
 
 def probe_frames(path):
@@ -573,6 +590,91 @@ def test_cli_video_compile_compiles_once_for_the_whole_video(tmp_path, monkeypat
     assert o["n"] == 10 and o["pts"] == pts
 
 
+CLIP = ROOT / "examples" / "clip.mp4"
+
+
+@pytest.mark.parametrize("matrix,full", [(2, False), (1, False), (5, False), (5, True)],
+                         ids=["untagged", "bt709", "bt601", "bt601-full"])
+def test_colour_conversion_on_torch_matches_ffmpeg(matrix, full):
+    """colour.py against FFmpeg's own conversions (swscale, as the CPU path runs them) on real frames, both
+    ways: YUV -> RGB within 2 levels, RGB -> YUV 4:2:0 within 1 on every plane."""
+    from av.video.reformatter import ColorRange, Colorspace
+
+    from cyclebatch.colour import rgb_to_yuv420, yuv420_to_rgb
+
+    space = {2: None, 1: Colorspace.ITU709, 5: Colorspace.ITU601}[matrix]
+    rng = ColorRange.JPEG if full else ColorRange.MPEG
+    with av.open(str(CLIP)) as c:
+        frames = [f for i, f in zip(range(48), c.decode(video=0)) if i % 16 == 0]
+    for f in frames:
+        planes = f.to_ndarray()
+        frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+        ffmpeg_rgb = frame.reformat(format="rgb24", src_colorspace=space, src_color_range=rng).to_ndarray()
+        ours = yuv420_to_rgb(torch.from_numpy(planes)[None], matrix, full)[0].permute(1, 2, 0).numpy()
+        assert np.abs(ours - ffmpeg_rgb).max() <= 2
+        ffmpeg_yuv = av.VideoFrame.from_ndarray(ffmpeg_rgb, format="rgb24").reformat(
+            format="yuv420p", dst_colorspace=space, dst_color_range=rng).to_ndarray().astype(int)
+        ours = rgb_to_yuv420(torch.from_numpy(ffmpeg_rgb).permute(2, 0, 1)[None].float(), matrix, full)[0]
+        assert np.abs(ours.numpy().astype(int) - ffmpeg_yuv).max() <= 1
+
+
+def tagged_bt709(path, n=8, rotation=None):
+    """Real frames of the example clip, encoded as BT.709 (tagged, converted with that matrix)."""
+    from av.video.reformatter import ColorRange, Colorspace
+
+    with av.open(str(CLIP)) as c:
+        rgb = [f.to_ndarray(format="rgb24")[:96, :128] for _, f in zip(range(n), c.decode(video=0))]
+    with av.open(str(path), "w") as o:
+        s = o.add_stream("libx264", rate=24)
+        s.width, s.height, s.pix_fmt, s.options = 128, 96, "yuv420p", {"qp": "0"}
+        if rotation:
+            s.width, s.height = 96, 128
+            s.set_display_rotation(rotation)
+        for name in ("colorspace", "color_primaries", "color_trc", "color_range"):
+            setattr(s.codec_context, name, 1)
+        for i, img in enumerate(rgb):
+            if rotation:
+                img = np.ascontiguousarray(np.rot90(img, k=-rotation // 90))
+            vf = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(
+                format="yuv420p", dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG)
+            vf.pts = i
+            o.mux(s.encode(vf))
+        o.mux(s.encode())
+
+
+@pytest.mark.parametrize("case", ["clip", "bt709", "bt709-rotated", "frames-out"])
+def test_colour_on_device_matches_ffmpeg_conversions(tmp_path, monkeypatch, case):
+    """The GPU path (colour.py on the translator's device, here the CPU) gives the output the FFmpeg path
+    gives: same frames and timestamps, pictures within conversion rounding, upright, same tags."""
+    from PIL import Image
+
+    src = CLIP
+    if case.startswith("bt709"):
+        src = tmp_path / "in.mp4"
+        tagged_bt709(src, rotation=90 if case.endswith("rotated") else None)
+    outs, converted = {}, count_device_conversions(monkeypatch)
+    for on_device in (False, True):
+        tr = Translator(tiny_generator(3), device="cpu", precision="fp32", batch_size=4)
+        dst = tmp_path / (f"out{on_device}" + ("" if case == "frames-out" else ".mp4"))
+        res = translate_video(src, dst, tr, duration=0.15, crf=0, colour_on_device=on_device)
+        assert res.frames == 4
+        if case == "frames-out":
+            outs[on_device] = [np.asarray(Image.open(p)).astype(int) for p in sorted(dst.iterdir())], None
+        else:
+            outs[on_device] = probe_frames(dst)
+            with av.open(str(dst)) as c:
+                cc = c.streams.video[0].codec_context
+                outs[on_device] += ((cc.colorspace, cc.color_range),)
+    (ffmpeg, pts, *tags), (ours, our_pts, *our_tags) = outs[False], outs[True]
+    assert sum(converted) == 4  # the frames went through colour.py, not FFmpeg
+    assert len(ours) == len(ffmpeg) == 4 and our_pts == pts and our_tags == tags
+    if case == "bt709-rotated":
+        assert ours[0].shape[:2] == (96, 128)  # stored 96 wide, 128 high: shown and written upright
+    for a, b in zip(ours, ffmpeg):  # the model doubles the conversions' level or two here and there
+        # (a wrong matrix: mean 3.6, 99th percentile 17; U and V swapped: 9 and 50)
+        assert a.shape == b.shape and np.abs(a - b).mean() < 1 and np.percentile(np.abs(a - b), 99) <= 4
+
+
 def _nvenc_opens() -> bool:
     cc = av.CodecContext.create("h264_nvenc", "w")
     cc.width, cc.height, cc.pix_fmt, cc.time_base = 256, 256, "yuv420p", Fraction(1, 25)
@@ -626,32 +728,3 @@ def test_nvenc_options_follow_crf_and_preset():
     assert encoder_options("libx264", 18, "slow") == {"crf": "18", "preset": "slow"}
     with pytest.raises(CycleBatchError, match="--preset turbo: not a preset for h264_nvenc"):
         encoder_options("h264_nvenc", 18, "turbo")
-
-
-CLIP = ROOT / "examples" / "clip.mp4"
-
-
-@pytest.mark.parametrize("matrix,full", [(2, False), (1, False), (5, False), (5, True)],
-                         ids=["untagged", "bt709", "bt601", "bt601-full"])
-def test_colour_conversion_on_torch_matches_ffmpeg(matrix, full):
-    """colour.py against FFmpeg's own conversions (swscale, as the CPU path runs them) on real frames, both
-    ways: YUV -> RGB within 2 levels, RGB -> YUV 4:2:0 within 1 on every plane."""
-    from av.video.reformatter import ColorRange, Colorspace
-
-    from cyclebatch.colour import rgb_to_yuv420, yuv420_to_rgb
-
-    space = {2: None, 1: Colorspace.ITU709, 5: Colorspace.ITU601}[matrix]
-    rng = ColorRange.JPEG if full else ColorRange.MPEG
-    with av.open(str(CLIP)) as c:
-        frames = [f for i, f in zip(range(48), c.decode(video=0)) if i % 16 == 0]
-    for f in frames:
-        planes = f.to_ndarray()
-        frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
-        ffmpeg_rgb = frame.reformat(format="rgb24", src_colorspace=space, src_color_range=rng).to_ndarray()
-        ours = yuv420_to_rgb(torch.from_numpy(planes)[None], matrix, full)[0].permute(1, 2, 0).numpy()
-        assert np.abs(ours - ffmpeg_rgb).max() <= 2
-        ffmpeg_yuv = av.VideoFrame.from_ndarray(ffmpeg_rgb, format="rgb24").reformat(
-            format="yuv420p", dst_colorspace=space, dst_color_range=rng).to_ndarray().astype(int)
-        ours = rgb_to_yuv420(torch.from_numpy(ffmpeg_rgb).permute(2, 0, 1)[None].float(), matrix, full)[0]
-        assert np.abs(ours.numpy().astype(int) - ffmpeg_yuv).max() <= 1
-
