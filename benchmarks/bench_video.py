@@ -50,9 +50,7 @@ def run_batches(tr: Translator, frames, stable: StableStats | None = None):
     outs = []
     for i in range(0, len(frames), bs):
         chunk = frames[i:i + bs]
-        if stable is not None:
-            stable.next_frames(chunk)
-        outs += tr.translate_batch(chunk)
+        outs += tr.translate_batch(chunk, listener=stable)
     return outs
 
 
@@ -128,7 +126,7 @@ def main() -> None:
     print(f"video frames/s (stabilised)           {med(2):7.2f}   ratio {ratio(2):.2f} (goal >= 0.9)")
 
     probe = StableStats(tr)
-    probe.next_frames(frames)
+    probe.begin(frames)
     cuts = probe.cuts
     print(f"scene cuts found: {sum(cuts[1:])} at frames {[i for i in range(1, len(cuts)) if cuts[i]]}")
     plain = run_batches(tr, frames)

@@ -387,9 +387,14 @@ def video(src: Path = typer.Argument(..., help="Input video, or a folder of fram
           device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
           precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16."),
           batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Frames per forward pass (default: from memory)."),
-          codec: str = typer.Option("libx264", "--codec", help="Video encoder (libx264, libx265, libvpx-vp9, ...)."),
-          crf: int = typer.Option(18, "--crf", min=0, max=63, help="Quality: lower is better and bigger."),
-          preset: str = typer.Option("medium", "--preset", help="x264/x265 speed preset."),
+          compile: bool = typer.Option(False, "--compile", help="torch.compile the generator: compiled once for "
+                                       "the video's frame size (pays off on long videos, on a GPU)."),
+          codec: str = typer.Option("libx264", "--codec", help="Video encoder: libx264, libx265, libvpx-vp9, ..., "
+                                    "or h264_nvenc / hevc_nvenc on an NVIDIA GPU."),
+          crf: int = typer.Option(18, "--crf", min=0, max=63, help="Quality: lower is better and bigger "
+                                  "(NVENC: its constant-quality level cq, 0 = lossless)."),
+          preset: str = typer.Option("medium", "--preset", help="x264/x265 speed preset (NVENC: p1..p7, "
+                                     "or the x264 name mapped to them)."),
           start: float = typer.Option(0.0, "--start", min=0, help="Clip start, seconds."),
           duration: Optional[float] = typer.Option(None, "--duration", min=0, help="Clip length, seconds."),
           fps: Optional[float] = typer.Option(None, "--fps", min=0.001, help="Frame rate of a folder of frames (default 25)."),
@@ -421,8 +426,8 @@ def video(src: Path = typer.Argument(..., help="Input video, or a folder of fram
     _sigterm_as_interrupt()
     try:
         translator = Translator(load_generator(model, direction, quiet=quiet), device=device,
-                                precision=precision, batch_size=batch_size, tile=tile,
-                                max_memory=parse_bytes(max_memory), batchnorm=batchnorm)
+                                precision=precision, compile=compile, batch_size=batch_size, tile=tile,
+                                max_memory=parse_bytes(max_memory), batchnorm=batchnorm, notify=note)
         with bar:
             task = bar.add_task(f"{src.name}", total=None, fps="-")
             t0[0] = time.perf_counter()

@@ -48,64 +48,118 @@ def colour_histogram(frame: np.ndarray) -> np.ndarray:
 
 
 class StableStats:
-    """Installs itself as the `stats_hook` of a generator's norms; call `next_frames` before each batch.
+    """Installs a hook on every norm of a generator and follows the engine's passes as its `ChunkListener`:
+    `translator.translate_batch(frames, listener=stable)`.
 
-    Tiled frames work too: the tiler hands its whole-frame statistics to `share` (networks.StatsHook).
+    `begin(frames)` finds the cuts among a pass's frames and keeps the statistics as they were before it;
+    `abort()` (that pass ran out of memory) puts them back, so a failed pass leaves no trace in the averages.
+    A pass run twice without a new `begin` (the engine's fp32 re-run of non-finite output) starts again
+    from the same statistics, so it cannot advance the averages twice either.
 
-    Give it the `engine.Translator` that will run the frames: the translator may run its own copy of
-    the generator (bf16 on CPU), and only that copy's norms see the frames. A bare generator is taken too.
+    torch.compile: the running statistics are tensors on the device and the shot structure of a pass is
+    one weight tensor, so a compiled generator reads no Python values that change between passes and
+    compiles once per shape, not once per pass (tests/test_video.py counts the graphs).
+
+    Tiled frames work too: the tiler hands its whole-frame statistics to each hook's `share`
+    (networks.StatsHook). Give it the `engine.Translator` that will run the frames: the translator may run
+    its own copy of the generator (bf16 on CPU), and only that copy's norms see the frames. A bare
+    generator is taken too.
     """
 
     def __init__(self, translator, momentum: float = 0.8, cut_threshold: float = 0.3):
-        model = translator.model if isinstance(getattr(translator, "model", None), torch.nn.Module) else translator
+        # A generator has a `model` attribute too (its layers): only a Translator's is the one to hook.
+        model = translator if isinstance(translator, torch.nn.Module) else getattr(translator, "model", None)
         if not hasattr(model, "norms"):
             raise TypeError(f"StableStats needs a Translator or a cyclebatch generator, not {type(translator).__name__}")
         self.norms: list[InstanceNorm] = model.norms()
+        self.device = next(model.parameters()).device
         self.momentum = momentum
         self.cut_threshold = cut_threshold
-        self.state: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.cuts: list[bool] = []
+        self.cuts: list[bool] = []  # of the latest pass, frame by frame
         self.n_cuts = 0
+        self.weights: Optional[torch.Tensor] = None  # [N, N + 1] for the latest pass (see _weights)
+        self.hooks = [_NormHook(self, n, self.device) for n in self.norms]
         self._last_hist: Optional[np.ndarray] = None
+        self._before: tuple = (None, 0)  # (_last_hist, n_cuts) before the latest pass
         self._saved: list = []
 
     def __enter__(self) -> "StableStats":
         # Keep whatever hook was there (tiling may install one) and put it back on exit.
         self._saved = [n.stats_hook for n in self.norms]
-        for n in self.norms:
-            n.stats_hook = self
+        for n, h in zip(self.norms, self.hooks):
+            n.stats_hook = h
         return self
 
     def __exit__(self, *exc) -> None:
         for n, h in zip(self.norms, self._saved):
             n.stats_hook = h
 
-    def next_frames(self, frames: Sequence[np.ndarray]) -> None:
-        """Tell the hook which of the coming batch's frames start a new shot."""
+    # ------------------------------------------------ engine.ChunkListener
+
+    def begin(self, frames: Sequence[np.ndarray]) -> None:
+        """The next pass runs these frames: find which start a new shot; remember the state before them."""
+        self._before = (self._last_hist, self.n_cuts)
+        for h in self.hooks:
+            h.base = h.state
         self.cuts = []
         for f in frames:
-            h = colour_histogram(f)
-            cut = self._last_hist is None or 0.5 * np.abs(h - self._last_hist).sum() > self.cut_threshold
+            hist = colour_histogram(f)
+            cut = self._last_hist is None or 0.5 * np.abs(hist - self._last_hist).sum() > self.cut_threshold
             self.cuts.append(bool(cut))
             self.n_cuts += int(cut and self._last_hist is not None)
-            self._last_hist = h
+            self._last_hist = hist
+        self.weights = self._weights(self.cuts).to(self.device)
+
+    def abort(self) -> None:
+        """The pass since `begin` failed: back to the state before it."""
+        self._last_hist, self.n_cuts = self._before
+        for h in self.hooks:
+            h.state = h.base
+
+    def state(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each norm's running (mean, var), [1, C, 1, 1]: the shot's statistics after the latest pass."""
+        return [h.state for h in self.hooks]
+
+    def _weights(self, cuts: list[bool]) -> torch.Tensor:
+        """The running average over a pass as one linear map: row i holds frame i's averaged statistics'
+        weights on [state before the pass, frame 0, ..., frame N-1]. s_i = m s_(i-1) + (1 - m) x_i unrolled;
+        a cut restarts at x_i. Weights, not a loop over frames: a few tensor ops per norm on a GPU."""
+        n, m = len(cuts), self.momentum
+        w = np.zeros((n, n + 1))
+        for i, cut in enumerate(cuts):
+            if cut:
+                w[i, i + 1] = 1.0
+            else:
+                w[i] = m * (w[i - 1] if i else np.eye(1, n + 1)[0])
+                w[i, i + 1] += 1 - m
+        return torch.tensor(w, dtype=torch.float32)
+
+
+class _NormHook:
+    """One norm's running statistics. Its own object, so that a compiled graph finds them as attributes
+    (no lookups keyed by id(norm), which dynamo would guard on)."""
+
+    def __init__(self, owner: StableStats, norm: InstanceNorm, device: torch.device):
+        self.owner = owner
+        # Made in inference mode, as every later state is: a tensor of the other kind fails dynamo's guards.
+        # Two tensors, not one: an aliased pair is guarded too. Their values are never used (the first
+        # frame is always a cut).
+        with torch.inference_mode():
+            c = norm.num_features
+            self.state = (torch.zeros(1, c, 1, 1, device=device), torch.ones(1, c, 1, 1, device=device))
+        self.base = self.state  # before the current pass
 
     def __call__(self, norm: InstanceNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.share(norm, *instance_stats(x))
 
     def share(self, norm: InstanceNorm, mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The frames' own statistics ([N, C, 1, 1], frame order) in, the shot's running averages out."""
-        if len(self.cuts) != mean.shape[0]:  # not fed by next_frames (a stray call): behave like plain IN
+        w = self.owner.weights
+        if w is None or w.shape[0] != mean.shape[0]:  # not announced by `begin` (per-tile passes): plain IN
             return mean, var
-        key, m = id(norm), self.momentum
-        prev = self.state.get(key)
-        means, vars_ = [], []
-        for i in range(mean.shape[0]):
-            if prev is None or self.cuts[i]:
-                prev = (mean[i], var[i])
-            else:
-                prev = (m * prev[0] + (1 - m) * mean[i], m * prev[1] + (1 - m) * var[i])
-            means.append(prev[0])
-            vars_.append(prev[1])
-        self.state[key] = prev
-        return torch.stack(means), torch.stack(vars_)
+        w = w.view(*w.shape, 1, 1, 1)
+        # Elementwise and summed, not a matmul: autocast would run a matmul in fp16.
+        means = (w * torch.cat([self.base[0], mean.float()]).unsqueeze(0)).sum(1)
+        vars_ = (w * torch.cat([self.base[1], var.float()]).unsqueeze(0)).sum(1)
+        self.state = (means[-1:], vars_[-1:])
+        return means, vars_

@@ -51,13 +51,29 @@ class VideoResult:
 
 @dataclass
 class Frame:
-    rgb: np.ndarray
+    """One frame: RGB pixels, or (GPU path) FFmpeg's yuv420p array as decoded, still in stored orientation."""
+
+    rgb: Optional[np.ndarray]
     pts: int
+    yuv: Optional[np.ndarray] = None
+    thumb: Optional[np.ndarray] = None  # a few thousand RGB pixels of a yuv frame, for cut detection
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """Height and width of the stored pixels (a yuv frame's picture is 2/3 of its rows)."""
+        if self.rgb is not None:
+            return self.rgb.shape[0], self.rgb.shape[1]
+        return self.yuv.shape[0] * 2 // 3, self.yuv.shape[1]
 
 
 def _short(e: BaseException) -> str:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return msg[:200]
+
+
+def _reason(e: BaseException) -> str:
+    """An encoder's refusal without the call and its options that PyAV's message repeats."""
+    return e.strerror if isinstance(e, OSError) and e.strerror else _short(e)
 
 
 # ---------------------------------------------------------------- sources
@@ -98,6 +114,7 @@ class VideoSource:
         self.rotation = 0
         self.offset_pts = 0  # subtracted from every PTS (clip start)
         self.colour: Optional[dict] = None  # the first frame's colour tags, when it carries any
+        self.yuv_colour: Optional[tuple[int, bool]] = None  # (matrix, full range) when frames come as yuv
         total = s.frames or (int(float(s.duration * s.time_base) * self.rate) if s.duration else 0)
         if duration is not None:
             total = int(round(duration * self.rate))
@@ -106,8 +123,12 @@ class VideoSource:
         self.total = total or None
         self.audio_streams = list(c.streams.audio)
 
-    def frames(self) -> Iterator[Frame]:
+    def frames(self, yuv: bool = False) -> Iterator[Frame]:
+        """yuv: hand out 4:2:0 frames as decoded (no RGB conversion on the CPU) when the stream allows it:
+        8-bit 4:2:0, even sides, a matrix colour.py knows. Decided on the first frame (`yuv_colour`)."""
         import av
+
+        from .colour import supported, yuv420_thumbnail
 
         s, tb = self.stream, self.time_base
         if self.start:
@@ -128,14 +149,25 @@ class VideoSource:
                     self.offset_pts = pts if self.start else 0
                     self.rotation = int(round(getattr(f, "rotation", 0) or 0)) % 360
                     self.colour = _colour_tags(f)
-                rgb = f.to_ndarray(format="rgb24")
-                if self.rotation:
-                    rgb = np.ascontiguousarray(np.rot90(rgb, k=self.rotation // 90))
+                    first_format = f.format.name
+                    matrix = int(f.colorspace or 2)
+                    if (yuv and f.format.name in ("yuv420p", "yuvj420p") and not (f.width % 2 or f.height % 2)
+                            and supported(matrix)):
+                        self.yuv_colour = (matrix, f.format.name == "yuvj420p" or int(f.color_range or 0) == 2)
                 out_pts = pts - self.offset_pts
                 if last_pts is not None and out_pts <= last_pts:  # broken streams: keep PTS strictly rising
                     out_pts = last_pts + 1
                 last_pts = out_pts
                 n += 1
+                if self.yuv_colour is not None:  # rotated on the device, after the conversion
+                    if f.format.name != first_format:  # a stream that changes format midway: rare
+                        f = f.reformat(format=first_format)
+                    planes = f.to_ndarray()
+                    yield Frame(None, out_pts, yuv=planes, thumb=yuv420_thumbnail(planes, *self.yuv_colour))
+                    continue
+                rgb = f.to_ndarray(format="rgb24")
+                if self.rotation:
+                    rgb = np.ascontiguousarray(np.rot90(rgb, k=self.rotation // 90))
                 yield Frame(rgb, out_pts)
         except av.FFmpegError as e:
             raise CycleBatchError(f"{self.path}: the video is corrupt or truncated after {n} frames "
@@ -239,6 +271,60 @@ def _colour_tags(frame) -> Optional[dict]:
     return tags
 
 
+# x264/x265 presets -> NVENC's p1 (fastest) .. p7 (best); p1..p7 are taken as they are.
+NVENC_PRESETS = {"ultrafast": "p1", "superfast": "p1", "veryfast": "p2", "faster": "p2", "fast": "p3",
+                 "medium": "p4", "slow": "p5", "slower": "p6", "veryslow": "p7", "placebo": "p7"}
+SOFTWARE_ENCODERS = ("libx264", "libx265", "libvpx-vp9", "libaom-av1", "libsvtav1")
+
+
+def available_encoders() -> list[str]:
+    """The video encoders `--codec` is documented for that this FFmpeg build has."""
+    import av
+
+    known = SOFTWARE_ENCODERS + ("h264_nvenc", "hevc_nvenc", "av1_nvenc")
+    return [c for c in known if c in av.codecs_available]
+
+
+def _alternatives(codec: str) -> str:
+    others = [c for c in available_encoders() if c != codec and not c.endswith("_nvenc")]
+    return f"; use --codec {' or '.join(others[:3])}" if others else ""
+
+
+def encoder_options(codec: str, crf: int, preset: str) -> dict[str, str]:
+    """--crf and --preset in the encoder's own terms. NVENC: constant quality (`cq`, its CRF-like scale;
+    0 there means "automatic", so --crf 0 asks for lossless) with the bitrate cap lifted, presets mapped."""
+    if codec.endswith("_nvenc"):
+        p = preset if preset in {f"p{i}" for i in range(1, 8)} else NVENC_PRESETS.get(preset)
+        if p is None:
+            raise CycleBatchError(f"--preset {preset}: not a preset for {codec} (use p1..p7 or an x264 name: "
+                                  f"{', '.join(NVENC_PRESETS)})")
+        if crf == 0:
+            return {"preset": p, "tune": "lossless"}
+        return {"preset": p, "rc": "vbr", "cq": str(min(crf, 51)), "b": "0"}
+    opts = {}
+    if codec in SOFTWARE_ENCODERS:
+        opts["crf"] = str(crf)
+    if codec in ("libx264", "libx265"):
+        opts["preset"] = preset
+    return opts
+
+
+def _probe_encoder(codec: str, options: dict[str, str]) -> None:
+    """Open the encoder once on a small frame size: a hardware encoder without its device fails here."""
+    import av
+
+    cc = av.CodecContext.create(codec, "w")
+    cc.width, cc.height, cc.pix_fmt, cc.time_base = 256, 256, "yuv420p", Fraction(1, 25)
+    cc.options = dict(options)
+    try:
+        cc.open()
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise CycleBatchError(f"cannot open the {codec} encoder ({_reason(e)}): it needs an NVIDIA GPU and "
+                              f"driver{_alternatives(codec)}") from None
+    finally:
+        del cc
+
+
 class VideoSink:
     """Encodes frames into a container; copies (or re-encodes) the source's audio, interleaved by time."""
 
@@ -257,10 +343,18 @@ class VideoSink:
             av.Codec(codec, "w")
         except Exception:
             self.out.close()
-            raise CycleBatchError(f"{self.label}: unknown video encoder '{codec}'") from None
+            raise CycleBatchError(f"{self.label}: this FFmpeg has no '{codec}' video encoder "
+                                  f"(available: {', '.join(available_encoders())})") from None
         if codec not in self.out.supported_codecs and av.Codec(codec, "w").name not in self.out.supported_codecs:
             self.out.close()
             raise CycleBatchError(f"{self.label}: the {self.out.format.name} container cannot hold {codec} video")
+        try:
+            self.options = encoder_options(codec, crf, preset)
+            if codec.endswith("_nvenc"):  # needs a GPU and its driver: find out now, not after the first batch
+                _probe_encoder(codec, self.options)
+        except CycleBatchError as e:
+            self.out.close()
+            raise CycleBatchError(f"{self.label}: {e}") from None
         self.codec, self.crf, self.preset = codec, crf, preset
         self.stream = None
         self.audio_in = None
@@ -269,21 +363,26 @@ class VideoSink:
         self._pending = None
 
     def _open_video(self, h: int, w: int) -> None:
+        import av
+
         s = self.out.add_stream(self.codec, rate=self.src.rate)
         s.width, s.height = w + w % 2, h + h % 2
         s.pix_fmt = "yuv420p"
         s.time_base = self.src.time_base
         s.codec_context.time_base = self.src.time_base
         s.thread_type = "AUTO"
-        opts = {}
-        if self.codec in ("libx264", "libx265", "libvpx-vp9", "libaom-av1", "libsvtav1"):
-            opts["crf"] = str(self.crf)
-        if self.codec in ("libx264", "libx265"):
-            opts["preset"] = self.preset
-        s.options = opts
+        # 0: the encoder picks its thread count (x264: 1.5 per core, plus lookahead). FFmpeg's own default
+        # is 1, a single-threaded x264; PyAV happens to set 0 today, so it is said here explicitly.
+        s.codec_context.thread_count = 0
+        s.options = dict(self.options)
         self.colour = getattr(self.src, "colour", None)
         for name, value in (self.colour or {}).items():  # same matrix, range, primaries and transfer as the input
             setattr(s.codec_context, name, value)
+        try:  # opened here, so that a refusal (size, options, no GPU) is one clear error
+            s.codec_context.open()
+        except (av.FFmpegError, OSError, ValueError) as e:
+            raise CycleBatchError(f"{self.label}: cannot open the {self.codec} encoder for {s.width}x{s.height} "
+                                  f"video ({_reason(e)}){_alternatives(self.codec)}") from None
         self.stream = s
         self._open_audio()
 
@@ -310,10 +409,16 @@ class VideoSink:
     def write(self, frames: list[Frame]) -> None:
         import av
 
-        h, w = frames[0].rgb.shape[:2]
+        h, w = frames[0].size
         if self.stream is None:
             self._open_video(h, w)
         for f in frames:
+            if f.yuv is not None:  # converted on the device already, in the output's matrix and range
+                vf = av.VideoFrame.from_ndarray(f.yuv, format="yuv420p")
+                vf.pts, vf.time_base = f.pts, self.src.time_base
+                self.out.mux(self.stream.encode(vf))
+                self._mux_audio(float(f.pts * self.src.time_base) + 1.0)
+                continue
             rgb = f.rgb
             if h % 2 or w % 2:
                 rgb = np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
@@ -452,24 +557,31 @@ _END = object()
 def translate_video(src: str | Path, dst: str | Path, translator, *, codec: str = "libx264", crf: int = 18,
                     preset: str = "medium", start: float = 0.0, duration: Optional[float] = None,
                     fps: Optional[float] = None, stabilize: bool = True,
-                    progress: Optional[Callable[[int, Optional[int]], None]] = None) -> VideoResult:
+                    progress: Optional[Callable[[int, Optional[int]], None]] = None,
+                    colour_on_device: Optional[bool] = None) -> VideoResult:
     """Translate every frame of `src` (a video file or a folder of frames) into `dst`.
 
-    `translator` is an `engine.Translator` (anything with `translate_batch` and `auto_batch_size`).
+    `translator` is an `engine.Translator` (anything with `translate_batch` and `auto_batch_size`); built
+    with compile=True, every pass keeps one shape (the last batch is padded) so it compiles once.
     `dst` is a video file (its suffix picks the container) or a folder for numbered PNG frames.
     `stabilize` shares InstanceNorm statistics across the frames of a shot (see `stabilize.py`).
     `progress(done, total_or_None)` is called after every batch.
+    `colour_on_device`: YUV <-> RGB with torch on the translator's device (colour.py) instead of FFmpeg on
+    the CPU; default: on CUDA only (on a CPU swscale is many times faster).
     """
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():
         raise CycleBatchError(f"{dst}: the output would overwrite the input")
     source = open_source(src, start, duration, fps)
     sweep_dead_temps_of(dst)  # a killed earlier attempt at this same output
+    if colour_on_device is None:
+        colour_on_device = getattr(getattr(translator, "device", None), "type", None) == "cuda"
+    colour_on_device = colour_on_device and hasattr(translator, "model_input")  # not for a stand-in
     t0 = time.perf_counter()
     try:
         if is_frame_folder(dst):
             with atomic_folder(dst) as tmp:
-                n, cuts = _pipeline(source, FolderSink(tmp), translator, stabilize, progress)
+                n, cuts = _pipeline(source, FolderSink(tmp), translator, stabilize, progress, colour_on_device)
         else:
             try:
                 ctx = atomic_path(dst)
@@ -478,7 +590,7 @@ def translate_video(src: str | Path, dst: str | Path, translator, *, codec: str 
                 raise CycleBatchError(f"{dst}: cannot write here ({e.strerror or _short(e)})") from None
             try:
                 sink = VideoSink(tmp, source, codec, crf, preset, label=dst)
-                n, cuts = _pipeline(source, sink, translator, stabilize, progress)
+                n, cuts = _pipeline(source, sink, translator, stabilize, progress, colour_on_device)
             except BaseException as e:
                 ctx.__exit__(type(e), e, e.__traceback__)
                 raise
@@ -488,17 +600,127 @@ def translate_video(src: str | Path, dst: str | Path, translator, *, codec: str 
     return VideoResult(n, time.perf_counter() - t0, dst, cuts)
 
 
-def _pipeline(source, sink, translator, stabilize: bool, progress) -> tuple[int, int]:
+class _DevicePath:
+    """yuv420p frames go to the device as decoded; RGB exists only there, around the model; yuv420p (RGB
+    for PNG frames) comes back. On a GPU this takes FFmpeg's conversions, the slowest CPU work after the
+    encoder, off the CPU threads.
+
+    The engine takes RGB arrays only, so this runs its parts (model_input, _run, quantize) and repeats
+    what Translator.submit does around them: passes of `plan_for(h, w).batch` frames announced to the
+    listener, halved on out-of-memory (the listener told to abort), a single frame that does not fit
+    going to the tiler. Tiled frames and non-finite output go through `translate_batch` with RGB made here,
+    so the tiler and the fp32 re-run are the engine's own.
+    """
+
+    def __init__(self, translator, source, to_yuv: bool):
+        self.tr = translator
+        self.src = source.yuv_colour
+        colour = source.colour
+        # The output's matrix and range are the input's when tagged; untagged output is BT.601, limited.
+        self.dst = (colour["colorspace"], colour["color_range"] == 2) if colour else (2, False)
+        self.rotation = source.rotation
+        self.to_yuv = to_yuv
+
+    def size(self, frame: Frame) -> tuple[int, int]:
+        h, w = frame.size
+        return (w, h) if self.rotation in (90, 270) else (h, w)
+
+    def __call__(self, batch: list[Frame], listener) -> list[Frame]:
+        from .engine import is_out_of_memory
+
+        tr = self.tr
+        h, w = self.size(batch[0])
+        plan = tr.plan_for(h, w)
+        out: list[Frame] = []
+        i = 0
+        while i < len(batch):
+            if plan.tiled:
+                return out + self._via_engine(batch[i:], listener)
+            chunk = batch[i:i + plan.batch]
+            if listener is not None:
+                listener.begin([f.thumb for f in chunk])
+            done = None
+            try:
+                done = self._launch(chunk)
+            except RuntimeError as exc:
+                if not is_out_of_memory(exc):
+                    raise
+            if done is None:  # out of memory; handled outside the except block, which holds the pass's tensors
+                if listener is not None:
+                    listener.abort()
+                tr.stats.out_of_memory += 1
+                tr.release_memory()
+                if len(chunk) > 1:
+                    plan.batch = max(1, len(chunk) // 2)
+                else:
+                    plan.tiled = True
+                    tr.note_once(f"tile{(h, w)}", f"out of memory on a full {w}x{h} frame: "
+                                                  "frames of that size go through in tiles")
+                continue
+            if done is False:  # non-finite output: the engine re-runs it in fp32 (or fails)
+                if listener is not None:
+                    listener.abort()
+                done = self._via_engine(chunk, listener)
+            out += done
+            i += len(chunk)
+        return out
+
+    def _rgb(self, chunk: list[Frame]):
+        import torch
+
+        from .colour import yuv420_to_rgb
+
+        raw = torch.from_numpy(np.stack([f.yuv for f in chunk]))
+        if self.tr.device.type == "cuda":
+            raw = raw.pin_memory()
+        rgb = yuv420_to_rgb(raw.to(self.tr.device, non_blocking=True), *self.src)
+        return torch.rot90(rgb, self.rotation // 90, dims=(2, 3)) if self.rotation else rgb
+
+    def _launch(self, chunk: list[Frame]):
+        import torch
+
+        from .colour import rgb_to_yuv420
+
+        tr = self.tr
+        with torch.inference_mode():
+            x = self._rgb(chunk).mul_(2.0 / 255.0).sub_(1.0)
+            y = tr._run(tr.model_input(x), tr._forward, tr.autocast())
+            q, finite = tr.quantize(y)
+            px = rgb_to_yuv420(q.permute(0, 3, 1, 2).float(), *self.dst) if self.to_yuv else q
+            px = px.cpu().numpy()
+        tr.stats.batch_sizes[len(chunk)] += 1
+        if not bool(finite.all()):
+            return False
+        if self.to_yuv:
+            return [Frame(None, f.pts, yuv=p) for f, p in zip(chunk, px)]
+        return [Frame(p, f.pts) for f, p in zip(chunk, px)]
+
+    def _via_engine(self, frames: list[Frame], listener) -> list[Frame]:
+        import torch
+
+        with torch.inference_mode():  # one frame at a time: this runs after the device ran out of memory
+            rgbs = [self._rgb([f])[0].to(torch.uint8).permute(1, 2, 0).cpu().numpy() for f in frames]
+        outs = self.tr.translate_batch(rgbs, listener=listener)
+        return [Frame(o, f.pts) for o, f in zip(outs, frames)]
+
+
+def _is_compiled(translator) -> bool:
+    model = getattr(translator, "model", None)
+    return model is not None and getattr(translator, "_forward", model) is not model
+
+
+def _pipeline(source, sink, translator, stabilize: bool, progress, colour_on_device: bool = False) -> tuple[int, int]:
     from .stabilize import StableStats
 
     stop = threading.Event()
     frames_q: "queue.Queue" = queue.Queue(maxsize=16)
     out_q: "queue.Queue" = queue.Queue(maxsize=2)
     errors: list[BaseException] = []
+    yuv = colour_on_device and isinstance(source, VideoSource)
 
     def read() -> None:
         try:
-            for f in source.frames():
+            for f in (source.frames(yuv=True) if yuv else source.frames()):
                 _put(frames_q, f, stop)
             _put(frames_q, _END, stop)
         except _Stop:
@@ -523,6 +745,10 @@ def _pipeline(source, sink, translator, stabilize: bool, progress) -> tuple[int,
 
     sharing = stabilize and hasattr(getattr(translator, "model", None), "norms")  # not for a stand-in model
     stable = StableStats(translator) if sharing else None
+    # A compiled model is specialised to one batch shape: the last, shorter batch is padded with copies of
+    # its last frame (dropped again) rather than compiled anew. The shared statistics run forwards in
+    # time, so the copies after the real frames change none of them.
+    pad = _is_compiled(translator)
     reader = threading.Thread(target=read, name="cyclebatch-decode", daemon=True)
     writer = threading.Thread(target=write, name="cyclebatch-encode", daemon=True)
     reader.start()
@@ -530,13 +756,16 @@ def _pipeline(source, sink, translator, stabilize: bool, progress) -> tuple[int,
     done = 0
     try:
         with (stable if stable is not None else contextlib.nullcontext()):
-            batch_size, ended = None, False
+            batch_size, ended, device = None, False, None
             while not ended:
                 first = _get(frames_q, stop)
                 if first is _END:
                     break
                 if batch_size is None:
-                    batch_size = max(1, translator.auto_batch_size(*first.rgb.shape[:2]))
+                    if first.yuv is not None:
+                        device = _DevicePath(translator, source, isinstance(sink, VideoSink))
+                    size = device.size(first) if device is not None else first.size
+                    batch_size = max(1, translator.auto_batch_size(*size))
                 batch = [first]
                 while len(batch) < batch_size:
                     item = _get(frames_q, stop)
@@ -544,11 +773,15 @@ def _pipeline(source, sink, translator, stabilize: bool, progress) -> tuple[int,
                         ended = True
                         break
                     batch.append(item)
-                images = [f.rgb for f in batch]
-                if stable is not None:
-                    stable.next_frames(images)
-                outs = translator.translate_batch(images)
-                _put(out_q, [Frame(o, f.pts) for o, f in zip(outs, batch)], stop)
+                run = batch + [batch[-1]] * (batch_size - len(batch)) if pad else batch
+                if device is not None:
+                    outs = device(run, stable)[:len(batch)]
+                else:
+                    images = [f.rgb for f in run]
+                    results = (translator.translate_batch(images, listener=stable) if stable is not None
+                               else translator.translate_batch(images))
+                    outs = [Frame(o, f.pts) for o, f in zip(results, batch)]
+                _put(out_q, outs, stop)
                 done += len(batch)
                 if progress:
                     progress(done, source.total)

@@ -10,6 +10,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
+import torch
 
 from cyclebatch.checkpoints import save_generator
 from cyclebatch.errors import CycleBatchError
@@ -188,7 +189,7 @@ def test_interruption_or_crash_leaves_no_output(tmp_path, exc):
 
 def test_stable_stats_average_within_a_shot_and_restart_at_a_cut():
     net = tiny_generator(3)
-    tr = Translator(net, device="cpu", precision="fp32")
+    tr = Translator(net, device="cpu", precision="fp32", batch_size=4)  # passes of 4 and 3 frames
     a = pattern(0, 32, 48)
     a2 = a.copy()
     a2[12:20, 18:30] = 250  # same shot, a bright object appears: this frame's own statistics move
@@ -200,8 +201,7 @@ def test_stable_stats_average_within_a_shot_and_restart_at_a_cut():
     with stable:
         out = []
         for i in range(0, len(frames), 4):  # batches of 4 and 3: the average crosses the batch boundary
-            stable.next_frames(frames[i:i + 4])
-            out += [o.astype(int) for o in tr.translate_batch(frames[i:i + 4])]
+            out += [o.astype(int) for o in tr.translate_batch(frames[i:i + 4], listener=stable)]
     assert all(n.stats_hook is None for n in tr.model.norms())  # hooks removed on exit
     assert stable.cuts == [False, True, False] and stable.n_cuts == 1
     for i in (0, 1, 2, 5, 6):  # a steady shot averages to its own statistics; a cut starts afresh
@@ -430,3 +430,301 @@ def test_colour_tags_and_matrix_are_kept(tmp_path):
                             src_color_range=ColorRange.MPEG).to_ndarray().astype(int)
     assert np.abs(as_709[8:40, 4:28] - (200, 50, 50)).max() <= 3
     assert np.abs(as_709[8:40, 36:60] - (40, 160, 90)).max() <= 3
+
+
+def fading(n, h=48, w=64):
+    """One shot whose statistics keep moving: the pattern brightens by 2% a frame (no cut anywhere)."""
+    return [np.clip(pattern(i, h, w) * (0.55 + 0.02 * i), 0, 255).astype(np.uint8) for i in range(n)]
+
+
+def encode_frames(path, frames, pts=None):
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=NTSC)
+        s.width, s.height, s.pix_fmt, s.options = frames[0].shape[1], frames[0].shape[0], "yuv420p", {"qp": "0"}
+        s.codec_context.time_base = Fraction(1, 30000)
+        for i, img in enumerate(frames):
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts, f.time_base = (pts[i] if pts else i * 1001), Fraction(1, 30000)
+            c.mux(s.encode(f))
+        c.mux(s.encode())
+
+
+def count_device_conversions(monkeypatch):
+    """Counts the frames colour.py converts to RGB (the GPU path), so a test knows that path ran."""
+    import cyclebatch.colour as colour
+
+    real, frames = colour.yuv420_to_rgb, []
+
+    def counted(yuv, *args):
+        frames.append(yuv.shape[0])
+        return real(yuv, *args)
+
+    monkeypatch.setattr(colour, "yuv420_to_rgb", counted)
+    return frames
+
+
+def _inject_out_of_memory(tr, after_frames):
+    """The translator's forward pass fails for more than 2 frames once `after_frames` went through, half-way
+    through the model (the first norms have seen the frames), as a real out-of-memory error would."""
+    real, seen = tr._forward, [0]
+
+    def forward(x):
+        if x.shape[0] > 2 and seen[0] >= after_frames:
+            real.model[:6](x)
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        seen[0] += x.shape[0]
+        return real(x)
+
+    tr._forward = forward
+
+
+@pytest.mark.parametrize("on_device", [False, True], ids=["engine", "colour-on-device"])
+def test_out_of_memory_mid_video_keeps_every_frame_and_the_shared_statistics(tmp_path, monkeypatch, on_device):
+    converted = count_device_conversions(monkeypatch)
+    frames = fading(24)
+    encode_frames(tmp_path / "in.mp4", frames)
+    outs = {}
+    for oom, stabilize in ((False, True), (True, True), (False, False)):
+        tr = Translator(tiny_generator(3), device="cpu", precision="fp32", batch_size=8)
+        if oom:
+            _inject_out_of_memory(tr, after_frames=16)  # the third batch of 8, mid-shot, fails at 8 and 4
+        out = tmp_path / f"out{oom}{stabilize}.mp4"
+        res = translate_video(tmp_path / "in.mp4", out, tr, stabilize=stabilize, colour_on_device=on_device)
+        assert res.frames == 24
+        outs[oom, stabilize] = probe_frames(out)
+        if oom:
+            assert tr.stats.out_of_memory == 2 and tr.auto_batch_size(48, 64) == 2
+    (failed, pts), (clean, clean_pts), (own, _) = outs[True, True], outs[False, True], outs[False, False]
+    assert pts == clean_pts == [i * 1001 for i in range(24)]  # every frame, same timestamps
+    for a, b in zip(failed, clean):
+        assert np.abs(a - b).max() <= 1
+    assert np.abs(clean[20] - own[20]).mean() > 3  # and those are shared statistics, not each frame's own
+    assert sum(converted) == (24 * 3 + 8 + 4 if on_device else 0)  # the failed passes' frames too
+
+
+def probe_frames(path):
+    with av.open(str(path)) as c:
+        frames = list(c.decode(video=0))
+        return [f.to_ndarray(format="rgb24").astype(int) for f in frames], [f.pts for f in frames]
+
+
+def test_stable_stats_abort_restores_the_state_exactly():
+    tr = Translator(tiny_generator(3), device="cpu", precision="fp32", batch_size=3)
+    frames = fading(6)
+    cut = (255 - frames[0]).astype(np.uint8)
+    with StableStats(tr) as stable:
+        tr.translate_batch(frames[:3], listener=stable)
+        before = [(m.clone(), v.clone()) for m, v in stable.state()]
+        hist, cuts = stable._last_hist.copy(), stable.n_cuts
+        stable.begin([cut] + frames[3:5])  # a pass with cuts in it (there and back) runs out of memory
+        with torch.inference_mode():
+            tr.model(tr.model_input(tr.to_tensor([cut] + frames[3:5])))
+        assert stable.n_cuts > cuts and not torch.equal(stable.state()[0][0], before[0][0])
+        stable.abort()
+        assert stable.n_cuts == cuts and np.array_equal(stable._last_hist, hist)
+        for (m, v), (m0, v0) in zip(stable.state(), before):
+            assert torch.equal(m, m0) and torch.equal(v, v0)
+        after_abort = tr.translate_batch(frames[3:6], listener=stable)
+    with StableStats(tr) as fresh:
+        tr.translate_batch(frames[:3], listener=fresh)
+        clean = tr.translate_batch(frames[3:6], listener=fresh)
+    assert all(np.array_equal(a, b) for a, b in zip(after_abort, clean))
+
+
+def test_compiled_generator_with_shared_statistics_compiles_once():
+    """The statistics' Python state must not reach dynamo's guards: one graph for every pass of one shape,
+    whatever the cuts, and for a second video's StableStats too. Outputs equal eager ones."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    frames = fading(12, 32, 48)
+    frames[5] = (255 - frames[5]).astype(np.uint8)  # cuts inside a pass (at 5, and back at 6)
+    batches = [frames[i:i + 2] for i in range(0, 12, 2)]
+    net, reference = tiny_generator(3, n_blocks=1), tiny_generator(3, n_blocks=1)  # compiles in less time
+    compiled = torch.compile(net, dynamic=False)
+    # NCHW (as on a GPU). On CPU, channels_last input takes networks.instance_stats's batch_norm_update_stats
+    # path, whose in-place update torch.compile drops (a separate bug, outside the video code).
+    x = [(torch.from_numpy(np.stack(b)).permute(0, 3, 1, 2).float() / 127.5 - 1).contiguous() for b in batches]
+    graphs = []
+    with torch.inference_mode():
+        for video in range(2):
+            with StableStats(net) as stable, StableStats(reference) as eager:
+                for i, b in enumerate(batches):
+                    stable.begin(b)
+                    eager.begin(b)
+                    y = compiled(x[i])
+                    graphs.append(counters["stats"]["unique_graphs"])
+                    assert (y - reference(x[i])).abs().max() < 1e-3, (video, i)
+            assert stable.cuts == eager.cuts and stable.n_cuts == eager.n_cuts >= 2
+    assert graphs == [1] * 12
+
+
+def test_cli_video_compile_compiles_once_for_the_whole_video(tmp_path, monkeypatch):
+    """`video --compile`: the generator is compiled, and a video whose last batch is shorter still runs one
+    graph (the batch is padded), every frame kept. Dynamo's graphs counted, inductor's code generation
+    skipped (backend "eager") to keep the test fast: the graphs are dynamo's either way."""
+    import functools
+    import signal
+
+    from torch._dynamo.utils import counters
+    from typer.testing import CliRunner
+
+    from cyclebatch.cli import app
+
+    save_generator(tiny_generator(1), tmp_path / "g.safetensors", {})
+    pts = synth(tmp_path / "in.mp4", n=10, w=48, h=32, audio=False)
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    torch._dynamo.reset()
+    counters.clear()
+    sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        r = CliRunner().invoke(app, ["video", str(tmp_path / "in.mp4"), str(tmp_path / "out.mp4"), "-m",
+                                     str(tmp_path / "g.safetensors"), "--device", "cpu", "--precision", "fp32",
+                                     "--batch-size", "4", "--compile", "-q"])
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+    assert r.exit_code == 0, r.output
+    assert counters["stats"]["unique_graphs"] == 1  # batches of 4, 4 and 2 (padded to 4)
+    o = probe(tmp_path / "out.mp4")
+    assert o["n"] == 10 and o["pts"] == pts
+
+
+CLIP = ROOT / "examples" / "clip.mp4"
+
+
+@pytest.mark.parametrize("matrix,full", [(2, False), (1, False), (5, False), (5, True)],
+                         ids=["untagged", "bt709", "bt601", "bt601-full"])
+def test_colour_conversion_on_torch_matches_ffmpeg(matrix, full):
+    """colour.py against FFmpeg's own conversions (swscale, as the CPU path runs them) on real frames, both
+    ways: YUV -> RGB within 2 levels, RGB -> YUV 4:2:0 within 1 on every plane."""
+    from av.video.reformatter import ColorRange, Colorspace
+
+    from cyclebatch.colour import rgb_to_yuv420, yuv420_to_rgb
+
+    space = {2: None, 1: Colorspace.ITU709, 5: Colorspace.ITU601}[matrix]
+    rng = ColorRange.JPEG if full else ColorRange.MPEG
+    with av.open(str(CLIP)) as c:
+        frames = [f for i, f in zip(range(48), c.decode(video=0)) if i % 16 == 0]
+    for f in frames:
+        planes = f.to_ndarray()
+        frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+        ffmpeg_rgb = frame.reformat(format="rgb24", src_colorspace=space, src_color_range=rng).to_ndarray()
+        ours = yuv420_to_rgb(torch.from_numpy(planes)[None], matrix, full)[0].permute(1, 2, 0).numpy()
+        assert np.abs(ours - ffmpeg_rgb).max() <= 2
+        ffmpeg_yuv = av.VideoFrame.from_ndarray(ffmpeg_rgb, format="rgb24").reformat(
+            format="yuv420p", dst_colorspace=space, dst_color_range=rng).to_ndarray().astype(int)
+        ours = rgb_to_yuv420(torch.from_numpy(ffmpeg_rgb).permute(2, 0, 1)[None].float(), matrix, full)[0]
+        assert np.abs(ours.numpy().astype(int) - ffmpeg_yuv).max() <= 1
+
+
+def tagged_bt709(path, n=8, rotation=None):
+    """Real frames of the example clip, encoded as BT.709 (tagged, converted with that matrix)."""
+    from av.video.reformatter import ColorRange, Colorspace
+
+    with av.open(str(CLIP)) as c:
+        rgb = [f.to_ndarray(format="rgb24")[:96, :128] for _, f in zip(range(n), c.decode(video=0))]
+    with av.open(str(path), "w") as o:
+        s = o.add_stream("libx264", rate=24)
+        s.width, s.height, s.pix_fmt, s.options = 128, 96, "yuv420p", {"qp": "0"}
+        if rotation:
+            s.width, s.height = 96, 128
+            s.set_display_rotation(rotation)
+        for name in ("colorspace", "color_primaries", "color_trc", "color_range"):
+            setattr(s.codec_context, name, 1)
+        for i, img in enumerate(rgb):
+            if rotation:
+                img = np.ascontiguousarray(np.rot90(img, k=-rotation // 90))
+            vf = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(
+                format="yuv420p", dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG)
+            vf.pts = i
+            o.mux(s.encode(vf))
+        o.mux(s.encode())
+
+
+@pytest.mark.parametrize("case", ["clip", "bt709", "bt709-rotated", "frames-out"])
+def test_colour_on_device_matches_ffmpeg_conversions(tmp_path, monkeypatch, case):
+    """The GPU path (colour.py on the translator's device, here the CPU) gives the output the FFmpeg path
+    gives: same frames and timestamps, pictures within conversion rounding, upright, same tags."""
+    from PIL import Image
+
+    src = CLIP
+    if case.startswith("bt709"):
+        src = tmp_path / "in.mp4"
+        tagged_bt709(src, rotation=90 if case.endswith("rotated") else None)
+    outs, converted = {}, count_device_conversions(monkeypatch)
+    for on_device in (False, True):
+        tr = Translator(tiny_generator(3), device="cpu", precision="fp32", batch_size=4)
+        dst = tmp_path / (f"out{on_device}" + ("" if case == "frames-out" else ".mp4"))
+        res = translate_video(src, dst, tr, duration=0.15, crf=0, colour_on_device=on_device)
+        assert res.frames == 4
+        if case == "frames-out":
+            outs[on_device] = [np.asarray(Image.open(p)).astype(int) for p in sorted(dst.iterdir())], None
+        else:
+            outs[on_device] = probe_frames(dst)
+            with av.open(str(dst)) as c:
+                cc = c.streams.video[0].codec_context
+                outs[on_device] += ((cc.colorspace, cc.color_range),)
+    (ffmpeg, pts, *tags), (ours, our_pts, *our_tags) = outs[False], outs[True]
+    assert sum(converted) == 4  # the frames went through colour.py, not FFmpeg
+    assert len(ours) == len(ffmpeg) == 4 and our_pts == pts and our_tags == tags
+    if case == "bt709-rotated":
+        assert ours[0].shape[:2] == (96, 128)  # stored 96 wide, 128 high: shown and written upright
+    for a, b in zip(ours, ffmpeg):  # the model doubles the conversions' level or two here and there
+        # (a wrong matrix: mean 3.6, 99th percentile 17; U and V swapped: 9 and 50)
+        assert a.shape == b.shape and np.abs(a - b).mean() < 1 and np.percentile(np.abs(a - b), 99) <= 4
+
+
+def _nvenc_opens() -> bool:
+    cc = av.CodecContext.create("h264_nvenc", "w")
+    cc.width, cc.height, cc.pix_fmt, cc.time_base = 256, 256, "yuv420p", Fraction(1, 25)
+    try:
+        cc.open()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif("h264_nvenc" not in av.codecs_available, reason="this FFmpeg has no NVENC")
+def test_nvenc_without_a_gpu_is_one_clear_error_before_any_work(tmp_path):
+    if _nvenc_opens():
+        pytest.skip("NVENC works on this machine")
+    synth(tmp_path / "in.mp4", n=6, audio=False)
+    out = tmp_path / "o"
+    out.mkdir()
+    calls = []
+
+    class Counting(Identity):
+        def translate_batch(self, frames):
+            calls.append(len(frames))
+            return super().translate_batch(frames)
+
+    with pytest.raises(CycleBatchError) as e:
+        translate_video(tmp_path / "in.mp4", out / "out.mp4", Counting(), codec="h264_nvenc")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(str(out / "out.mp4")) and "h264_nvenc" in msg
+    assert "NVIDIA" in msg and "--codec libx264" in msg and "avcodec_open2" not in msg, msg
+    assert calls == [] and list(out.iterdir()) == []  # found before any frame was translated; nothing left
+
+
+def test_unknown_encoder_names_the_ones_there_are(tmp_path):
+    synth(tmp_path / "in.mp4", n=4, audio=False)
+    with pytest.raises(CycleBatchError, match=r"no 'h264_bogus' video encoder \(available: libx264"):
+        translate_video(tmp_path / "in.mp4", tmp_path / "out.mp4", Identity(), codec="h264_bogus")
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_nvenc_options_follow_crf_and_preset():
+    from cyclebatch.video import encoder_options
+
+    x264 = ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
+    levels = [int(encoder_options("h264_nvenc", 20, p)["preset"][1:]) for p in x264]
+    assert levels == sorted(levels) and levels[0] == 1 and levels[-1] == 7 and levels[5] == 4  # medium = p4
+    assert encoder_options("hevc_nvenc", 20, "p6")["preset"] == "p6"
+    opts = encoder_options("h264_nvenc", 23, "medium")
+    assert opts["cq"] == "23" and opts["rc"] == "vbr" and opts["b"] == "0"  # quality-driven, no bitrate cap
+    assert encoder_options("h264_nvenc", 63, "medium")["cq"] == "51"  # nvenc's scale ends at 51
+    assert encoder_options("h264_nvenc", 0, "slow") == {"preset": "p5", "tune": "lossless"}  # cq 0 is "auto"
+    assert encoder_options("libx264", 18, "slow") == {"crf": "18", "preset": "slow"}
+    with pytest.raises(CycleBatchError, match="--preset turbo: not a preset for h264_nvenc"):
+        encoder_options("h264_nvenc", 18, "turbo")
