@@ -346,27 +346,43 @@ class Translator:
         shape, dtype = images[0].shape, images[0].dtype
         if any(im.shape != shape or im.dtype != dtype for im in images):
             raise ValueError("translate_batch needs images of one size and dtype (batch by size first)")
-        plan = self.plan_for(shape[0], shape[1])
+
+        def tiled(rest: Sequence[np.ndarray]) -> tuple:
+            outs = []
+            for im in rest:
+                if listener is not None:
+                    listener.begin([im])
+                outs.append(self.translate_tiled(im))
+            return ("done", outs)
+
+        parts = self.run_passes(images, shape[0], shape[1], self._launch, tiled, listener)
+        return Pending(self, images, parts)
+
+    def run_passes(self, items: Sequence, height: int, width: int, launch: Callable[[Sequence], object],
+                   tiled: Callable[[Sequence], object], listener: Optional[ChunkListener] = None,
+                   announce: Callable[[Sequence], Sequence[np.ndarray]] = lambda chunk: chunk) -> list:
+        """The loop every batch of one size goes through: passes of the size's batch, each announced to the
+        listener (as `announce(chunk)`: RGB frames); a pass that runs out of memory halves that size's batch
+        for good, and one item that does not fit sends it and the rest to `tiled`. Returns the results of
+        `launch` per pass (and of `tiled`, last)."""
+        plan = self.plan_for(height, width)
         parts, i = [], 0
-        while i < len(images):
+        while i < len(items):
             if plan.tiled:
-                for im in images[i:]:
-                    if listener is not None:
-                        listener.begin([im])
-                    parts.append(("done", [self.translate_tiled(im)]))
+                parts.append(tiled(items[i:]))
                 break
-            chunk = images[i:i + plan.batch]
+            chunk = items[i:i + plan.batch]
             if listener is not None:
-                listener.begin(chunk)
+                listener.begin(announce(chunk))
             try:
-                parts.append(self._launch(chunk))
+                parts.append(launch(chunk))
                 i += len(chunk)
                 continue
             except RuntimeError as exc:
                 if not is_out_of_memory(exc):
                     raise
             # Out of memory. Retried here, outside the handler: inside it, the traceback would keep the
-            # failed pass's tensors alive. Halve the batch for good; a single image goes to the tiler.
+            # failed pass's tensors alive.
             if listener is not None:
                 listener.abort()
             self.stats.out_of_memory += 1
@@ -375,9 +391,9 @@ class Translator:
                 plan.batch = max(1, len(chunk) // 2)
             else:
                 plan.tiled = True
-                self.note_once(f"tile{shape[:2]}", f"out of memory on a full {shape[1]}x{shape[0]} frame: "
-                                                   "images of that size go through in tiles")
-        return Pending(self, images, parts)
+                self.note_once(f"tile{(height, width)}", f"out of memory on a full {width}x{height} frame: "
+                                                         "images of that size go through in tiles")
+        return parts
 
     @torch.inference_mode()
     def _launch(self, chunk: Sequence[np.ndarray]) -> tuple:

@@ -605,11 +605,10 @@ class _DevicePath:
     for PNG frames) comes back. On a GPU this takes FFmpeg's conversions, the slowest CPU work after the
     encoder, off the CPU threads.
 
-    The engine takes RGB arrays only, so this runs its parts (model_input, _run, quantize) and repeats
-    what Translator.submit does around them: passes of `plan_for(h, w).batch` frames announced to the
-    listener, halved on out-of-memory (the listener told to abort), a single frame that does not fit
-    going to the tiler. Tiled frames and non-finite output go through `translate_batch` with RGB made here,
-    so the tiler and the fp32 re-run are the engine's own.
+    The engine takes RGB arrays, so this launches its own passes (model_input, _run, quantize) through the
+    engine's pass loop (`run_passes`: batch size, out-of-memory halving, the listener). Tiled frames and
+    non-finite output go through `translate_batch` with RGB made here, so the tiler and the fp32 re-run are
+    the engine's own.
     """
 
     def __init__(self, translator, source, to_yuv: bool):
@@ -626,44 +625,19 @@ class _DevicePath:
         return (w, h) if self.rotation in (90, 270) else (h, w)
 
     def __call__(self, batch: list[Frame], listener) -> list[Frame]:
-        from .engine import is_out_of_memory
-
-        tr = self.tr
         h, w = self.size(batch[0])
-        plan = tr.plan_for(h, w)
-        out: list[Frame] = []
-        i = 0
-        while i < len(batch):
-            if plan.tiled:
-                return out + self._via_engine(batch[i:], listener)
-            chunk = batch[i:i + plan.batch]
-            if listener is not None:
-                listener.begin([f.thumb for f in chunk])
-            done = None
-            try:
-                done = self._launch(chunk)
-            except RuntimeError as exc:
-                if not is_out_of_memory(exc):
-                    raise
-            if done is None:  # out of memory; handled outside the except block, which holds the pass's tensors
-                if listener is not None:
-                    listener.abort()
-                tr.stats.out_of_memory += 1
-                tr.release_memory()
-                if len(chunk) > 1:
-                    plan.batch = max(1, len(chunk) // 2)
-                else:
-                    plan.tiled = True
-                    tr.note_once(f"tile{(h, w)}", f"out of memory on a full {w}x{h} frame: "
-                                                  "frames of that size go through in tiles")
-                continue
-            if done is False:  # non-finite output: the engine re-runs it in fp32 (or fails)
+
+        def launch(chunk: list[Frame]) -> list[Frame]:
+            done = self._launch(chunk)
+            if done is None:  # non-finite output: the engine's own fp32 re-run (or failure) on RGB frames
                 if listener is not None:
                     listener.abort()
                 done = self._via_engine(chunk, listener)
-            out += done
-            i += len(chunk)
-        return out
+            return done
+
+        parts = self.tr.run_passes(batch, h, w, launch, lambda rest: self._via_engine(rest, listener), listener,
+                                   announce=lambda chunk: [f.thumb for f in chunk])
+        return [f for part in parts for f in part]
 
     def _rgb(self, chunk: list[Frame]):
         import torch
@@ -690,7 +664,7 @@ class _DevicePath:
             px = px.cpu().numpy()
         tr.stats.batch_sizes[len(chunk)] += 1
         if not bool(finite.all()):
-            return False
+            return None
         if self.to_yuv:
             return [Frame(None, f.pts, yuv=p) for f, p in zip(chunk, px)]
         return [Frame(p, f.pts) for f, p in zip(chunk, px)]
