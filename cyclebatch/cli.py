@@ -347,15 +347,24 @@ def train_cmd(
 
 @app.command("export")
 def export_cmd(model: str = typer.Argument(..., help="Any model the registry can load: name, run, folder or file."),
-               dst: Path = typer.Argument(..., help="Output file: .onnx (ONNX) or .pt (TorchScript)."),
+               dst: Path = typer.Argument(..., help="Output file: .onnx (ONNX), .pt (TorchScript), .tflite (TFLite / "
+                                               "LiteRT, phones) or .xml (OpenVINO IR, with its .bin)."),
                direction: str = typer.Option("AtoB", "--direction", "-d", help="AtoB or BtoA."),
-               fp16: bool = typer.Option(False, "--fp16", help="Half-precision weights and activations inside "
-                                         "(float32 input and output stay)."),
+               precision: Optional[str] = typer.Option(None, "--precision", help="fp32 (default) or fp16: half-precision "
+                                                       "weights (float32 input and output stay).", show_default=False),
+               fp16: bool = typer.Option(False, "--fp16", help="Same as --precision fp16."),
+               quantize: Optional[str] = typer.Option(None, "--quantize", help=".tflite: int8 weights "
+                                                      "(dynamic-range; see --calibrate).", show_default=False),
+               calibrate: Optional[Path] = typer.Option(None, "--calibrate", help=".tflite with --quantize int8: a "
+                                                        "folder of sample images to calibrate int8 activations.",
+                                                        show_default=False),
+               size: Optional[str] = typer.Option(None, "--size", help=".tflite: the fixed input size, N or WxH "
+                                                  "(default: the model's training size, else 256).", show_default=False),
                opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default 17).", show_default=False),
                no_verify: bool = typer.Option(False, "--no-verify", help="Skip running the file against PyTorch."),
                overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output.")) -> None:
-    """Export a generator for ONNX runtimes or LibTorch; verified against PyTorch on a real photo."""
-    from .export import OPSET, export, format_of
+    """Export a generator for ONNX runtimes, LibTorch, LiteRT (phones) or OpenVINO; verified against PyTorch on a real photo."""
+    from .export import OPSET, export, format_of, parse_size
     from .registry import load_generator
 
     try:
@@ -364,15 +373,37 @@ def export_cmd(model: str = typer.Argument(..., help="Any model the registry can
         fail(str(e), 2)
     if opset is not None and fmt != "onnx":
         fail(f"{dst}: --opset applies to .onnx outputs only", 2)
-    if dst.exists() and not overwrite:
-        fail(f"{dst}: exists; pass --overwrite to replace it")
+    if fmt != "tflite" and (quantize or calibrate or size):
+        fail(f"{dst}: --quantize, --calibrate and --size apply to .tflite outputs only", 2)
+    if precision not in (None, "fp32", "fp16") or (fp16 and precision == "fp32"):
+        fail(f"--precision {precision}{' with --fp16' if fp16 else ''}: use fp32 or fp16", 2)
+    if quantize not in (None, "int8"):
+        fail(f"--quantize {quantize}: only int8 is supported", 2)
+    if quantize and (fp16 or precision == "fp16"):
+        fail("--quantize int8 replaces the fp32 weights: do not combine it with fp16", 2)
+    if calibrate and not quantize:
+        fail("--calibrate needs --quantize int8", 2)
+    try:
+        fixed = parse_size(size) if size else None
+    except CycleBatchError as e:
+        fail(str(e), 2)
+    for p in (dst, dst.with_suffix(".bin")) if fmt == "openvino" else (dst,):
+        if p.exists() and not overwrite:
+            fail(f"{p}: exists; pass --overwrite to replace it")
     net = load_generator(model, direction)
-    r = export(net, dst, fp16=fp16, opset=opset or OPSET, check=not no_verify, overwrite=overwrite, source=model)
-    opset_note = f", opset {r.opset}" if r.opset else ""
-    out.print(f"wrote {dst} ({net.config.name}, {r.precision}{opset_note}, "
-              f"{dst.stat().st_size / 1e6:.1f} MB, {r.seconds:.1f} s)", highlight=False, soft_wrap=True)
+    r = export(net, dst, precision=precision or ("fp16" if fp16 else "fp32"), quantize=quantize, calibrate=calibrate,
+               size=fixed, opset=opset or OPSET, check=not no_verify, overwrite=overwrite, source=model)
+    notes = [net.config.name, f"{r.precision} {r.quantization}".strip()]
+    if r.opset:
+        notes.append(f"opset {r.opset}")
+    if r.size:
+        notes.append(f"input 1x{r.size[0]}x{r.size[1]}x3 NHWC")
+    files = " + ".join(p.name for p in r.files[1:])
+    out.print(f"wrote {dst}{f' (+ {files})' if files else ''} ({', '.join(notes)}, {r.bytes / 1e6:.1f} MB, "
+              f"{r.seconds:.1f} s)", highlight=False, soft_wrap=True)
     if r.verified:
-        out.print(f"verified with {r.runtime} on {r.sample}: max |diff| {r.max_diff:.2e}, "
+        floor = f" (floor {r.floor:g} dB)" if r.floor is not None else ""
+        out.print(f"verified with {r.runtime} on {r.sample}: PSNR {r.psnr:.1f} dB{floor}, max |diff| {r.max_diff:.2e}, "
                   f"mean {r.mean_diff:.2e} (of the [0, 1] range)", highlight=False, soft_wrap=True)
     else:
         out.print("not verified (--no-verify)", highlight=False)

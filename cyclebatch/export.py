@@ -1,8 +1,10 @@
-"""Export a generator for runtimes without Python: ONNX (any ONNX runtime) or TorchScript (LibTorch).
+"""Export a generator for runtimes without Python: ONNX (any ONNX runtime), TorchScript (LibTorch),
+TFLite (LiteRT, phones; see export_tflite.py) or OpenVINO IR (see export_openvino.py).
 
-The exported graph is self-contained: float RGB in [0, 1], NCHW, any batch, height and width in; the
-same size out. It reflect-pads to a multiple of 4 and crops back itself, so callers need not know the
-generator's stride. Every export is checked by running the file on a real photo against PyTorch.
+The exported graph is self-contained: float RGB in [0, 1] in, the same size out. ONNX, TorchScript and
+OpenVINO take NCHW at any batch, height and width: the graph reflect-pads to a multiple of 4 and crops back
+itself, so callers need not know the generator's stride. TFLite takes one NHWC image of a fixed size.
+Every export is checked by running the file on a real photo against PyTorch before it is kept.
 """
 
 from __future__ import annotations
@@ -26,15 +28,23 @@ from .errors import CycleBatchError
 from .fileio import atomic_path
 from .networks import ResnetGenerator
 
-FORMATS = {".onnx": "onnx", ".pt": "torchscript"}
+FORMATS = {".onnx": "onnx", ".pt": "torchscript", ".tflite": "tflite", ".xml": "openvino"}
+RUNTIMES = {"onnx": "ONNX Runtime", "torchscript": "TorchScript", "tflite": "LiteRT", "openvino": "OpenVINO"}
 INPUT, OUTPUT = "image", "translated"
 # Opset 17 is the newest that TensorRT 8.6 (JetPack 5, DeepStream 6), OpenCV's DNN module and ONNX Runtime
 # >= 1.12 all run; nothing in this graph gains from a newer one.
 OPSET = 17
+DEFAULT_SIZE = 256  # a fixed-size (TFLite) export's side when the model's metadata names no input_size
 MIN_SIZE = 5  # reflect padding needs a side > 3; padded to 8, the 1/4-resolution trunk keeps 2 px
 # (max, mean) absolute difference on the [0, 1] output scale that verification accepts.
 # fp32: rounding noise only (7e-7 measured on the vintage generator); fp16 measured 3e-4 max, 6e-5 mean.
 TOLERANCE = {"fp32": (1e-3, 1e-4), "fp16": (0.02, 0.002)}
+# TFLite and OpenVINO files are judged by PSNR against PyTorch fp32 on the [0, 1] scale (peak 1, the same
+# figure as on 8-bit pixels). Measured on the vintage generator (resnet_9blocks) on chelsea.png: TFLite at
+# 256 / 512 px fp32 141 / 132 dB, fp16 weights 94 / 95 dB, int8 dynamic-range 43.7 / 43.5 dB, int8
+# calibrated 39.2 / 40.2 dB (full-integer int8, norms and all: 18 dB, so it is not offered); OpenVINO IR
+# fp32 128 dB, fp16 weights 86 dB.
+PSNR_FLOOR = {"fp32": 50.0, "fp16": 40.0, "int8": 35.0}
 SAMPLE_PHOTO = Path(__file__).resolve().parents[1] / "examples" / "photos" / "chelsea.png"
 
 
@@ -61,24 +71,37 @@ class PixelGraph(nn.Module):
 @dataclass
 class ExportResult:
     path: Path
-    format: str  # "onnx" or "torchscript"
-    precision: str  # "fp32" or "fp16"
+    format: str  # "onnx", "torchscript", "tflite" or "openvino"
+    precision: str  # "fp32", "fp16" or "int8" (TFLite)
     opset: Optional[int]
     verified: bool
     max_diff: Optional[float] = None
     mean_diff: Optional[float] = None
     sample: str = ""
     seconds: float = 0.0
+    psnr: Optional[float] = None  # dB against PyTorch fp32 on the sample, peak 1
+    size: Optional[tuple[int, int]] = None  # (height, width) of a fixed-size (TFLite) file
+    quantization: str = ""  # TFLite int8: "dynamic-range" or "calibrated" (see export_tflite)
+    files: tuple[Path, ...] = ()  # everything written (OpenVINO: the .xml and its .bin)
 
     @property
     def runtime(self) -> str:
-        return "ONNX Runtime" if self.format == "onnx" else "TorchScript"
+        return RUNTIMES[self.format]
+
+    @property
+    def floor(self) -> Optional[float]:
+        return PSNR_FLOOR[self.precision] if self.format in ("tflite", "openvino") else None
+
+    @property
+    def bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.files or (self.path,))
 
 
 def format_of(path: str | Path) -> str:
     fmt = FORMATS.get(Path(path).suffix.lower())
     if fmt is None:
-        raise CycleBatchError(f"{path}: the output must end in .onnx (ONNX) or .pt (TorchScript)")
+        raise CycleBatchError(f"{path}: the output must end in .onnx (ONNX), .pt (TorchScript), "
+                              f".tflite (TFLite / LiteRT) or .xml (OpenVINO IR)")
     return fmt
 
 
@@ -87,22 +110,48 @@ def min_size(net: nn.Module) -> int:
     return max(MIN_SIZE, net.size_multiple // 2 + 1)
 
 
-def contract(net: ResnetGenerator, *, fp16: bool, source: str = "") -> dict[str, str]:
-    """What a user of the file needs to know, stored in it (ONNX metadata_props / TorchScript extra file)."""
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
+    """PSNR in dB between two arrays on a [0, peak] scale (inf when equal, NaN if either has NaN)."""
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * float(np.log10(peak ** 2 / mse))
+
+
+def contract(net: ResnetGenerator, *, fp16: bool = False, source: str = "", precision: Optional[str] = None,
+             size: Optional[tuple[int, int]] = None) -> dict[str, str]:
+    """What a user of the file needs to know, stored in it (ONNX metadata_props, TorchScript extra file,
+    TFLite metadata `cyclebatch`, OpenVINO rt_info `cyclebatch`). `size` (height, width): a fixed-size NHWC
+    file (TFLite); without it, NCHW at any batch and size."""
     c = net.config
-    meta = {
-        "input": f"{INPUT}: float32 [N, 3, H, W], RGB, values in [0, 1] (8-bit pixel / 255); "
-                 f"any N, any H and W >= {min_size(net)}",
-        "output": f"{OUTPUT}: float32 [N, 3, H, W], same N, H, W as the input, RGB, values in [0, 1] "
-                  f"(pixel = round(value * 255))",
-        "input_name": INPUT, "output_name": OUTPUT,
-        "layout": "NCHW", "channel_order": "RGB", "input_range": "[0, 1]", "output_range": "[0, 1]",
-        "padding": f"the graph reflect-pads H and W to a multiple of {net.size_multiple} and crops the output back",
-        "precision": "fp16" if fp16 else "fp32",
+    if size is None:
+        meta = {
+            "input": f"{INPUT}: float32 [N, 3, H, W], RGB, values in [0, 1] (8-bit pixel / 255); "
+                     f"any N, any H and W >= {min_size(net)}",
+            "output": f"{OUTPUT}: float32 [N, 3, H, W], same N, H, W as the input, RGB, values in [0, 1] "
+                      f"(pixel = round(value * 255))",
+            "input_name": INPUT, "output_name": OUTPUT,
+            "layout": "NCHW", "channel_order": "RGB", "input_range": "[0, 1]", "output_range": "[0, 1]",
+            "padding": f"the graph reflect-pads H and W to a multiple of {net.size_multiple} and crops the "
+                       "output back",
+        }
+    else:
+        h, w = size
+        meta = {
+            "input": f"{INPUT}: float32 [1, {h}, {w}, 3], RGB, values in [0, 1] (8-bit pixel / 255); "
+                     f"resize or crop other images to {w}x{h} first",
+            "output": f"{OUTPUT}: float32 [1, {h}, {w}, 3], RGB, values in [0, 1] (pixel = round(value * 255))",
+            "input_name": INPUT, "output_name": OUTPUT,
+            "layout": "NHWC", "channel_order": "RGB", "input_range": "[0, 1]", "output_range": "[0, 1]",
+            "height": str(h), "width": str(w),
+            "padding": f"the graph reflect-pads H and W to a multiple of {net.size_multiple} and crops the "
+                       "output back" if h % net.size_multiple or w % net.size_multiple
+                       else f"none needed (H and W are multiples of {net.size_multiple})",
+        }
+    meta.update({
+        "precision": precision or ("fp16" if fp16 else "fp32"),
         "architecture": c.describe(),
         "source_model": source or str(net.metadata.get("name") or net.metadata.get("source", "")),
         "cyclebatch_version": __version__,
-    }
+    })
     for key in ("direction", "translates"):
         if net.metadata.get(key):
             meta[key] = str(net.metadata[key])
@@ -132,6 +181,31 @@ def _prepared(net: ResnetGenerator, fp16: bool) -> PixelGraph:
         raise CycleBatchError("this generator has InstanceNorm statistics hooks installed (tiling/video); "
                               "export the plain generator")
     return PixelGraph(net.half() if fp16 else net, fp16).eval()
+
+
+def portable_copy(net: nn.Module) -> nn.Module:
+    """An fp32 eval copy of the generator whose norms are plain torch layers, for converters that trace it
+    (TFLite, OpenVINO): cyclebatch's InstanceNorm picks CPU-specific kernels by memory layout (float64
+    partial sums on channels_last input, which TFLite cannot lower), and hooks must not be baked in."""
+    import copy
+
+    net = copy.deepcopy(net).eval().requires_grad_(False).float()
+    if any(getattr(m, "stats_hook", None) is not None for m in net.modules()):
+        raise CycleBatchError("this generator has InstanceNorm statistics hooks installed (tiling/video); "
+                              "export the plain generator")
+
+    def replace(module: nn.Module) -> None:
+        for name, child in module.named_children():
+            if isinstance(child, nn.InstanceNorm2d) and type(child) is not nn.InstanceNorm2d:
+                plain = nn.InstanceNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                          child.track_running_stats)
+                plain.load_state_dict(child.state_dict())
+                setattr(module, name, plain)
+            else:
+                replace(child)
+
+    replace(net)
+    return net
 
 
 def _declare_opset(model, opset: int):
@@ -209,7 +283,16 @@ def export_torchscript(net: ResnetGenerator, path: str | Path, *, fp16: bool = F
 
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The contract stored in an exported file."""
-    if format_of(path) == "onnx":
+    fmt = format_of(path)
+    if fmt == "tflite":
+        from .export_tflite import read_metadata as read_tflite
+
+        return read_tflite(path)
+    if fmt == "openvino":
+        from .export_openvino import read_metadata as read_ir
+
+        return read_ir(path)
+    if fmt == "onnx":
         import onnx
 
         model = onnx.load(str(path), load_external_data=False)
@@ -221,22 +304,40 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 # ---------------------------------------------------------------- verification
 
-def sample_batches(min_side: int = MIN_SIZE) -> tuple[list[np.ndarray], str]:
-    """Two float [0, 1] NCHW batches of different, non-multiple-of-4 sizes, cut from a real photo.
-
-    Sizes grow by a common factor where the smaller crop would be under `min_side` (U-Nets)."""
+def _sample_rgb() -> tuple[np.ndarray, str]:
+    """The verification photo as float [0, 1] HxWx3, and its name."""
     import cv2
 
     if SAMPLE_PHOTO.is_file():
         from .images import read_image
 
         rgb = read_image(SAMPLE_PHOTO).rgb.astype(np.float32) / 255.0
-        name = SAMPLE_PHOTO.name
-    else:  # an installed package without the examples folder: a deterministic, photo-like texture
-        rng = np.random.default_rng(0)
-        rgb = cv2.GaussianBlur(rng.random((300, 400, 3), dtype=np.float32), (0, 0), 6)
-        rgb = (rgb - rgb.min()) / (rgb.max() - rgb.min())
-        name = "a synthetic texture"
+        return rgb, SAMPLE_PHOTO.name
+    # an installed package without the examples folder: a deterministic, photo-like texture
+    rng = np.random.default_rng(0)
+    rgb = cv2.GaussianBlur(rng.random((300, 400, 3), dtype=np.float32), (0, 0), 6)
+    return (rgb - rgb.min()) / (rgb.max() - rgb.min()), "a synthetic texture"
+
+
+def fit(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Scale an HxWx3 float image to cover height x width (area filter when shrinking), crop the centre."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    scale = max(height / h, width / w)
+    size = (max(width, round(w * scale)), max(height, round(h * scale)))
+    small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+    y, x = (size[1] - height) // 2, (size[0] - width) // 2
+    return np.clip(small[y:y + height, x:x + width], 0, 1)
+
+
+def sample_batches(min_side: int = MIN_SIZE) -> tuple[list[np.ndarray], str]:
+    """Two float [0, 1] NCHW batches of different, non-multiple-of-4 sizes, cut from a real photo.
+
+    Sizes grow by a common factor where the smaller crop would be under `min_side` (U-Nets)."""
+    import cv2
+
+    rgb, name = _sample_rgb()
     h, w = rgb.shape[:2]
     f = max(1.0, min_side / 94)
     scale = 192 * f / min(h, w)
@@ -249,9 +350,26 @@ def sample_batches(min_side: int = MIN_SIZE) -> tuple[list[np.ndarray], str]:
     return [np.ascontiguousarray(b, dtype=np.float32) for b in batches], desc
 
 
+def sample_image(height: int, width: int) -> tuple[np.ndarray, str]:
+    """The real photo fitted to height x width, as a float [0, 1] NHWC batch of one (a TFLite input)."""
+    rgb, name = _sample_rgb()
+    return np.ascontiguousarray(fit(rgb, height, width)[None], dtype=np.float32), f"{name} ({width}x{height})"
+
+
 def run_file(path: str | Path, batches: list[np.ndarray]) -> list[np.ndarray]:
-    """Outputs of an exported file, run by ONNX Runtime (CPU) or TorchScript."""
-    if format_of(path) == "onnx":
+    """Outputs of an exported file, run by ONNX Runtime (CPU), TorchScript, LiteRT or OpenVINO (CPU).
+
+    `batches` are float [0, 1] arrays in the file's layout: NCHW, or NHWC of its fixed size for TFLite."""
+    fmt = format_of(path)
+    if fmt == "tflite":
+        from . import export_tflite
+
+        return export_tflite.run(path, batches)
+    if fmt == "openvino":
+        from . import export_openvino
+
+        return export_openvino.run(path, batches)
+    if fmt == "onnx":
         try:
             import onnxruntime as ort
         except ImportError:
@@ -266,18 +384,38 @@ def run_file(path: str | Path, batches: list[np.ndarray]) -> list[np.ndarray]:
         return [module(torch.from_numpy(b)).numpy() for b in batches]
 
 
+@dataclass
+class Verification:
+    max_diff: float  # absolute, on the [0, 1] output scale
+    mean_diff: float
+    psnr: float  # dB, peak 1
+    sample: str  # what was run
+
+
 def verify(path: str | Path, net: ResnetGenerator, *, precision: str = "fp32",
-           name: Optional[str | Path] = None) -> tuple[float, float, str]:
+           name: Optional[str | Path] = None, size: Optional[tuple[int, int]] = None) -> Verification:
     """Run the file on a real photo and compare with the fp32 PyTorch generator.
 
-    Returns (max, mean absolute difference on the [0, 1] scale, what was run); raises CycleBatchError
-    when either exceeds TOLERANCE[precision] or the output has the wrong shape.
+    ONNX and TorchScript must stay within TOLERANCE[precision] (max and mean absolute difference);
+    TFLite and OpenVINO files must reach PSNR_FLOOR[precision]. A fixed-size (TFLite) file is run on the
+    photo fitted to `size` (height, width), the others on two odd-sized batches. Raises CycleBatchError
+    when the file fails either test, does not run, or gives the wrong shape.
     """
     name = name or path  # the file the user asked for, not the temporary one being checked
-    batches, desc = sample_batches(min_size(net))
+    fmt = format_of(path)
+    if size is not None:
+        image, desc = sample_image(*size)
+        batches, layout = [image], "NHWC"
+    else:
+        batches, desc = sample_batches(min_size(net))
+        layout = "NCHW"
     reference = _prepared(net, fp16=False)
     with torch.inference_mode():
-        expected = [reference(torch.from_numpy(b)).numpy() for b in batches]
+        if layout == "NHWC":
+            expected = [reference(torch.from_numpy(b).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+                        for b in batches]
+        else:
+            expected = [reference(torch.from_numpy(b)).numpy() for b in batches]
     try:
         got = run_file(path, batches)
     except CycleBatchError:
@@ -290,35 +428,113 @@ def verify(path: str | Path, net: ResnetGenerator, *, precision: str = "fp32",
         if g.shape != e.shape:
             raise CycleBatchError(f"{name}: verification failed, input {list(b.shape)} gave output "
                                   f"{list(g.shape)} (expected {list(e.shape)})")
-        diffs.append(np.abs(g.astype(np.float64) - e).ravel())
+        diffs.append((np.asarray(g, np.float64) - e).ravel())
     d = np.concatenate(diffs)
-    max_diff, mean_diff = float(d.max()), float(d.mean())
+    mse = float(np.mean(d ** 2))
+    check = Verification(float(np.abs(d).max()), float(np.abs(d).mean()),
+                         float("inf") if mse == 0 else -10 * float(np.log10(mse)), desc)
+    if fmt in ("tflite", "openvino"):
+        floor = PSNR_FLOOR[precision]
+        if not check.psnr >= floor:  # also catches NaN
+            raise CycleBatchError(f"{name}: verification failed: PSNR {check.psnr:.1f} dB against PyTorch fp32 "
+                                  f"on {desc}, below the {floor:g} dB floor for {precision}")
+        return check
     max_tol, mean_tol = TOLERANCE[precision]
-    if not (max_diff <= max_tol and mean_diff <= mean_tol):  # also catches NaN
-        raise CycleBatchError(f"{name}: verification failed: max |diff| {max_diff:.3g} (tolerance {max_tol:g}), "
-                              f"mean {mean_diff:.3g} (tolerance {mean_tol:g}) against PyTorch on {desc}")
-    return max_diff, mean_diff, desc
+    if not (check.max_diff <= max_tol and check.mean_diff <= mean_tol):  # also catches NaN
+        raise CycleBatchError(f"{name}: verification failed: max |diff| {check.max_diff:.3g} (tolerance {max_tol:g}), "
+                              f"mean {check.mean_diff:.3g} (tolerance {mean_tol:g}) against PyTorch on {desc}")
+    return check
 
 
 # ---------------------------------------------------------------- the one call
 
+def parse_size(text: str) -> tuple[int, int]:
+    """"512" or "384x256" (width x height) -> (height, width)."""
+    parts = text.lower().replace(" ", "").split("x")
+    try:
+        w, h = (int(parts[0]), int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+    except (ValueError, IndexError):
+        w = h = -1
+    if len(parts) > 2 or min(w, h) < MIN_SIZE:
+        raise CycleBatchError(f"--size {text}: give N or WxH, each at least {MIN_SIZE}")
+    return h, w
+
+
+def default_size(net: ResnetGenerator) -> tuple[int, int]:
+    """A fixed-size export's (height, width): the model's training size from its metadata, else 256."""
+    try:
+        side = int(net.metadata.get("input_size") or DEFAULT_SIZE)
+    except (TypeError, ValueError):
+        side = DEFAULT_SIZE
+    return side, side
+
+
 def export(net: ResnetGenerator, out: str | Path, *, fp16: bool = False, opset: int = OPSET,
-           check: bool = True, overwrite: bool = False, source: str = "") -> ExportResult:
-    """Export to `out` (.onnx or .pt), verify it, and only then put it in place (atomically)."""
+           check: bool = True, overwrite: bool = False, source: str = "", precision: Optional[str] = None,
+           quantize: Optional[str] = None, calibrate: Optional[str | Path] = None,
+           size: Optional[tuple[int, int]] = None) -> ExportResult:
+    """Export to `out` (.onnx, .pt, .tflite or .xml), verify it, and only then put it in place (atomically).
+
+    precision: "fp32" or "fp16" (`fp16=True` is the same as "fp16"); quantize="int8" (TFLite: dynamic-range,
+    or calibrated int8 activations in the residual blocks when `calibrate` names a folder of images);
+    size (height, width): TFLite's fixed input size, default default_size(net).
+    """
     out = Path(out)
     fmt = format_of(out)
-    if out.exists() and not overwrite:
-        raise CycleBatchError(f"{out}: exists; pass --overwrite to replace it")
-    precision = "fp16" if fp16 else "fp32"
+    precision = precision or ("fp16" if fp16 else "fp32")
+    if precision not in ("fp32", "fp16") or (fp16 and precision != "fp16"):
+        raise CycleBatchError(f"precision {precision!r}{' with fp16' if fp16 else ''}: use fp32 or fp16")
+    if quantize not in (None, "int8"):
+        raise CycleBatchError(f"--quantize {quantize}: only int8 is supported")
+    if fmt != "tflite" and (quantize or calibrate or size):
+        raise CycleBatchError(f"{out}: --quantize, --calibrate and --size apply to .tflite outputs only")
+    if quantize and precision == "fp16":
+        raise CycleBatchError("--quantize int8 replaces the fp32 weights: do not combine it with fp16")
+    if calibrate and not quantize:
+        raise CycleBatchError("--calibrate needs --quantize int8")
+    outputs = [out, out.with_suffix(".bin")] if fmt == "openvino" else [out]
+    for p in outputs:
+        if p.exists() and not overwrite:
+            raise CycleBatchError(f"{p}: exists; pass --overwrite to replace it")
+    if quantize:
+        precision = "int8"
+    if fmt == "tflite":
+        size = size or default_size(net)
+        if min(size) < MIN_SIZE:
+            raise CycleBatchError(f"--size {size[1]}x{size[0]}: each side must be at least {MIN_SIZE}")
     start = time.perf_counter()
-    result = ExportResult(out, fmt, precision, opset if fmt == "onnx" else None, check)
-    meta = contract(net, fp16=fp16, source=source)
-    with atomic_path(out) as tmp:
-        if fmt == "onnx":
-            export_onnx(net, tmp, fp16=fp16, opset=opset, metadata=meta)
-        else:
-            export_torchscript(net, tmp, fp16=fp16, metadata=meta)
-        if check:
-            result.max_diff, result.mean_diff, result.sample = verify(tmp, net, precision=precision, name=out)
+    result = ExportResult(out, fmt, precision, opset if fmt == "onnx" else None, check, size=size,
+                          files=tuple(outputs))
+    meta = contract(net, precision=precision, source=source, size=size)
+    if fmt == "tflite":
+        from . import export_tflite
+
+        result.quantization = ("calibrated" if calibrate else "dynamic-range") if quantize else ""
+        if quantize:
+            meta["quantization"] = export_tflite.QUANTIZATION[result.quantization]
+        with atomic_path(out) as tmp:
+            export_tflite.export_tflite(net, tmp, size=size, precision=precision, calibrate=calibrate,
+                                        metadata=meta)
+            if check:
+                _record(result, verify(tmp, net, precision=precision, name=out, size=size))
+    elif fmt == "openvino":
+        from . import export_openvino
+
+        with export_openvino.atomic_ir(out) as tmp:
+            export_openvino.export_openvino(net, tmp, fp16=precision == "fp16", metadata=meta)
+            if check:
+                _record(result, verify(tmp, net, precision=precision, name=out))
+    else:
+        with atomic_path(out) as tmp:
+            if fmt == "onnx":
+                export_onnx(net, tmp, fp16=precision == "fp16", opset=opset, metadata=meta)
+            else:
+                export_torchscript(net, tmp, fp16=precision == "fp16", metadata=meta)
+            if check:
+                _record(result, verify(tmp, net, precision=precision, name=out))
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _record(result: ExportResult, v: Verification) -> None:
+    result.max_diff, result.mean_diff, result.psnr, result.sample = v.max_diff, v.mean_diff, v.psnr, v.sample

@@ -1,0 +1,112 @@
+"""OpenVINO IR export: `openvino.convert_model` on the PyTorch module itself (no ONNX in between).
+
+The IR (`NAME.xml` with its weights in `NAME.bin` beside it) has the ONNX export's contract: float32 RGB in
+[0, 1], NCHW, any batch, height and width (input `image`), the same size out (output `translated`); the
+graph reflect-pads to a multiple of 4 and crops back itself. The contract is also stored in the IR's
+rt_info under `cyclebatch` (read_metadata). `--fp16` stores the weights as float16 (OpenVINO's weight
+compression; it computes in float32 or bf16 as the device decides). Install with
+`pip install 'cyclebatch[openvino]'`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import CycleBatchError
+
+EXTRA = "pip install 'cyclebatch[openvino]'"
+RT_INFO = "cyclebatch"
+
+
+def _openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise CycleBatchError(f"OpenVINO export needs openvino: {EXTRA}") from None
+    return openvino
+
+
+def bin_path(xml: str | Path) -> Path:
+    return Path(xml).with_suffix(".bin")
+
+
+@contextlib.contextmanager
+def atomic_ir(path: str | Path) -> Iterator[Path]:
+    """Like fileio.atomic_path for the two files of an IR: yields a temporary .xml name (its .bin beside
+    it); on success the .bin and then the .xml are renamed into place; on failure both are removed."""
+    from .fileio import temp_name
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(path)
+    try:
+        yield tmp
+        for p in (bin_path(tmp), tmp):
+            with open(p, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(bin_path(tmp), bin_path(path))
+        os.replace(tmp, path)  # last: an .xml in place means its .bin is too
+    except BaseException:
+        for p in (tmp, bin_path(tmp)):
+            with contextlib.suppress(OSError):
+                p.unlink()
+        raise
+
+
+def export_openvino(net: nn.Module, path: str | Path, *, fp16: bool = False,
+                    metadata: Optional[dict] = None) -> None:
+    """Write `path` (.xml) and its .bin with dynamic batch, height and width (no verification)."""
+    from .export import INPUT, OUTPUT, PixelGraph, contract, portable_copy
+
+    ov = _openvino()
+    graph = PixelGraph(portable_copy(net)).eval()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # Traced: the tracer records the padding's size arithmetic, so any H and W work (checked by
+            # verification on odd sizes). torch.export instead leaves a Python `mod` the frontend rejects.
+            model = ov.convert_model(graph, example_input=torch.rand(1, 3, 64, 64),
+                                     input=[ov.PartialShape([-1, 3, -1, -1])])
+    except Exception as e:
+        text = str(e).strip().splitlines()
+        raise CycleBatchError(f"OpenVINO conversion failed: {text[0] if text else type(e).__name__}") from None
+    model.inputs[0].get_tensor().set_names({INPUT})
+    model.outputs[0].get_tensor().set_names({OUTPUT})
+    model.set_friendly_name("cyclebatch_generator")
+    for key, value in (metadata or contract(net, precision="fp16" if fp16 else "fp32")).items():
+        model.set_rt_info(str(value), [RT_INFO, key])
+    # compress_to_fp16 defaults to True in save_model: say what was asked.
+    ov.save_model(model, str(path), compress_to_fp16=fp16)
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The contract stored in an IR's rt_info by cyclebatch ({} if none)."""
+    ov = _openvino()
+    model = ov.Core().read_model(str(path))
+    if not model.has_rt_info([RT_INFO]):
+        return {}
+    return {key: model.get_rt_info([RT_INFO, key]).astype(str) for key in model.get_rt_info()[RT_INFO]}
+
+
+def compile_model(path: str | Path, precision: str = "f32", threads: Optional[int] = None):
+    """The IR compiled for the CPU. precision: "f32" (what verification uses: the file's own fidelity,
+    the same on every CPU) or "bf16" (OpenVINO's default on CPUs with native bf16)."""
+    ov = _openvino()
+    config = {"INFERENCE_PRECISION_HINT": precision}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    return ov.Core().compile_model(str(path), "CPU", config)
+
+
+def run(path: str | Path, batches: list[np.ndarray]) -> list[np.ndarray]:
+    """Outputs of the IR for float [0, 1] NCHW batches, on the CPU in float32."""
+    compiled = compile_model(path)
+    return [np.asarray(compiled(b)[0]) for b in batches]
