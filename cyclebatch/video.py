@@ -34,7 +34,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 
 from .errors import CycleBatchError
-from .fileio import TMP_MARK, atomic_path, sweep_dead_temps_of, temp_name
+from .fileio import TMP_MARK, atomic_path, location_problem, sweep_dead_temps_of, temp_name
 from .images import IMAGE_SUFFIXES, read_image
 
 DEFAULT_FOLDER_FPS = 25
@@ -595,6 +595,11 @@ def translate_video(src: str | Path, dst: str | Path, translator, *, codec: str 
                 ctx.__exit__(type(e), e, e.__traceback__)
                 raise
             ctx.__exit__(None, None, None)
+    except OSError as e:  # a full disk or a read-only folder: one line; the partial output is already gone
+        problem = location_problem(e, dst)
+        if problem is None:
+            raise
+        raise CycleBatchError(f"{problem}; {dst} was not written") from None
     finally:
         source.close()
     return VideoResult(n, time.perf_counter() - t0, dst, cuts)

@@ -95,3 +95,30 @@ def test_fifos_and_devices_are_named_for_what_they_are_and_never_opened(tmp_path
     assert any("/dev/null" in ln and "character device" in ln for ln in lines)
     assert "empty file" not in r.stderr
     assert len(list((tmp_path / "out").rglob("*.png"))) == 2
+
+
+class Identity:
+    """Stands in for the model: the video's writing is what is tested."""
+
+    def auto_batch_size(self, h, w):
+        return 4
+
+    def translate_batch(self, frames, listener=None):
+        return [f.copy() for f in frames]
+
+
+@pytest.mark.parametrize("target", ["out.mp4", "frames"])
+def test_video_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, target):
+    from conftest import ROOT
+    from cyclebatch import CycleBatchError, video
+
+    def full(self, frames):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(video.VideoSink if target.endswith(".mp4") else video.FolderSink, "write", full)
+    dst = tmp_path / "o" / target
+    with pytest.raises(CycleBatchError, match="No space left on device.*was not written") as e:
+        video.translate_video(ROOT / "examples" / "clip.mp4", dst, Identity(), duration=0.3, stabilize=False)
+    assert "\n" not in str(e.value) and "MiB free" in str(e.value)
+    leftovers = list(dst.parent.iterdir()) if dst.parent.exists() else []
+    assert leftovers == []  # no output, no temporary file or folder
