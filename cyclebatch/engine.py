@@ -355,7 +355,11 @@ class Translator:
                 outs.append(self.translate_tiled(im))
             return ("done", outs)
 
-        parts = self.run_passes(images, shape[0], shape[1], self._launch, tiled, listener)
+        launch = self._launch
+        if listener is not None:  # settle each pass (and any fp32 re-run) before the listener hears of the next
+            def launch(chunk):
+                return ("done", self._collect(chunk, [self._launch(chunk)]))
+        parts = self.run_passes(images, shape[0], shape[1], launch, tiled, listener)
         return Pending(self, images, parts)
 
     def run_passes(self, items: Sequence, height: int, width: int, launch: Callable[[Sequence], object],

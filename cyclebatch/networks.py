@@ -91,7 +91,8 @@ STATS_ROWS = 4096
 def instance_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample, per-channel mean and biased variance, as InstanceNorm computes them, in fp32, [N, C, 1, 1]."""
     n, c, h, w = x.shape
-    if not (_nhwc_on_cpu(x) and h * w > 1):
+    # Compiled graphs drop batch_norm_update_stats' writes into its buffers (outputs 127 levels off): var_mean.
+    if not (_nhwc_on_cpu(x) and h * w > 1) or torch.compiler.is_compiling():
         var, mean = torch.var_mean(x.float(), dim=(2, 3), keepdim=True, unbiased=False)
         return mean, var
     # var_mean strides across channels_last memory (8x slower); batch_norm reads each image's [H*W, C]

@@ -265,3 +265,39 @@ def test_torchrun_puts_each_rank_on_its_own_gpu(monkeypatch, asked, expected):
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
     assert setup(asked) == ((3, 4), expected)
+
+
+def test_instance_statistics_stay_right_inside_a_compiled_graph():
+    """--compile on CPU keeps channels_last; a compiled graph dropped the in-place statistics writes."""
+    from cyclebatch.networks import instance_stats
+
+    torch.manual_seed(1)
+    x = (torch.randn(1, 16, 40, 52) * 3 + 1).contiguous(memory_format=torch.channels_last)
+    ref_var, ref_mean = torch.var_mean(x, dim=(2, 3), keepdim=True, unbiased=False)
+    with torch.inference_mode():
+        mean, var = torch.compile(instance_stats, backend="aot_eager")(x)
+    torch.testing.assert_close(mean, ref_mean, rtol=0, atol=1e-5)
+    torch.testing.assert_close(var, ref_var, rtol=1e-5, atol=1e-5)
+
+
+def test_with_a_listener_each_pass_is_settled_before_the_next_begins(monkeypatch):
+    """Video's shared statistics restore the state saved at `begin` for an fp32 re-run: the re-run of a
+    pass must come before the next pass's `begin`, or it would start from the wrong state."""
+    net = tiny_generator()
+    with torch.no_grad():
+        net.model[1].weight.mul_(1e6)  # fp16 overflows on every image (see the test above)
+    tr = Translator(net, device="cpu", precision="fp16", batch_size=2, notify=lambda m: None)
+    events = []
+
+    class Listener:
+        def begin(self, images):
+            events.append(("begin", len(images)))
+
+        def abort(self):
+            events.append(("abort",))
+
+    real = tr._rerun_fp32
+    monkeypatch.setattr(tr, "_rerun_fp32", lambda chunk: (events.append(("rerun", len(chunk))), real(chunk))[1])
+    out = tr.translate_batch(photos(4), listener=Listener())
+    assert len(out) == 4
+    assert events == [("begin", 2), ("rerun", 2), ("begin", 2), ("rerun", 2)]
