@@ -158,8 +158,9 @@ class _NormHook:
         if w is None or w.shape[0] != mean.shape[0]:  # not announced by `begin` (per-tile passes): plain IN
             return mean, var
         w = w.view(*w.shape, 1, 1, 1)
-        # Elementwise and summed, not a matmul: autocast would run a matmul in fp16.
-        means = (w * torch.cat([self.base[0], mean.float()]).unsqueeze(0)).sum(1)
-        vars_ = (w * torch.cat([self.base[1], var.float()]).unsqueeze(0)).sum(1)
+        # Elementwise and summed, not a matmul: autocast would run a matmul in fp16. A weight of 0 takes
+        # nothing, not even a NaN (0 * NaN is NaN): statistics that overflowed once restart at the next cut.
+        means = torch.where(w != 0, w * torch.cat([self.base[0], mean.float()]).unsqueeze(0), 0).sum(1)
+        vars_ = torch.where(w != 0, w * torch.cat([self.base[1], var.float()]).unsqueeze(0), 0).sum(1)
         self.state = (means[-1:], vars_[-1:])
         return means, vars_

@@ -16,6 +16,8 @@ a writer thread encodes and muxes. Decisions:
 - Output: written under a temporary name and renamed at the end (also for a folder of frames).
 - Statistics: shared across the frames of a shot by default (stabilize.py), tiled frames included;
   `stabilize=False` gives every frame its own, as a still image gets.
+- GPU: on CUDA frames travel as yuv420p and are converted next to the model (colour.py, `_DevicePath`);
+  on a CPU FFmpeg converts. A compiled model sees one batch shape (the last batch is padded).
 """
 
 from __future__ import annotations

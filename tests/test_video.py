@@ -728,3 +728,18 @@ def test_nvenc_options_follow_crf_and_preset():
     assert encoder_options("libx264", 18, "slow") == {"crf": "18", "preset": "slow"}
     with pytest.raises(CycleBatchError, match="--preset turbo: not a preset for h264_nvenc"):
         encoder_options("h264_nvenc", 18, "turbo")
+
+
+def test_statistics_that_overflowed_restart_at_the_next_cut():
+    """fp16 can overflow a pass's statistics to inf/NaN; a cut must start afresh, not carry the NaN on."""
+    tr = Translator(tiny_generator(3), device="cpu", precision="fp32", batch_size=2)
+    a = fading(2)
+    b = (255 - a[0]).astype(np.uint8)
+    with StableStats(tr) as stable:
+        tr.translate_batch(a, listener=stable)
+        for h in stable.hooks:  # what an overflowed pass leaves behind
+            h.state = (torch.full_like(h.state[0], float("nan")), torch.full_like(h.state[1], float("inf")))
+        out = tr.translate_batch([b, b], listener=stable)
+    assert stable.cuts == [True, False]
+    own = tr.translate(b).astype(int)
+    assert all(np.abs(o.astype(int) - own).max() <= 1 for o in out)
