@@ -4,6 +4,7 @@ Every file is run in its own runtime, loaded here directly rather than through c
 compared with the PyTorch generator.
 """
 
+import importlib.util
 import shutil
 
 import numpy as np
@@ -18,9 +19,9 @@ from cyclebatch.checkpoints import save_generator
 from cyclebatch.errors import CycleBatchError
 from cyclebatch.networks import pad_to_multiple
 
-litert = pytest.importorskip("ai_edge_litert.interpreter",
-                             reason="the tflite extra is not installed: pip install 'cyclebatch[tflite]'")
-pytest.importorskip("litert_torch", reason="the tflite extra is not installed: pip install 'cyclebatch[tflite]'")
+HAVE_TFLITE = all(importlib.util.find_spec(m) for m in ("litert_torch", "ai_edge_litert", "ai_edge_quantizer"))
+needs_tflite = pytest.mark.skipif(not HAVE_TFLITE, reason="the tflite extra is not installed: "
+                                                          "pip install 'cyclebatch[tflite]'")
 
 SIZE = (62, 50)  # (height, width) of the fp32 file: neither a multiple of 4, not square
 SMALL = (48, 48)
@@ -52,7 +53,9 @@ def photo(h, w) -> np.ndarray:
 
 
 def run_tflite(path, x: np.ndarray) -> tuple[np.ndarray, dict]:
-    it = litert.Interpreter(model_path=str(path), num_threads=2)
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path), num_threads=2)
     it.allocate_tensors()
     (inp,), (out,) = it.get_input_details(), it.get_output_details()
     it.set_tensor(inp["index"], x)
@@ -98,6 +101,7 @@ def test_conv_transpose_rewrite_is_exact():
     assert not any(isinstance(m, nn.ConvTranspose2d) and any(m.padding) for m in net.modules())
 
 
+@needs_tflite
 def test_tflite_fp32_runs_in_litert_and_matches_pytorch(tflite_fp32):
     path, result = tflite_fp32
     assert result.verified and result.format == "tflite" and result.runtime == "LiteRT" and path.is_file()
@@ -112,6 +116,7 @@ def test_tflite_fp32_runs_in_litert_and_matches_pytorch(tflite_fp32):
     assert psnr(y, want) > 80
 
 
+@needs_tflite
 def test_tflite_file_carries_the_contract(tflite_fp32):
     path, _ = tflite_fp32
     meta = ex.read_metadata(path)
@@ -122,6 +127,7 @@ def test_tflite_file_carries_the_contract(tflite_fp32):
     assert meta["architecture"].startswith("resnet_2blocks, ngf 8")
 
 
+@needs_tflite
 def test_tflite_fp16_halves_the_weights_and_stays_close(tflite_fp32, tmp_path):
     fp32_path, fp32 = tflite_fp32
     path = tmp_path / "tiny16.tflite"
@@ -137,6 +143,7 @@ def test_tflite_fp16_halves_the_weights_and_stays_close(tflite_fp32, tmp_path):
     assert 40 < psnr(y, want) < 110  # close, and not the fp32 file (which gives 130+)
 
 
+@needs_tflite
 def test_tflite_int8_calibrated_is_smaller_and_above_its_floor(tflite_fp32, tmp_path):
     fp32_path, _ = tflite_fp32
     photos = tmp_path / "calib"
@@ -170,6 +177,7 @@ def test_calibration_folder_skips_unreadable_images_and_needs_one(tmp_path):
         export_tflite.calibration_images(folder, (40, 30))
 
 
+@needs_tflite
 def test_tflite_failed_verification_leaves_no_file(tflite_fp32, tmp_path, monkeypatch):
     # The "converter" writes another network's file: verification must catch it and keep nothing.
     other, _ = tflite_fp32
@@ -180,6 +188,7 @@ def test_tflite_failed_verification_leaves_no_file(tflite_fp32, tmp_path, monkey
     assert list(out.parent.iterdir()) == []
 
 
+@needs_tflite
 def test_tflite_of_the_wrong_size_fails_verification(tflite_fp32, tmp_path, monkeypatch):
     other, _ = tflite_fp32
     monkeypatch.setattr(export_tflite, "export_tflite", lambda net, path, **kw: shutil.copyfile(other, path))
@@ -201,6 +210,7 @@ def test_missing_extra_names_it_in_one_line(fmt, module, extra, tmp_path, monkey
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
 
 
+@needs_tflite
 def test_cli_exports_int8_tflite_at_the_models_size_and_checks_options(tmp_path):
     net = tiny_generator(2)
     save_generator(net, "tiny.safetensors", {"input_size": 44})
