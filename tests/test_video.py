@@ -497,7 +497,9 @@ def test_out_of_memory_mid_video_keeps_every_frame_and_the_shared_statistics(tmp
     (failed, pts), (clean, clean_pts), (own, _) = outs[True, True], outs[False, True], outs[False, False]
     assert pts == clean_pts == [i * 1001 for i in range(24)]  # every frame, same timestamps
     for a, b in zip(failed, clean):
-        assert np.abs(a - b).max() <= 1
+        # Smaller passes take other oneDNN kernels in bf16 (a level here and there, carried by the shared
+        # statistics); a lost or doubled state shows as 16-23 levels.
+        assert np.abs(a - b).max() <= 6 and np.abs(a - b).mean() < 0.1
     assert np.abs(clean[20] - own[20]).mean() > 3  # and those are shared statistics, not each frame's own
     assert sum(converted) == (24 * 3 + 8 + 4 if on_device else 0)  # the failed passes' frames too
 
