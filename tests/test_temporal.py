@@ -40,6 +40,13 @@ def clip(n=24, seed=0, flicker=True):
     return frames, per_frame, masks
 
 
+@pytest.fixture(scope="module")
+def stabilised():
+    """The flickering clip and the stabiliser's output, computed once for the tests that only look."""
+    frames, per_frame, masks = clip()
+    return frames, per_frame, masks, run(FlowStabilizer(), frames, per_frame)
+
+
 def run(stab, frames, per_frame, cuts=None):
     cuts = cuts or [None] * len(frames)
     return [stab(f, p, c) for f, p, c in zip(frames, per_frame, cuts)]
@@ -52,9 +59,8 @@ def frame_flicker(seq, frames, region):
     return np.mean([((b - a) ** 2).sum(axis=2)[region].mean() for a, b in zip(r, r[1:])])
 
 
-def test_static_background_stops_flickering():
-    frames, per_frame, _ = clip()
-    out = run(FlowStabilizer(), frames, per_frame)
+def test_static_background_stops_flickering(stabilised):
+    frames, per_frame, _, out = stabilised
     away = np.zeros((H, W), bool)
     away[4:TOP - 8, 4:-4] = away[TOP + SIDE + 8:-4, 4:-4] = True  # never near the object
     before, after = frame_flicker(per_frame, frames, away), frame_flicker(out, frames, away)
@@ -66,9 +72,8 @@ def test_static_background_stops_flickering():
     assert abs(bias) < 1.0  # no drift of the tone
 
 
-def test_occluded_and_disoccluded_pixels_take_the_current_frame():
-    frames, per_frame, masks = clip()
-    out = run(FlowStabilizer(), frames, per_frame)
+def test_occluded_and_disoccluded_pixels_take_the_current_frame(stabilised):
+    frames, per_frame, masks, out = stabilised
     uncovered, covered = [], []
     for t in range(3, len(frames)):
         diff = np.abs(out[t].astype(np.float32) - per_frame[t]).max(axis=2)
@@ -79,9 +84,8 @@ def test_occluded_and_disoccluded_pixels_take_the_current_frame():
     assert np.mean(covered) < 3 and max(covered) < 6, covered
 
 
-def test_moving_object_is_stabilised_too():
-    frames, per_frame, _ = clip()
-    out = run(FlowStabilizer(), frames, per_frame)
+def test_moving_object_is_stabilised_too(stabilised):
+    frames, per_frame, _, out = stabilised
 
     def inside(seq, t):  # the object's interior, away from its edges, in the object's own coordinates
         x = 4 + SPEED * t + 8
@@ -120,7 +124,7 @@ def test_state_does_not_grow_with_the_video():
 
 
 def test_no_flicker_no_change_and_bad_input():
-    frames, per_frame, _ = clip(flicker=False)
+    frames, per_frame, _ = clip(n=10, flicker=False)
     out = run(FlowStabilizer(), frames, per_frame)
     # A translation without flicker comes through (almost) untouched: nothing is smoothed away.
     assert np.mean([np.abs(o.astype(np.int16) - p).mean() for o, p in zip(out, per_frame)]) < 1.0
@@ -130,7 +134,7 @@ def test_no_flicker_no_change_and_bad_input():
 
 def test_threads_give_the_same_result():
     """One stabiliser per video; two running in threads (as the writer thread will) do not interfere."""
-    clips = [clip(seed=s) for s in (0, 1)]
+    clips = [clip(n=8, seed=s) for s in (0, 1)]
     alone = [run(FlowStabilizer(), f, p) for f, p, _ in clips]
     got = [None, None]
 
