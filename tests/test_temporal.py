@@ -1,6 +1,7 @@
 """temporal.py: the flow stabiliser on a synthetic clip, and the warping-error measure it is judged by."""
 
 import threading
+import tracemalloc
 
 import cv2
 import numpy as np
@@ -66,7 +67,8 @@ def test_static_background_stops_flickering(stabilised):
     before, after = frame_flicker(per_frame, frames, away), frame_flicker(out, frames, away)
     assert after < before / 10, (before, after)
     # The look is kept: the tone curve is still there, only its frame-to-frame noise is gone.
-    look = lambda seq: np.mean([np.abs(o.astype(np.float32) - f)[away].mean() for o, f in zip(seq, frames)])  # noqa: E731
+    look = lambda seq: np.mean([np.abs(o.astype(np.float32) - f)[away].mean()  # noqa: E731
+                                for o, f in zip(seq, frames)])
     assert look(out) > 0.9 * look(per_frame)
     bias = np.mean([(o.astype(np.float32) - p)[away].mean() for o, p in zip(out, per_frame)])
     assert abs(bias) < 1.0  # no drift of the tone
@@ -103,7 +105,7 @@ def test_a_cut_restarts_from_the_current_translation():
     run(stab, frames[:6], per_frame[:6])
     assert not np.array_equal(stab(frames[6], per_frame[6], False), per_frame[6])
     assert np.array_equal(stab(other_frames[0], other[0], True), other[0])  # told: a cut
-    # The same scene again, not told: the textures do not match, so the flow finds no trustworthy pixel.
+    # The first scene again, not told, and the same colours: the warped input matches almost nowhere.
     stab(other_frames[1], other[1], False)
     assert np.array_equal(stab(frames[7], per_frame[7], False), per_frame[7])
     # cut=None: the colour-histogram detector decides
@@ -117,10 +119,22 @@ def test_state_does_not_grow_with_the_video():
     stab = FlowStabilizer()
     run(stab, frames[:5], per_frame[:5])
     early = stab.state_bytes
-    run(stab, frames[5:], per_frame[5:])
-    assert stab.state_bytes == early
-    # one input, one translation-sized residual, the flow grids: nothing per frame
+    # one input, one translation-sized change, the pixel grids: nothing per frame
     assert early < 3 * H * W * (1 + 4) + 2 * H * W * 4 * 2 + 4096
+    tracemalloc.start()
+    try:
+        run(stab, frames[5:10], per_frame[5:10])
+        before = tracemalloc.get_traced_memory()[0]
+        run(stab, frames[10:], per_frame[10:])
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert stab.state_bytes == early
+    assert grown < 3 * H * W  # 18 more frames, not even one frame's worth more held
+    # Another size starts afresh and holds only that size.
+    small = [f[::2, ::2].copy() for f in frames[:3]]
+    out = run(stab, small, [p[::2, ::2].copy() for p in per_frame[:3]])
+    assert np.array_equal(out[0], per_frame[0][::2, ::2]) and stab.state_bytes < early
 
 
 def test_no_flicker_no_change_and_bad_input():
