@@ -42,6 +42,7 @@ Figures (O an output, I the input):
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import subprocess
 import sys
@@ -352,13 +353,17 @@ def main() -> None:
     ap.add_argument("--precision", default="bf16")
     ap.add_argument("--cache", type=Path, default=None, help="keep translations here between runs")
     ap.add_argument("--translate-only", action="store_true")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="FlowStabilizer settings to try, e.g. memory=0.8 tolerance=(12,48) flow_side=192")
     ap.add_argument("--speed-rounds", type=int, nargs=2, default=[8, 3], metavar=("AT_256", "AT_720P"),
                     help="frames timed at 256x256 and at 1280x720 (0: skip)")
     args = ap.parse_args()
 
+    settings = {k: ast.literal_eval(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     model, label = model_or_random(args.model)
     tr = Translator(model, device="cpu", precision=args.precision)
-    print(f"model {label}, {tr.precision} on {tr.device}; targets against off: {TARGETS}")
+    print(f"model {label}, {tr.precision} on {tr.device}; stabiliser {settings or 'defaults'}; "
+          f"targets against off: {TARGETS}")
     for spec in args.clips:
         clip = parse_clip(spec)
         frames, rate = clip.frames()
@@ -371,8 +376,8 @@ def main() -> None:
         cuts = shot_cuts(frames)
         m = Measure(frames, rate, cuts)
         outputs, notes = {"off": per_frame, "stats": shared}, {}
-        outputs["flow"], notes["flow"] = stabilised(frames, per_frame, cuts)
-        outputs["flow+stats"], notes["flow+stats"] = stabilised(frames, shared, cuts)
+        outputs["flow"], notes["flow"] = stabilised(frames, per_frame, cuts, **settings)
+        outputs["flow+stats"], notes["flow+stats"] = stabilised(frames, shared, cuts, **settings)
         if clip.path.resolve() == (ROOT / "examples" / "clip.mp4").resolve() and clip.first == 0 and not clip.count:
             outputs["no flicker"] = flicker_free_example(tr)
         report(clip.name, m, outputs, notes)
@@ -382,7 +387,7 @@ def main() -> None:
     print(f"\nspeed (Big Buck Bunny frames; the model one frame a pass, as video runs on CPU):")
     for size, rounds in zip([(256, 256), (1280, 720)], args.speed_rounds):
         if rounds:
-            speed(tr, bunny, size, rounds + 1)
+            speed(tr, bunny, size, rounds + 1, **settings)
 
 
 if __name__ == "__main__":
