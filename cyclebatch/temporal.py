@@ -22,8 +22,8 @@ Measured (benchmarks/bench_temporal.py, vintage generator, bf16 on CPU; ratios a
 translation): E_warp of R 0.23x / 0.16x / 0.25x on carphone / bikes / examples/clip.mp4 (shared statistics:
 0.69x / 0.93x / 0.84x), excess E_warp of O 0.03x / 0.21x / below the input's own, PSNR against per-frame
 on the pixels hidden in the previous frame 38.2 / 42.3 / 37.4 dB, drift 0.55 / 0.15 / 0.33 L*, look
-0.94x / 0.91x / 0.94x; 19 ms a frame at 256x256 and 68 ms at 1280x720 against the model's 320 ms and
-5.8 s on 2 CPU cores. Run on the shared-statistics output instead it drifts more (1.11 L* on carphone)
+0.94x / 0.91x / 0.94x; 14 ms a frame at 256x256 and 52 ms at 1280x720 against the model's 0.30 s and
+4.9 s on 2 CPU cores (0.96x and 0.99x of per-frame frames/s with the stabiliser run inline). Run on the shared-statistics output instead it drifts more (1.11 L* on carphone)
 and trails more (34.1 dB on bikes): the two do not combine.
 
 The measure's core (visibility, pair geometry and E_warp of Lai et al. 2018) is here too, so that tests
