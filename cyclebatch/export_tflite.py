@@ -67,8 +67,9 @@ def _interpreter_class():
 def quiet() -> Iterator[None]:
     """Silence the converter: its progress lines, Python warnings and the native libraries' log lines
     (absl, XNNPACK, torchao), which write to the process's stdout and stderr file descriptors directly."""
-    os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env = {"LITERT_TORCH_SHOW_PROGRESS": "n", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    before = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
@@ -91,6 +92,11 @@ def quiet() -> Iterator[None]:
             for fd, copy_fd in saved:
                 os.dup2(copy_fd, fd)
                 os.close(copy_fd)
+            for key, value in before.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 # ---------------------------------------------------------------- the graph
