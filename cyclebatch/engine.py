@@ -20,7 +20,7 @@ from typing import Callable, Optional, Protocol, Sequence
 import numpy as np
 import torch
 
-from .errors import CycleBatchError
+from .errors import CycleBatchError, is_out_of_memory
 from .networks import ResnetGenerator, full_frame_only, pad_to_multiple, with_batchnorm_mode
 
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
@@ -75,10 +75,6 @@ def use_channels_last(device: torch.device, compiled: bool) -> bool:
     InstanceNorm and reflection padding hand back NCHW, so channels_last would convert at every layer;
     only a compiled graph, whose kernels inductor generates for the layout, keeps it end to end."""
     return device.type == "cpu" or (device.type == "cuda" and compiled)
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
 
 
 def device_free_bytes(device: torch.device) -> int:

@@ -30,8 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import CycleBatchError
-from .engine import is_out_of_memory
+from .errors import CycleBatchError, is_out_of_memory
 from .networks import InstanceNorm, ResnetBlock, ResnetGenerator, instance_stats
 
 STATS_MODES = ("exact", "per-tile")

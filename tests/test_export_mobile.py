@@ -17,7 +17,7 @@ from cyclebatch import export as ex
 from cyclebatch import export_openvino, export_tflite
 from cyclebatch.checkpoints import save_generator
 from cyclebatch.errors import CycleBatchError
-from cyclebatch.networks import pad_to_multiple
+from test_export import reference
 
 HAVE_TFLITE = all(importlib.util.find_spec(m) for m in ("litert_torch", "ai_edge_litert", "ai_edge_quantizer"))
 needs_tflite = pytest.mark.skipif(not HAVE_TFLITE, reason="the tflite extra is not installed: "
@@ -25,15 +25,6 @@ needs_tflite = pytest.mark.skipif(not HAVE_TFLITE, reason="the tflite extra is n
 
 SIZE = (62, 50)  # (height, width) of the fp32 file: neither a multiple of 4, not square
 SMALL = (48, 48)
-
-
-def reference(net, x: np.ndarray) -> np.ndarray:
-    """The generator on [0, 1] NCHW pixels, written independently of export.PixelGraph."""
-    t = torch.from_numpy(x) * 2 - 1
-    padded, (h, w) = pad_to_multiple(t, 4)
-    with torch.no_grad():
-        y = net.eval()(padded)[..., :h, :w]
-    return ((y + 1) / 2).numpy()
 
 
 def nhwc_reference(net, x: np.ndarray) -> np.ndarray:
