@@ -13,7 +13,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 # Settings that do not change what is learned: a resumed run takes these from the new call,
 # everything else from the checkpoint (so a resume cannot silently change the experiment).
-RUNTIME_FIELDS = ("data_a", "data_b", "runs_dir", "device", "precision", "workers", "max_iterations",
+RUNTIME_FIELDS = ("data_a", "data_b", "val_a", "val_b", "runs_dir", "device", "precision", "workers", "max_iterations",
                   "resume", "progress")
 
 
@@ -30,6 +30,9 @@ class TrainConfig:
     ndf: int = 64
     d_layers: int = 3
     init_from: Optional[str] = None  # any model the registry can load: fine-tune its generator(s)
+    # held-out images (a few per domain) translated at every epoch end into the sample grids
+    val_a: str = ""
+    val_b: str = ""
     # data: resize to 286, random crop 256, random horizontal flip, B drawn at random
     preprocess: str = "resize_and_crop"
     load_size: int = 286
@@ -94,6 +97,8 @@ class TrainConfig:
         for name in ("batch_size", "ngf", "ndf", "n_blocks", "d_layers", "save_every", "latest_every", "log_every"):
             if getattr(self, name) < 1:
                 bad(f"{name} must be at least 1, not {getattr(self, name)}")
+        if bool(self.val_a) != bool(self.val_b):
+            bad("give both held-out folders (--val-a and --val-b), or neither")
         if self.epochs < 0 or self.decay_epochs < 0 or self.total_epochs < 1:
             bad("epochs + decay epochs must be at least 1")
         if self.lr <= 0 or self.lambda_cycle < 0 or self.lambda_identity < 0 or self.pool_size < 0:

@@ -180,3 +180,37 @@ def make_loader(dataset: UnpairedDataset, epoch: int, start: int, workers: int, 
         # its own generator: creating an iterator must not draw from the global RNG (exact resume)
         generator=torch.Generator().manual_seed(dataset.config.seed + epoch),
     )
+
+
+HELD_OUT_LIMIT = 4  # images per domain: enough rows to judge, few enough for a grid a person reads
+
+
+def centre_square(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Shorter side resized to `size` (aspect kept), then the centre size x size: no randomness at all."""
+    h, w = rgb.shape[:2]
+    scale = size / min(h, w)
+    new = (max(size, round(w * scale)), max(size, round(h * scale)))
+    if new != (w, h):
+        rgb = np.asarray(Image.fromarray(rgb).resize(new, Image.BICUBIC))
+    h, w = rgb.shape[:2]
+    y, x = (h - size) // 2, (w - size) // 2
+    return np.ascontiguousarray(rgb[y:y + size, x:x + size])
+
+
+def held_out_images(folder: str | Path, size: int, warn: Callable[[str], None],
+                    limit: int = HELD_OUT_LIMIT) -> list[np.ndarray]:
+    """The first `limit` readable images of a held-out folder, centre squares of `size` px: the same
+    inputs every epoch, so the sample grids show progress rather than a new random crop."""
+    files = find_images(folder)
+    out = []
+    for path in files:
+        if len(out) == limit:
+            break
+        try:
+            out.append(centre_square(load_rgb8(path), size))
+        except Exception as e:  # one unreadable file costs a row of the grid, not the run
+            warn(f"held-out image skipped: {e}" if isinstance(e, CycleBatchError)
+                 else f"held-out image skipped: {path}: {type(e).__name__}: {e}")
+    if not out:
+        raise CycleBatchError(f"{folder}: none of its {len(files)} held-out image files can be read")
+    return out

@@ -1,5 +1,5 @@
-"""What a run shows and leaves behind besides weights: losses.csv, losses.png, sample grids, TensorBoard,
-the progress bar."""
+"""What a run shows and leaves behind besides weights: losses.csv (and the plot drawn from it), sample
+grids, the progress bar. plot.py draws, board.py writes TensorBoard, status.py and page.py say where a run is."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from typing import Optional
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from ..fileio import atomic_path
+from .board import Board, have_tensorboard
+from .plot import have_matplotlib, plot_losses
 
 LOSS_NAMES = ("D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B")
 COLUMNS = ("iteration", "epoch", *LOSS_NAMES, "lr")
@@ -21,15 +23,16 @@ COLUMNS = ("iteration", "epoch", *LOSS_NAMES, "lr")
 
 class LossLog:
     """Losses averaged over `every` iterations, one row each, kept consistent with the checkpoints:
-    the file is rewritten (atomically) when a checkpoint is, and a resume drops rows past it."""
+    the file (and the plot drawn from it) is rewritten atomically when a checkpoint is, and a resume
+    drops rows past it. Each row also goes to TensorBoard when a Board is given."""
 
-    def __init__(self, run_dir: Path, every: int, enabled: bool = True):
+    def __init__(self, run_dir: Path, every: int, enabled: bool = True, board: Optional[Board] = None,
+                 title: str = ""):
         self.csv_path, self.png_path = run_dir / "losses.csv", run_dir / "losses.png"
-        self.every, self.enabled = every, enabled
+        self.every, self.enabled, self.board, self.title = every, enabled, board, title
         self.rows: list[dict] = []
         self._sum = np.zeros(len(LOSS_NAMES))
         self._n = 0
-        self.tb = _tensorboard(run_dir) if enabled else None
 
     def load(self, up_to_iteration: int) -> None:
         if self.csv_path.exists():
@@ -50,10 +53,8 @@ class LossLog:
         row = {"iteration": iteration, "epoch": epoch, **{k: f"{v:.6g}" for k, v in zip(LOSS_NAMES, mean)},
                "lr": f"{lr:.6g}"}
         self.rows.append(row)
-        if self.tb is not None:
-            for k, v in zip(LOSS_NAMES, mean):
-                self.tb.add_scalar(f"loss/{k}", v, iteration)
-            self.tb.add_scalar("lr", lr, iteration)
+        if self.board:
+            self.board.scalars(iteration, dict(zip(LOSS_NAMES, mean)), lr)
 
     def last(self) -> dict:
         return {k: float(v) for k, v in self.rows[-1].items() if k in LOSS_NAMES} if self.rows else {}
@@ -67,61 +68,20 @@ class LossLog:
         writer.writerows(self.rows)
         with atomic_path(self.csv_path) as tmp:
             tmp.write_text(buf.getvalue())
-        plot = plot_losses(self.rows)
-        if plot is not None:
-            with atomic_path(self.png_path) as tmp:
-                plot.save(tmp, "PNG")
-        if self.tb is not None:
-            self.tb.flush()
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+        plot_losses(self.rows, self.png_path, self.title)
+        if self.board:
+            self.board.flush()
 
 
-def _tensorboard(run_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional
+def missing_extras() -> Optional[str]:
+    """One line naming what the `train` extra would add, or None when it is installed."""
+    missing = [(pkg, what) for pkg, what, ok in (("matplotlib", "no loss plot", have_matplotlib()),
+                                                 ("tensorboard", "no TensorBoard events", have_tensorboard()))
+               if not ok]
+    if not missing:
         return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
-
-
-_COLOURS = {"D_A": (31, 119, 180), "G_A": (255, 127, 14), "cycle_A": (44, 160, 44), "idt_A": (214, 39, 40),
-            "D_B": (148, 103, 189), "G_B": (140, 86, 75), "cycle_B": (227, 119, 194), "idt_B": (127, 127, 127)}
-
-
-def plot_losses(rows: list[dict], size: tuple[int, int] = (900, 500)) -> Optional[Image.Image]:
-    """Each loss against iterations: a plain line chart drawn with Pillow."""
-    if len(rows) < 2:
-        return None
-    w, h = size
-    left, right, top, bottom = 60, 110, 20, 40
-    its = np.array([float(r["iteration"]) for r in rows])
-    series = {k: np.array([float(r[k]) for r in rows]) for k in LOSS_NAMES}
-    series = {k: v for k, v in series.items() if np.isfinite(v).all() and np.abs(v).max() > 0}
-    if not series:
-        return None
-    ymax = max(float(v.max()) for v in series.values()) * 1.05
-    x0, x1 = its.min(), max(its.max(), its.min() + 1)
-    img = Image.new("RGB", size, "white")
-    d = ImageDraw.Draw(img)
-    px = lambda x: left + (x - x0) / (x1 - x0) * (w - left - right)  # noqa: E731
-    py = lambda y: top + (1 - y / ymax) * (h - top - bottom)  # noqa: E731
-    d.rectangle([left, top, w - right, h - bottom], outline="black")
-    for frac in np.linspace(0, 1, 5):
-        y = ymax * frac
-        d.line([left - 4, py(y), left, py(y)], fill="black")
-        d.text((4, py(y) - 6), f"{y:.3g}", fill="black")
-        x = x0 + (x1 - x0) * frac
-        d.line([px(x), h - bottom, px(x), h - bottom + 4], fill="black")
-        d.text((px(x) - 12, h - bottom + 8), f"{x:.0f}", fill="black")
-    d.text(((w - right) // 2, h - 14), "iteration", fill="black")
-    for n, (k, v) in enumerate(series.items()):
-        d.line([(px(x), py(y)) for x, y in zip(its, v)], fill=_COLOURS[k], width=2)
-        d.line([w - right + 10, top + 10 + 16 * n, w - right + 30, top + 10 + 16 * n], fill=_COLOURS[k], width=3)
-        d.text((w - right + 35, top + 4 + 16 * n), k, fill="black")
-    return img
+    return (f"{' and '.join(p for p, _ in missing)} not installed: {', '.join(w for _, w in missing)} "
+            "(pip install 'cyclebatch[train]')")
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -129,11 +89,12 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
-def save_grid(path: Path, rows: list[list[torch.Tensor]]) -> None:
-    """One PNG: each row is [real, translated, reconstructed] for one sample image."""
+def save_grid(path: Path, rows: list[list[torch.Tensor]]) -> np.ndarray:
+    """One PNG: each row is [real, translated, reconstructed] for one sample image. Returns the grid."""
     grid = np.concatenate([np.concatenate([to_uint8(t) for t in row], axis=1) for row in rows], axis=0)
     with atomic_path(path) as tmp:
         Image.fromarray(grid).save(tmp, "PNG")
+    return grid
 
 
 class Progress:

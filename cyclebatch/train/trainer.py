@@ -1,7 +1,8 @@
 """The training run: setup, the epoch loop, samples and exports; Ctrl-C and SIGTERM end in a checkpoint.
 
 step.py holds one iteration (networks, losses, precision), checkpoint.py saving and exact resume,
-distributed.py the torchrun process group.
+distributed.py the torchrun process group; what a person watches (losses.png, TensorBoard, status.json,
+report.html) is written by report.py, board.py, status.py and page.py, from the main process only.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ from ..fileio import atomic_path, location_problem, sweep_dead_temps
 from ..networks import GeneratorConfig, PatchDiscriminator, ResnetGenerator, init_weights, make_generator
 from .checkpoint import Checkpointing, load_checkpoint, resume_point  # noqa: F401 (load_checkpoint: public here too)
 from .config import TrainConfig
-from .data import UnpairedDataset, augment, batches_per_epoch, load_rgb8, make_loader, usable_images
+from .board import Board
+from .data import UnpairedDataset, augment, batches_per_epoch, held_out_images, load_rgb8, make_loader, usable_images
 from .distributed import group_initialized, join_group, leave_group, rank_info, training_device
 from .pool import ImagePool
-from .report import LossLog, Progress, save_grid
+from .page import ReportPage
+from .report import LOSS_NAMES, LossLog, Progress, missing_extras, save_grid
+from .status import StatusWriter
 from .step import Discriminators, Generators, NonFiniteLoss, TrainStep, autocast_dtype, grad_scaler, precision_name
 
 
@@ -99,6 +103,10 @@ class Trainer(TrainStep, Checkpointing):
         self.dataset = UnpairedDataset(files_a, files_b, c)
         self.domains = {"A": _domain_name(c.data_a), "B": _domain_name(c.data_b)}
         self.samples = self._sample_images(files_a, files_b)
+        if c.val_a:  # held-out images replace the training samples in the grids
+            self.samples = [(domain, torch.from_numpy(rgb).unsqueeze(0))
+                            for domain, folder in (("A", c.val_a), ("B", c.val_b))
+                            for rgb in held_out_images(folder, c.crop_size, self.warn)]
 
         torch.manual_seed(c.seed)
         G_A, G_B = self._generators(stored)
@@ -117,7 +125,11 @@ class Trainer(TrainStep, Checkpointing):
         self.pool_A = ImagePool(c.pool_size, seed=_seed(c.seed, 1, self.rank))
         self.pool_B = ImagePool(c.pool_size, seed=_seed(c.seed, 2, self.rank))
         self.epoch = self.step = self.iteration = 0
-        self.losses = LossLog(self.run_dir, c.log_every, enabled=self.is_main)
+        self.losses = LossLog(self.run_dir, c.log_every, enabled=self.is_main,
+                              title=f"{c.name}: {self.domains['A']} <-> {self.domains['B']}")
+        self.board: Board = None  # opened when the run starts (fit), by the main process
+        self.status: StatusWriter = None
+        self.page = ReportPage(self.run_dir)
         if stored is not None:
             self._restore(stored)
             self.losses.load(self.iteration)
@@ -184,7 +196,11 @@ class Trainer(TrainStep, Checkpointing):
         with StopRequest() as stop:  # from the start: a signal during setup also ends in a checkpoint
             try:
                 return self._fit(stop)
-            except OSError as e:  # a full disk or a read-only folder: the run's end, said once
+            except BaseException as e:
+                self._write_status("failed", str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
+                if not isinstance(e, OSError):
+                    raise
+                # a full disk or a read-only folder: the run's end, said once
                 problem = location_problem(e, Path(e.filename) if e.filename else self.run_dir / "checkpoints")
                 if problem is None:
                     raise
@@ -195,6 +211,8 @@ class Trainer(TrainStep, Checkpointing):
             finally:
                 if self.is_main:
                     sweep_dead_temps(self.run_dir)
+                if self.board is not None:
+                    self.board.close()
 
     def _fit(self, stop: StopRequest) -> TrainResult:
         c = self.config
@@ -208,6 +226,15 @@ class Trainer(TrainStep, Checkpointing):
         step_s = loop_s = end_s = 0.0
         measured = 0
         progress = Progress(c.progress and self.is_main, c.total_epochs, n_batches)
+        self.status = StatusWriter(self.run_dir, LOSS_NAMES, c.total_epochs, n_batches, c.max_iterations,
+                                   enabled=self.is_main)
+        if self.is_main:
+            extras = missing_extras()
+            if extras:
+                self.log(extras)
+            self.board = self.losses.board = Board(self.run_dir, self.iteration if c.resume else None)
+            self.board.hparams({**c.to_dict(), "domain_A": self.domains["A"], "domain_B": self.domains["B"],
+                                "world_size": self.world}, LOSS_NAMES)
         self.log(f"training {self.run_dir}: {len(self.dataset.a)} A images ({self.domains['A']}), "
                  f"{len(self.dataset.b)} B images ({self.domains['B']}), {n_batches} iterations per epoch, "
                  f"{c.total_epochs} epochs, device {self.device}, precision {precision_name(self.dtype)}"
@@ -245,6 +272,7 @@ class Trainer(TrainStep, Checkpointing):
                     self.iteration += 1
                     lr = self.opt_G.param_groups[0]["lr"]
                     self.losses.add(self.iteration, self.epoch + 1, losses, lr)
+                    self.status.iteration(self.epoch, self.step, self.iteration, losses, lr)
                     progress.advance(losses)
                     if stop_now:
                         interrupted = True
@@ -260,12 +288,13 @@ class Trainer(TrainStep, Checkpointing):
             self.save_checkpoint()
             exports = self.export()
         finished = self.epoch >= c.total_epochs
+        self._write_status("finished" if finished else "stopped")
+        self.write_report("finished" if finished else "stopped")
         if stop.signal is not None:
             self.log(f"stopped by {signal.Signals(stop.signal).name} at iteration {self.iteration}; "
                      f"continue with --resume")
         if self.skipped:
             self.warn(f"{self.skipped} image file(s) could not be read and were skipped")
-        self.losses.close()
         return TrainResult(self.run_dir, self.epoch, self.iteration, finished, stop.signal is not None,
                            self.losses.last(), self.skipped, step_s, loop_s, measured, end_s, exports)
 
@@ -279,6 +308,9 @@ class Trainer(TrainStep, Checkpointing):
             self.save_samples()
         self.save_checkpoint(numbered=self.epoch % self.config.save_every == 0 or self.epoch == self.config.total_epochs)
         self.export()
+        self.write_report("training")
+        self._write_status("training")
+        self.status.pause()
         last = self.losses.last()
         self.log(f"epoch {self.epoch}/{self.config.total_epochs} done ({self.iteration} iterations): "
                  + "  ".join(f"{k} {v:.3f}" for k, v in last.items()))
@@ -306,7 +338,25 @@ class Trainer(TrainStep, Checkpointing):
         finally:
             self.gens.train()
         if rows:
-            save_grid(self.run_dir / "samples" / f"epoch_{self.epoch:03d}.png", rows)
+            grid = save_grid(self.run_dir / "samples" / f"epoch_{self.epoch:03d}.png", rows)
+            if self.board is not None:
+                self.board.image(self.epoch, grid)
+
+    def write_report(self, state: str) -> None:
+        """report.html from what is on disk now (main process only)."""
+        if not self.is_main:
+            return
+        c = self.config
+        progress = {"epoch": self.epoch, "epochs": c.total_epochs, "iteration": self.iteration, "state": state}
+        self.page.write({**c.to_dict(), "world_size": self.world}, self.domains, progress, held_out=bool(c.val_a))
+
+    def _write_status(self, state: str, message: str = "") -> None:
+        if self.status is not None and self.is_main:
+            try:
+                self.status.write(state, self.epoch, self.step, self.iteration, self.opt_G.param_groups[0]["lr"],
+                                  message)
+            except OSError:  # the status is a courtesy: a full disk is reported by what failed first
+                pass
 
     def export(self) -> list[Path]:
         """G_A.safetensors (A->B) and G_B.safetensors (B->A) in the run folder: what `run NAME` loads."""
