@@ -291,6 +291,9 @@ def run(
 def train_cmd(
     data_a: Optional[Path] = typer.Argument(None, help="Folder of domain A images (searched recursively)."),
     data_b: Optional[Path] = typer.Argument(None, help="Folder of domain B images."),
+    val_a: Optional[Path] = typer.Option(None, "--val-a", help="Held-out A images: the first 4, centre-cropped, "
+                                         "translated at every epoch end into the sample grids (with --val-b)."),
+    val_b: Optional[Path] = typer.Option(None, "--val-b", help="Held-out B images (with --val-a)."),
     name: str = typer.Option(..., "--name", "-n", help="Run name: outputs go to RUNS_DIR/NAME/."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Parent folder of runs."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run NAME from its latest checkpoint "
@@ -322,13 +325,14 @@ def train_cmd(
                                             "iterations in all."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Train a CycleGAN on two folders of unpaired images (paper defaults). Ctrl-C saves; --resume continues."""
+    """Train a CycleGAN on two folders of unpaired images (paper defaults). Ctrl-C saves; --resume continues.
+    Watch it with `cyclebatch runs status NAME`, runs/NAME/report.html or TensorBoard (runs/NAME/tensorboard)."""
     from .train import TrainConfig, train
 
     if not resume and (data_a is None or data_b is None):
         fail("give both data folders (domain A, domain B), or --resume to continue a run", 2)
     config = TrainConfig(
-        data_a=str(data_a or ""), data_b=str(data_b or ""), name=name, runs_dir=str(runs_dir), init_from=init_from,
+        data_a=str(data_a or ""), data_b=str(data_b or ""), val_a=str(val_a or ""), val_b=str(val_b or ""), name=name, runs_dir=str(runs_dir), init_from=init_from,
         epochs=epochs, decay_epochs=decay_epochs, lr=lr, batch_size=batch_size, load_size=load_size,
         crop_size=crop_size, preprocess=preprocess, flip=not no_flip, ngf=ngf, n_blocks=n_blocks, ndf=ndf,
         lambda_cycle=lambda_cycle, lambda_identity=lambda_identity, pool_size=pool_size, seed=seed,
@@ -342,6 +346,29 @@ def train_cmd(
               f"(load with: {result.run_dir.name if runs_dir == Path('runs') else result.run_dir})", highlight=False)
     if result.interrupted:
         raise typer.Exit(130)
+
+
+runs_app = typer.Typer(help="Training runs: where one stands while it trains.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.command("status")
+def runs_status(run: str = typer.Argument(..., help="Run name (under --runs-dir) or the run's folder."),
+                runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Parent folder of runs."),
+                as_json: bool = typer.Option(False, "--json", help="The status as JSON.")) -> None:
+    """Epoch, iteration, current losses, seconds per iteration and time to finish of a run, also while it trains."""
+    import json
+
+    from .train.status import describe, find_run, read_status
+
+    try:
+        doc = read_status(find_run(run, runs_dir))
+    except CycleBatchError as e:
+        fail(str(e))
+    if as_json:
+        out.print_json(json.dumps(doc))
+    else:
+        out.print("\n".join(describe(doc)), highlight=False, soft_wrap=True)
 
 # ---------------------------------------------------------------- export
 

@@ -137,8 +137,9 @@ def describe(doc: dict, now: Optional[float] = None) -> list[str]:
         state = "stopped - continue with --resume"
     elif state == "failed":
         state = f"failed: {doc.get('message', '')}"
+    within = f" (iteration {doc['step']} of {doc['per_epoch']} in it)" if doc["state"] == "training" or doc["step"] else ""
     lines = [f"state        {state}",
-             f"epoch        {doc['epoch']} / {doc['epochs']} (iteration {doc['step']} of {doc['per_epoch']} in it)",
+             f"epoch        {doc['epoch']} / {doc['epochs']}{within}",
              f"iteration    {doc['iteration']} / {doc['iterations']}"]
     if doc.get("losses"):
         lines.append("losses       " + "  ".join(f"{k} {v:.3f}" for k, v in doc["losses"].items()))
