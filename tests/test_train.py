@@ -60,12 +60,13 @@ def test_losses_finite_outputs_written_and_schedule_decays(tmp_path):
     lrs = {int(r["epoch"]): float(r["lr"]) for r in rows}
     assert lrs == pytest.approx({1: 2e-4, 2: 2e-4 * 2 / 3, 3: 2e-4 / 3}, rel=1e-5)
     for name in ("losses.png", "samples/epoch_001.png", "samples/epoch_003.png", "checkpoints/latest.pt",
-                 "checkpoints/epoch_003.pt", "G_A.safetensors", "G_B.safetensors", "config.json"):
+                 "checkpoints/epoch_003.pt", "G_A.safetensors", "G_B.safetensors", "config.json", "report.html",
+                 "status.json"):
         assert (run / name).is_file(), name
     grid = np.asarray(Image.open(run / "samples/epoch_003.png"))
     assert grid.shape == (4 * 32, 3 * 32, 3)  # 2 samples per domain; real | translated | reconstructed
     assert np.array_equal(grid[:32, :32], np.asarray(Image.open(a / "img0.png").resize((40, 40), Image.BICUBIC))[4:36, 4:36])
-    assert Image.open(run / "losses.png").size == (900, 500)
+    assert Image.open(run / "losses.png").info["Software"].startswith("Matplotlib")  # test_train_watch: the rest
 
 
 def test_checkpoint_is_complete_and_loads_weights_only(tmp_path):

@@ -194,7 +194,7 @@ def centre_square(rgb: np.ndarray, size: int) -> np.ndarray:
         rgb = np.asarray(Image.fromarray(rgb).resize(new, Image.BICUBIC))
     h, w = rgb.shape[:2]
     y, x = (h - size) // 2, (w - size) // 2
-    return np.ascontiguousarray(rgb[y:y + size, x:x + size])
+    return np.array(rgb[y:y + size, x:x + size])  # a writable copy: torch.from_numpy takes it as is
 
 
 def held_out_images(folder: str | Path, size: int, warn: Callable[[str], None],
