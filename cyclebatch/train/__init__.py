@@ -4,7 +4,9 @@ config.py      the settings and their (paper) defaults   data.py        folders 
 pool.py        the discriminators' image history         step.py        networks, losses, precision, one step
 checkpoint.py  saving and exact resume                   distributed.py torchrun: ranks, devices, the group
 trainer.py     the run: setup, epoch loop, samples, exports
-report.py      losses.csv / losses.png, sample grids, TensorBoard, progress bar
+report.py      losses.csv, sample grids, progress bar        plot.py        losses.png (matplotlib)
+board.py       TensorBoard events                          status.py      status.json, `runs status`
+page.py        report.html (the shared htmlpage module)
 """
 
 from .config import TrainConfig

@@ -1,5 +1,6 @@
-"""runs/NAME/report.html: the run on one self-contained page (the shared htmlpage machinery): settings,
-the loss plot, and the sample grid of every epoch, newest first, with a slider and a list to go back.
+"""runs/NAME/report.html: the run on one self-contained page (the shared htmlpage machinery): the sample
+grid of every epoch, newest first, with a slider and a list to go back (GANs are judged by their pictures),
+the loss plot, the settings.
 
 Grids travel inside the page as JPEG data URIs (the page opens from the file system and can be mailed
 around); each epoch's is encoded once and kept, so rewriting the page at every epoch end stays cheap.
@@ -39,12 +40,6 @@ class ReportPage:
                     f"iteration {progress['iteration']}; {progress['state']}, updated "
                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
         page = Page(f"cyclebatch training run {name}", subtitle=subtitle)
-        plot = self.run_dir / "losses.png"
-        if plot.is_file():
-            page.image("Losses", data_uri(plot.read_bytes(), "image/png"), alt="loss plot")
-        else:
-            page.text("Losses", ["No loss plot yet (it needs two logged rows and matplotlib: "
-                                 "pip install 'cyclebatch[train]')."])
         grids = [(int(m.group(1)), p) for p in (self.run_dir / "samples").glob("epoch_*.png")
                  if (m := _EPOCH_FILE.search(p.name))]
         frames = []
@@ -54,7 +49,13 @@ class ReportPage:
             except OSError:  # a grid file gone or damaged: the page shows the others
                 continue
         what = "held-out images" if held_out else "fixed training images, centre crops"
-        page.gallery(f"Samples: {what}; rows real | translated | reconstructed", frames)
+        page.gallery(f"Samples: {what}; columns real | translated | reconstructed, A rows first", frames)
+        plot = self.run_dir / "losses.png"
+        if plot.is_file():
+            page.image("Losses", data_uri(plot.read_bytes(), "image/png"), alt="loss plot")
+        else:
+            page.text("Losses", ["No loss plot yet (it needs two logged rows and matplotlib: "
+                                 "pip install 'cyclebatch[train]')."])
         page.table("Configuration", [(k, "" if v is None else v) for k, v in config.items()]
                    + [("domain A", domains["A"]), ("domain B", domains["B"])])
         return page.write(self.path)
