@@ -5,7 +5,6 @@ import base64
 import io
 import json
 import os
-import re
 import signal
 import socket
 import subprocess

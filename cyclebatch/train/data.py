@@ -214,3 +214,25 @@ def held_out_images(folder: str | Path, size: int, warn: Callable[[str], None],
     if not out:
         raise CycleBatchError(f"{folder}: none of its {len(files)} held-out image files can be read")
     return out
+
+
+def grid_samples(files_a: list[Path], files_b: list[Path], c: TrainConfig, warn: Callable[[str], None],
+                 resuming: bool = False) -> tuple[list[tuple[str, torch.Tensor]], bool]:
+    """The inputs of the sample grids, fixed for the whole run: ([(domain, 1 x H x W x 3 uint8)], held out?).
+    The held-out images when the config names them; else up to two centre-cropped training images a domain."""
+    if c.val_a:
+        try:
+            return [(domain, torch.from_numpy(rgb).unsqueeze(0)) for domain, folder in (("A", c.val_a), ("B", c.val_b))
+                    for rgb in held_out_images(folder, c.crop_size, warn)], True
+        except CycleBatchError as e:
+            if not resuming:  # a new run: most likely a typo, said before any work is done
+                raise
+            warn(f"{e}; the sample grids show training images instead")  # resuming: carry on
+    out = []
+    for domain, files in (("A", files_a), ("B", files_b)):
+        for path in files[:2]:
+            try:
+                out.append((domain, torch.from_numpy(augment(load_rgb8(path), c, None)).unsqueeze(0)))
+            except Exception:  # reported when the loader meets it; a sample is not worth a crash
+                pass
+    return out, False

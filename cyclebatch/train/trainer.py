@@ -23,7 +23,7 @@ from ..networks import GeneratorConfig, PatchDiscriminator, ResnetGenerator, ini
 from .checkpoint import Checkpointing, load_checkpoint, resume_point  # noqa: F401 (load_checkpoint: public here too)
 from .config import TrainConfig
 from .board import Board
-from .data import UnpairedDataset, augment, batches_per_epoch, held_out_images, load_rgb8, make_loader, usable_images
+from .data import UnpairedDataset, batches_per_epoch, grid_samples, make_loader, usable_images
 from .distributed import group_initialized, join_group, leave_group, rank_info, training_device
 from .pool import ImagePool
 from .page import ReportPage
@@ -102,11 +102,8 @@ class Trainer(TrainStep, Checkpointing):
         self.bad_seen: set[str] = set()
         self.dataset = UnpairedDataset(files_a, files_b, c)
         self.domains = {"A": _domain_name(c.data_a), "B": _domain_name(c.data_b)}
-        self.samples = self._sample_images(files_a, files_b)
-        if c.val_a:  # held-out images replace the training samples in the grids
-            self.samples = [(domain, torch.from_numpy(rgb).unsqueeze(0))
-                            for domain, folder in (("A", c.val_a), ("B", c.val_b))
-                            for rgb in held_out_images(folder, c.crop_size, self.warn)]
+        # the rows of the sample grids: held-out images when given, else the first training images
+        self.samples, self.held_out = grid_samples(files_a, files_b, c, self.warn, resuming=stored is not None)
 
         torch.manual_seed(c.seed)
         G_A, G_B = self._generators(stored)
@@ -169,18 +166,6 @@ class Trainer(TrainStep, Checkpointing):
             net.requires_grad_(True).train()
             net.metadata = {}
         return G_A, G_B
-
-    def _sample_images(self, files_a, files_b) -> list[tuple[str, torch.Tensor]]:
-        """Up to two centre-cropped images per domain, fixed for the whole run, for the sample grids."""
-        out = []
-        for domain, files in (("A", files_a), ("B", files_b)):
-            for path in files[:2]:
-                try:
-                    rgb = augment(load_rgb8(path), self.config, None)
-                    out.append((domain, torch.from_numpy(rgb).unsqueeze(0)))
-                except Exception:  # reported when the loader meets it; a sample is not worth a crash
-                    pass
-        return out
 
     def to_input(self, x: torch.Tensor) -> torch.Tensor:
         """N x H x W x 3 uint8 -> N x 3 x H x W in [-1, 1] on the device, NCHW in memory."""
@@ -348,7 +333,7 @@ class Trainer(TrainStep, Checkpointing):
             return
         c = self.config
         progress = {"epoch": self.epoch, "epochs": c.total_epochs, "iteration": self.iteration, "state": state}
-        self.page.write({**c.to_dict(), "world_size": self.world}, self.domains, progress, held_out=bool(c.val_a))
+        self.page.write({**c.to_dict(), "world_size": self.world}, self.domains, progress, self.held_out)
 
     def _write_status(self, state: str, message: str = "") -> None:
         if self.status is not None and self.is_main:
