@@ -251,3 +251,30 @@ def test_held_out_folders_come_in_pairs_and_must_hold_images(tmp_path):
     assert not Path("runs").exists()
     r = run_cli("train", a, b, "--name", "x", "--val-b", b, *TINY_CLI)
     assert r.returncode == 1 and "give both held-out folders" in r.stderr
+
+
+def test_resume_purges_the_killed_attempts_tail_from_tensorboard_and_survives_a_lost_held_out_folder(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+    a, b = make_domains(tmp_path)
+    val_a, val_b, _, _ = held_out(tmp_path)
+    common = dict(epochs=1, decay_epochs=1, log_every=1, latest_every=1000)
+    train(config(a, b, max_iterations=2, val_a=str(val_a), val_b=str(val_b), **common), log=quiet)
+    run = Path("runs/run")
+    # an attempt that logged iterations 3..4 and died before its checkpoint: its events come after the checkpoint
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(run / "tensorboard")) as w:
+        for it in (3, 4):
+            w.add_scalar("loss/D_A", 99.0, it)
+    for f in val_a.iterdir():
+        f.unlink()
+    val_a.rmdir()
+    warnings = []
+    r = train(config("", "", resume=True, max_iterations=5, **common), log=quiet, warn=warnings.append)
+    assert r.iteration == 5
+    assert sum(f"{val_a}: no such folder" in w and "training images instead" in w for w in warnings) == 1
+    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={SCALARS: 0})
+    acc.Reload()
+    points = [(e.step, e.value) for e in acc.Scalars("loss/D_A")]
+    assert [s for s, _ in points] == [1, 2, 3, 4, 5] and all(v < 99 for _, v in points)
