@@ -117,7 +117,7 @@ table.kv th{color:#555;font-weight:600}img.figure{max-width:100%}
 .entries table{width:100%}.entries thead th{position:sticky;top:0;background:#fafafa}
 .entries td img{max-height:160px;max-width:240px;display:block}tr[data-status=failed]{background:#fff1f0}
 .bar{display:flex;gap:.6em;align-items:center;margin:.4em 0}.bar input[type=search]{width:20em}
-.gallery img[data-shown]{max-width:100%;display:block;margin-top:.5em}
+.gallery img[data-shown]{max-width:100%;min-width:min(100%,480px);image-rendering:pixelated;display:block;margin-top:.5em}
 .gallery ol{columns:4;font-size:.9em}.gallery li{cursor:pointer}.gallery li.on{font-weight:700}
 """
 
