@@ -13,7 +13,6 @@ import collections
 import contextlib
 import copy
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol, Sequence
 
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from .errors import CycleBatchError, is_out_of_memory
+from .memory import available_memory, device_free_bytes, estimate_bytes, memory_budget  # noqa: F401 (re-exported)
 from .networks import ResnetGenerator, full_frame_only, pad_to_multiple, with_batchnorm_mode
 
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
@@ -75,15 +75,6 @@ def use_channels_last(device: torch.device, compiled: bool) -> bool:
     InstanceNorm and reflection padding hand back NCHW, so channels_last would convert at every layer;
     only a compiled graph, whose kernels inductor generates for the layout, keeps it end to end."""
     return device.type == "cpu" or (device.type == "cuda" and compiled)
-
-
-def device_free_bytes(device: torch.device) -> int:
-    """Memory a new pass can use. On CUDA what the driver reports free plus what PyTorch's caching
-    allocator holds but does not use (mem_get_info counts that reserve as taken)."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
-    return available_memory()
 
 
 class ChunkListener(Protocol):
@@ -452,9 +443,7 @@ class Translator:
 
     def memory_budget(self) -> int:
         """Bytes one image's working set may take: --max-memory, else half of what is free now."""
-        if self.max_memory:
-            return int(self.max_memory)
-        return int(device_free_bytes(self.device) * 0.5)
+        return memory_budget(self.device, self.max_memory)
 
     def tile_plan(self, height: int, width: int):
         from .tiling import plan_tiles
@@ -487,23 +476,3 @@ class NonFiniteOutput(CycleBatchError):
         super().__init__("the model produced NaN or infinite values (a broken checkpoint, or weights out of "
                          "range for this precision); nothing was written")
         self.images = images
-
-
-def estimate_bytes(model: ResnetGenerator, height: int, width: int, dtype: Optional[torch.dtype]) -> int:
-    """Peak activation memory of one full-frame forward pass (a conservative model of eager PyTorch)."""
-    h, w = height + (-height) % 4, width + (-width) % 4
-    elem = 4 if dtype is None else 2
-    ngf = model.config.ngf
-    # A handful of full-resolution ngf-channel tensors are alive at the head and tail; they dominate.
-    return int(6 * h * w * ngf * elem + h * w * 3 * 4 * 4)
-
-
-def available_memory() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
