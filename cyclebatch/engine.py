@@ -105,6 +105,7 @@ class EngineStats:
     out_of_memory: int = 0  # passes that ran out of memory and were retried smaller
     tiled_images: int = 0
     wider_precision_reruns: int = 0  # batches re-run in fp32 after non-finite output
+    backends: collections.Counter = field(default_factory=collections.Counter)  # images per backend that ran them
 
 
 class Pending:
@@ -123,12 +124,16 @@ class Translator:
     def __init__(self, model: ResnetGenerator, device: str = "auto", precision: str = "auto",
                  compile: bool = False, batch_size: Optional[int] = None, *, tile: Optional[int] = None,
                  context: int = 64, max_memory: Optional[int] = None, tile_stats: str = "exact",
-                 batchnorm: str = "running", notify: Optional[Callable[[str], None]] = None):
+                 batchnorm: str = "running", notify: Optional[Callable[[str], None]] = None,
+                 backend: str = "torch", adapt_threads: bool = True):
         """tile: force tiling with this tile size; otherwise images whose full-frame pass would exceed
         max_memory bytes (default: half the free memory) are tiled automatically. tile_stats "exact"
         (whole-image InstanceNorm statistics, seamless) or "per-tile" (the naive way, for comparison).
         batchnorm: "running" statistics or "per-image" ones, for BatchNorm models (networks.with_batchnorm_mode).
-        notify: where one-off notes go (a precision fallback); default the "cyclebatch" logger."""
+        notify: where one-off notes go (a precision fallback); default the "cyclebatch" logger.
+        backend: what runs full-frame passes: "torch" (this engine's own path), "openvino" or "auto" (the
+        faster on this CPU, per shape class; backends.py). Tiles and shared video statistics run on torch.
+        adapt_threads: on CPU, run fewer torch threads while other processes keep cores busy (cpuload.py)."""
         from .tiling import STATS_MODES
 
         # BatchNorm statistics mode (a converted copy, or the model itself); U-Nets never tile.
@@ -175,6 +180,16 @@ class Translator:
         # Static shapes: a folder has few sizes and a video one; dynamic=True would give up the
         # per-shape specialisation that makes compiling pay.
         self._forward = torch.compile(self.model, dynamic=False) if compile else self.model
+        self.compiled = compile
+        self.governor = None
+        if adapt_threads and self.device.type == "cpu":
+            from .cpuload import ThreadGovernor
+
+            self.governor = ThreadGovernor()
+        from .backends import TorchBackend, make_backend
+
+        self.torch_backend = TorchBackend(self)  # tiles, shared statistics and fp32 re-runs need the layers
+        self.backend = make_backend(backend, self, model)
         self.batch_size = batch_size
         self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
@@ -202,6 +217,10 @@ class Translator:
         finally:
             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
+    def adapt_threads(self) -> None:
+        if self.governor is not None:
+            self.governor.adapt()
+
     def note_once(self, key: str, message: str) -> None:
         if key not in self._noted:
             self._noted.add(key)
@@ -212,7 +231,7 @@ class Translator:
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[-1, 1] NCHW float in, [-1, 1] NCHW float out, any H and W (reflect-padded to the model's multiple)."""
-        return self._run(self.model_input(x), self._forward, self.autocast()).float()
+        return self.backend.forward(x).float()
 
     def _run(self, x: torch.Tensor, net, precision_context) -> torch.Tensor:
         x, (h, w) = pad_to_multiple(x, self.model.size_multiple)
@@ -344,8 +363,8 @@ class Translator:
 
         launch = self._launch
         if listener is not None:  # settle each pass (and any fp32 re-run) before the listener hears of the next
-            def launch(chunk):
-                return ("done", self._collect(chunk, [self._launch(chunk)]))
+            def launch(chunk):  # the listener hooks the torch model's norms: it runs there
+                return ("done", self._collect(chunk, [self._launch(chunk, self.torch_backend, " (shared statistics)")]))
         parts = self.run_passes(images, shape[0], shape[1], launch, tiled, listener)
         return Pending(self, images, parts)
 
@@ -387,10 +406,12 @@ class Translator:
         return parts
 
     @torch.inference_mode()
-    def _launch(self, chunk: Sequence[np.ndarray]) -> tuple:
-        y = self._run(self.model_input(self.to_tensor(chunk)), self._forward, self.autocast())
+    def _launch(self, chunk: Sequence[np.ndarray], backend=None, why: str = "") -> tuple:
+        backend = backend or self.backend
+        y = backend.forward(self.to_tensor(chunk))
         q, finite = self.quantize(y, chunk[0].dtype)
         self.stats.batch_sizes[len(chunk)] += 1
+        self.stats.backends[backend.name + why] += len(chunk)
         if self._copy_stream is None:
             return ("host", chunk, q, finite, None)
         # Copies into pinned memory, queued behind the model: nothing here waits for the GPU.
@@ -465,9 +486,11 @@ class Translator:
             raise full_frame_only(self.model.config, f"a {w}x{h} image needs about "
                                   f"{estimate_bytes(self.model, h, w, self.dtype) / 2**20:.0f} MiB, over the "
                                   f"{self.plan_for(h, w).budget / 2**20:.0f} MiB budget")
+        self.adapt_threads()
         out, self.last_plan = translate_tiled(self, image, self.tile_plan(h, w))
         self.plan_for(h, w).tile_plan = self.last_plan
         self.stats.tiled_images += 1
+        self.stats.backends[f"{self.torch_backend.name} (tiled)"] += 1
         return out
 
 
