@@ -86,7 +86,10 @@ class AutoBackend:
     def key(self, side: int) -> str:
         c = getattr(self.t.model, "config", None)
         arch = f"{getattr(c, 'name', type(self.t.model).__name__)}-ngf{getattr(c, 'ngf', '')}"
-        return f"{cpu_model()}|{torch.get_num_threads()} threads|{arch}|{self.t.precision}|{side}px"
+        # the configured thread count, not the current one: the governor lowers that while cores are busy
+        governor = getattr(self.t, "governor", None)
+        threads = governor.max_threads if governor is not None else torch.get_num_threads()
+        return f"{cpu_model()}|{threads} threads|{arch}|{self.t.precision}|{side}px"
 
     def backend_for(self, height: int, width: int):
         side = shape_class(height, width)

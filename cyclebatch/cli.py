@@ -492,5 +492,7 @@ def main() -> None:
     try:
         app(standalone_mode=True)
     except CycleBatchError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        from rich.markup import escape  # "pip install 'cyclebatch[openvino]'" is not markup
+
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(1)

@@ -5,8 +5,10 @@ two cores busy, the thread that shares that core is descheduled for whole time s
 one waits for it at every barrier. Measured on a tiny case: 650 ms an image with 2 threads against
 20 ms with 1. `ThreadGovernor` reads, between passes, how much CPU time other processes took
 (/proc/stat minus this process's own, /proc/self/stat) and runs as many threads as cores are left,
-never more than the count it started with. Time of niced processes (other engineers' test runs, batch
-jobs at nice 19) is not counted: the scheduler gives their core back to us at once.
+never more than the count it started with. Time of niced processes counts only where the kernel groups
+processes by session (sched_autogroup, the default on desktop and many server kernels): there a nice-19
+job in another terminal competes for a core as its session's whole share,
+the same as an un-niced one; without autogroup the scheduler hands its core back to us at once.
 """
 
 from __future__ import annotations
@@ -21,8 +23,19 @@ INTERVAL_S = 0.5  # the load is re-read at most this often
 BUSY_CORE = 0.6  # another process using more than this much of a core takes that core
 
 
+def _autogroup() -> bool:
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled") as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False
+
+
+NICE_COMPETES = _autogroup()
+
+
 def _jiffies() -> Optional[tuple[int, int]]:
-    """(non-nice busy time of all CPUs, this process's CPU time), in clock ticks."""
+    """(busy time of all CPUs that competes with us, this process's CPU time), in clock ticks."""
     try:
         with open("/proc/stat") as f:
             cpu = f.readline().split()
@@ -30,16 +43,27 @@ def _jiffies() -> Optional[tuple[int, int]]:
             fields = f.read().rpartition(")")[2].split()
     except OSError:
         return None
-    user, _nice, system, _idle, _iowait, irq, softirq = (int(v) for v in cpu[1:8])
+    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in cpu[1:8])
     steal = int(cpu[8]) if len(cpu) > 8 else 0
     own = int(fields[11]) + int(fields[12])  # utime, stime
-    return user + system + irq + softirq + steal, own
+    return user + system + irq + softirq + steal + (nice if NICE_COMPETES else 0), own
+
+
+# The process-wide thread count is one setting: what the user configured, and what a governor last set it
+# to. A governor made while another has lowered it starts from the configured count, not the lowered one.
+_configured: Optional[int] = None
+_set_by_governor: Optional[int] = None
+
+
+def configured_threads() -> int:
+    current = torch.get_num_threads()
+    return _configured if (_set_by_governor == current and _configured) else current
 
 
 class ThreadGovernor:
     def __init__(self, threads: Optional[int] = None, cores: Optional[int] = None,
                  sample: Callable[[], Optional[tuple[int, int]]] = _jiffies, clock=time.monotonic):
-        self.max_threads = threads or torch.get_num_threads()
+        self.max_threads = threads or configured_threads()
         self.cores = cores or os.cpu_count() or 1
         self.sample, self.clock = sample, clock
         self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -70,5 +94,8 @@ class ThreadGovernor:
             if n != self.threads:
                 self.threads = n
                 self.changes += 1
+                global _configured, _set_by_governor
+                _configured = configured_threads() if _set_by_governor is None else _configured
                 torch.set_num_threads(n)
+                _set_by_governor = n
         return self.threads
