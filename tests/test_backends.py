@@ -11,6 +11,7 @@ from PIL import Image
 
 from conftest import PHOTOS, run_cli, tiny_generator
 from cyclebatch import registry
+from cyclebatch.cli import _backends_note
 from cyclebatch.cpuload import ThreadGovernor
 from cyclebatch.engine import Translator
 from cyclebatch.errors import CycleBatchError
@@ -143,9 +144,9 @@ def test_tiles_and_shared_statistics_run_on_torch_and_say_so(ov, tmp_path):
                 "--max-memory", "12M", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["backends"] == {"openvino fp32": 1, "torch fp32 (tiled)": 1}
-    r = run_cli("run", src, "-o", tmp_path / "out2", "-m", model, "--precision", "fp32", "--backend", "openvino",
-                "--max-memory", "12M")
-    assert r.returncode == 0 and "via openvino fp32 (1), torch fp32 (tiled) (1)" in r.stderr, r.stderr
+    # the summary line (not printed with --json) says the same
+    assert _backends_note({"torch fp32 (tiled)": 1, "openvino fp32": 3}) == \
+        " via openvino fp32 (3), torch fp32 (tiled) (1)"
 
 
 def test_torch_threads_follow_the_cores_other_processes_leave(monkeypatch):
