@@ -109,6 +109,12 @@ def limit_ms(flops: tuple[float, float], winograd: int | None, peak: float) -> f
     return (total - trunk + trunk * factor) / (peak * 1e9) * 1000
 
 
+def fresh_calibration(t: Translator, tmp: Path) -> None:
+    """auto calibrates in this run, under this run's load, not from a decision cached at another time."""
+    if hasattr(t.backend, "calibrate"):
+        t.backend.path = tmp / "calibration.json"
+
+
 def peer_engines(net, name: str, tmp: Path) -> dict[str, Callable[[torch.Tensor], object]]:
     engines: dict[str, Callable] = {}
     eager = net.float().eval()
@@ -122,6 +128,7 @@ def peer_engines(net, name: str, tmp: Path) -> dict[str, Callable[[torch.Tensor]
             ov = OpenVINOBackend(net, hint)
             engines[f"openvino {'f32' if hint == 'fp32' else hint} hint"] = ov.forward
         auto = Translator(net, device="cpu", precision="auto", backend="auto")
+        fresh_calibration(auto, tmp)
         engines["cyclebatch auto"] = auto.forward
     else:
         print("# openvino not installed: its rows and cyclebatch auto are skipped (pip install 'cyclebatch[openvino]')")
@@ -164,6 +171,7 @@ def run_end_to_end(net, size: int, n: int, tmp: Path, backend: str) -> tuple[flo
     for i in range(n):
         Image.fromarray(photo(photos[i % len(photos)], size)).save(src / f"{i:03d}.jpg", quality=95)
     t = Translator(net, device="cpu", precision="auto", backend=backend)
+    fresh_calibration(t, tmp)
     x = to_pm1(photo(PHOTO, size))
     t.forward(x)  # warm-up (and, for auto, the calibration of this shape class if not cached)
     start = time.perf_counter()
