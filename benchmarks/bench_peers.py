@@ -57,7 +57,7 @@ def photo(path: Path, size: int) -> np.ndarray:
 
 
 def to_pm1(rgb: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 127.5 - 1
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
 
 
 def to_u8(y) -> np.ndarray:
@@ -162,11 +162,11 @@ def timed_rounds(engines: dict, x: torch.Tensor, rounds: int) -> tuple[dict, dic
     return outs, times
 
 
-def run_end_to_end(net, size: int, n: int, tmp: Path, backend: str) -> tuple[float, float, dict]:
+def run_end_to_end(net, size: int, n: int, tmp: Path, backend: str, tag: str = "") -> tuple[float, float, dict]:
     """(run images/s, raw engine images/s, backends used): translate_paths on n real photos, and the same
     Translator's forward on a ready tensor."""
-    src = tmp / f"in{size}-{backend}"
-    src.mkdir(parents=True, exist_ok=True)
+    src = tmp / f"in{size}-{backend}{tag}"
+    src.mkdir(parents=True)
     photos = sorted((ROOT / "examples" / "photos").glob("*.[jp][pn]g"))
     for i in range(n):
         Image.fromarray(photo(photos[i % len(photos)], size)).save(src / f"{i:03d}.jpg", quality=95)
@@ -222,7 +222,7 @@ def busy_section(net, size: int, rounds: int, tmp: Path) -> None:
         engines[f"cyclebatch torch {adaptive.precision}, adaptive threads"] = adaptive.forward
         _, times = timed_rounds(engines, x, rounds)
         n = max(4, rounds * 2)
-        e2e, raw, used = run_end_to_end(net, size, n, tmp, "auto" if openvino_available() else "torch")
+        e2e, raw, used = run_end_to_end(net, size, n, tmp, "auto" if openvino_available() else "torch", "-busy")
         med = {k: statistics.median(v) * 1000 for k, v in times.items()}
         print(f"\n{size}x{size} with one core kept busy by another process, {rounds} rounds, "
               f"load {os.getloadavg()[0]:.2f}")
@@ -241,14 +241,15 @@ def busy_section(net, size: int, rounds: int, tmp: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="vintage", help="a model name, or 'tiny' (random ngf 8, 2 blocks: for tests)")
-    ap.add_argument("--sizes", type=int, nargs="+", default=[256, 1024])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[256, 1024],
+                    help="square sides to compare at (none: only the --busy-core section)")
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds at 256 px (2 at 1024 px)")
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--busy-core", action="store_true", help="also measure at 256 px with one core kept busy")
     ap.add_argument("--quick", action="store_true", help="smoke run: 64 and 128 px, one round, few photos")
     args = ap.parse_args()
     if args.quick:
-        args.sizes, args.rounds = [s for s in args.sizes if s <= 128] or [64, 128], 1
+        args.sizes, args.rounds = [s for s in args.sizes if s <= 128] or ([64, 128] if args.sizes else []), 1
     torch.set_num_threads(args.threads)
     if args.model == "tiny":
         torch.manual_seed(0)
@@ -264,8 +265,8 @@ def main() -> None:
     probe = Translator(net, device="cpu", precision="auto")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        engines = peer_engines(net, name, tmp)
-        cb_key = next(k for k in engines if k.startswith("cyclebatch torch"))
+        engines = peer_engines(net, name, tmp) if args.sizes else {}
+        cb_key = next((k for k in engines if k.startswith("cyclebatch torch")), "")
         for size in args.sizes:
             rounds = args.rounds if size <= 256 else max(1 if args.quick else 2, args.rounds * 256 * 256 // (size * size))
             outs, times = timed_rounds(engines, to_pm1(photo(PHOTO, size)), rounds)
