@@ -5,6 +5,8 @@ HxWx3 arrays (uint8 or uint16); everything between is torch on the chosen device
 
 Per image size the engine decides once how to run it (images per pass, or tiles) and remembers what
 running out of memory taught it: a failed batch is halved, a failed single image goes to the tiler.
+What runs a full-frame pass is a backend (backends.py: this engine's PyTorch path, OpenVINO, or auto);
+the memory model is memory.py; on CPU the torch threads follow the cores left free (cpuload.py).
 """
 
 from __future__ import annotations
