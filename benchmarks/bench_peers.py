@@ -216,10 +216,20 @@ def busy_section(net, size: int, rounds: int, tmp: Path) -> None:
             from cyclebatch.backend_openvino import OpenVINOBackend
 
             engines["openvino bf16 hint"] = OpenVINOBackend(net, "bf16").forward
+        threads = torch.get_num_threads()
         fixed = Translator(net, device="cpu", precision="auto", adapt_threads=False)
-        engines[f"cyclebatch torch {fixed.precision}, fixed threads"] = fixed.forward
         adaptive = Translator(net, device="cpu", precision="auto")
-        engines[f"cyclebatch torch {adaptive.precision}, adaptive threads"] = adaptive.forward
+
+        def run_fixed(x):  # the thread count is process-wide: each engine gets its own back first
+            torch.set_num_threads(threads)
+            return fixed.forward(x)
+
+        def run_adaptive(x):
+            torch.set_num_threads(adaptive.governor.threads)
+            return adaptive.forward(x)
+
+        engines[f"cyclebatch torch {fixed.precision}, {threads} threads"] = run_fixed
+        engines[f"cyclebatch torch {adaptive.precision}, adaptive threads"] = run_adaptive
         _, times = timed_rounds(engines, x, rounds)
         n = max(4, rounds * 2)
         e2e, raw, used = run_end_to_end(net, size, n, tmp, "auto" if openvino_available() else "torch", "-busy")
@@ -228,6 +238,7 @@ def busy_section(net, size: int, rounds: int, tmp: Path) -> None:
               f"load {os.getloadavg()[0]:.2f}")
         for k, v in med.items():
             print(f"  {k:44s} {v:9.1f} ms median")
+        print(f"  (adaptive: {adaptive.governor.threads} thread(s) at the end, {adaptive.governor.changes} change(s))")
         print(f"  run --backend auto end to end ({n} photos): {1000 / e2e:9.1f} ms/image, via {used}")
         if "openvino bf16 hint" in med:
             print(f"  run / openvino bf16 under the same load: {med['openvino bf16 hint'] / (1000 / e2e):.2f}x "
