@@ -119,7 +119,7 @@ def peer_engines(net, name: str, tmp: Path) -> dict[str, Callable[[torch.Tensor]
     engines: dict[str, Callable] = {}
     eager = net.float().eval()
     engines["eager fp32"] = lambda x: eager(x)
-    cb = Translator(net, device="cpu", precision="auto", backend="torch")
+    cb = Translator(net, device="cpu", precision="auto", backend="torch", adapt_threads=True)  # as `run`
     engines[f"cyclebatch torch {cb.precision}"] = cb.forward
     if openvino_available():
         from cyclebatch.backend_openvino import OpenVINOBackend
@@ -127,7 +127,7 @@ def peer_engines(net, name: str, tmp: Path) -> dict[str, Callable[[torch.Tensor]
         for hint in ("bf16", "fp32"):
             ov = OpenVINOBackend(net, hint)
             engines[f"openvino {'f32' if hint == 'fp32' else hint} hint"] = ov.forward
-        auto = Translator(net, device="cpu", precision="auto", backend="auto")
+        auto = Translator(net, device="cpu", precision="auto", backend="auto", adapt_threads=True)
         fresh_calibration(auto, tmp)
         engines["cyclebatch auto"] = auto.forward
     else:
@@ -170,7 +170,7 @@ def run_end_to_end(net, size: int, n: int, tmp: Path, backend: str, tag: str = "
     photos = sorted((ROOT / "examples" / "photos").glob("*.[jp][pn]g"))
     for i in range(n):
         Image.fromarray(photo(photos[i % len(photos)], size)).save(src / f"{i:03d}.jpg", quality=95)
-    t = Translator(net, device="cpu", precision="auto", backend=backend)
+    t = Translator(net, device="cpu", precision="auto", backend=backend, adapt_threads=True)
     fresh_calibration(t, tmp)
     x = to_pm1(photo(PHOTO, size))
     t.forward(x)  # warm-up (and, for auto, the calibration of this shape class if not cached)
@@ -218,7 +218,7 @@ def busy_section(net, size: int, rounds: int, tmp: Path) -> None:
             engines["openvino bf16 hint"] = OpenVINOBackend(net, "bf16").forward
         threads = torch.get_num_threads()
         fixed = Translator(net, device="cpu", precision="auto", adapt_threads=False)
-        adaptive = Translator(net, device="cpu", precision="auto")
+        adaptive = Translator(net, device="cpu", precision="auto", adapt_threads=True)
 
         def run_fixed(x):  # the thread count is process-wide: each engine gets its own back first
             torch.set_num_threads(threads)

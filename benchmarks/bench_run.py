@@ -101,7 +101,7 @@ def main() -> None:
     ap.add_argument("--backend", default="torch", help="torch, openvino or auto (as `run --backend`)")
     args = ap.parse_args()
     net, name = model_or_random(args.model)
-    t = Translator(net, precision=args.precision, backend=args.backend)
+    t = Translator(net, precision=args.precision, backend=args.backend, adapt_threads=True)  # as `run`
     print(f"model {name}, device {t.device}, precision {t.precision}, backend {args.backend}, "
           f"torch threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:

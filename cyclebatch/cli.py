@@ -263,7 +263,7 @@ def run(
     translator = Translator(load_generator(model, direction, quiet=quiet or json_out), device, precision,
                             compile=compile, batch_size=batch_size, tile=tile,
                             max_memory=parse_bytes(max_memory), tile_stats=tile_stats, batchnorm=batchnorm,
-                            notify=note, backend=backend)
+                            notify=note, backend=backend, adapt_threads=True)
     opts = RunOptions(ext=ext, quality=quality, overwrite=overwrite, side_by_side=side_by_side,
                       max_pixels=max_pixels, max_size=max_size, scale=scale, shard=rank_shard, workers=workers)
     reporter = _ProgressReporter(quiet=quiet or json_out or not is_main)

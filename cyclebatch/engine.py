@@ -127,7 +127,7 @@ class Translator:
                  compile: bool = False, batch_size: Optional[int] = None, *, tile: Optional[int] = None,
                  context: int = 64, max_memory: Optional[int] = None, tile_stats: str = "exact",
                  batchnorm: str = "running", notify: Optional[Callable[[str], None]] = None,
-                 backend: str = "torch", adapt_threads: bool = True):
+                 backend: str = "torch", adapt_threads: bool = False):
         """tile: force tiling with this tile size; otherwise images whose full-frame pass would exceed
         max_memory bytes (default: half the free memory) are tiled automatically. tile_stats "exact"
         (whole-image InstanceNorm statistics, seamless) or "per-tile" (the naive way, for comparison).
@@ -135,7 +135,9 @@ class Translator:
         notify: where one-off notes go (a precision fallback); default the "cyclebatch" logger.
         backend: what runs full-frame passes: "torch" (this engine's own path), "openvino" or "auto" (the
         faster on this CPU, per shape class; backends.py). Tiles and shared video statistics run on torch.
-        adapt_threads: on CPU, run fewer torch threads while other processes keep cores busy (cpuload.py)."""
+        adapt_threads: on CPU, run fewer torch threads while other processes keep cores busy (cpuload.py;
+        `run` turns it on). Off by default: it sets the process-wide thread count, and a changed count
+        changes the order of floating-point sums (outputs then differ run to run by rounding)."""
         from .tiling import STATS_MODES
 
         # BatchNorm statistics mode (a converted copy, or the model itself); U-Nets never tile.
