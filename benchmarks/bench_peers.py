@@ -216,7 +216,9 @@ def busy_section(net, size: int, rounds: int, tmp: Path) -> None:
             from cyclebatch.backend_openvino import OpenVINOBackend
 
             engines["openvino bf16 hint"] = OpenVINOBackend(net, "bf16").forward
-        threads = torch.get_num_threads()
+        from cyclebatch.cpuload import configured_threads
+
+        threads = configured_threads()  # not what a governor lowered it to in the sections before
         fixed = Translator(net, device="cpu", precision="auto", adapt_threads=False)
         adaptive = Translator(net, device="cpu", precision="auto", adapt_threads=True)
 
