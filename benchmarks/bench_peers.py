@@ -115,12 +115,26 @@ def fresh_calibration(t: Translator, tmp: Path) -> None:
         t.backend.path = tmp / "calibration.json"
 
 
+def own_threads(fn: Callable, t: Translator | None) -> Callable:
+    """The torch thread count is process-wide: each engine runs with its own, the configured count or what
+    its Translator's governor chose (as it would in a process of its own)."""
+    from cyclebatch.cpuload import configured_threads
+
+    base = configured_threads()
+
+    def run(x):
+        torch.set_num_threads(t.governor.threads if t is not None and t.governor is not None else base)
+        return fn(x)
+
+    return run
+
+
 def peer_engines(net, name: str, tmp: Path) -> dict[str, Callable[[torch.Tensor], object]]:
     engines: dict[str, Callable] = {}
     eager = net.float().eval()
-    engines["eager fp32"] = lambda x: eager(x)
+    engines["eager fp32"] = own_threads(eager, None)
     cb = Translator(net, device="cpu", precision="auto", backend="torch", adapt_threads=True)  # as `run`
-    engines[f"cyclebatch torch {cb.precision}"] = cb.forward
+    engines[f"cyclebatch torch {cb.precision}"] = own_threads(cb.forward, cb)
     if openvino_available():
         from cyclebatch.backend_openvino import OpenVINOBackend
 
@@ -129,7 +143,7 @@ def peer_engines(net, name: str, tmp: Path) -> dict[str, Callable[[torch.Tensor]
             engines[f"openvino {'f32' if hint == 'fp32' else hint} hint"] = ov.forward
         auto = Translator(net, device="cpu", precision="auto", backend="auto", adapt_threads=True)
         fresh_calibration(auto, tmp)
-        engines["cyclebatch auto"] = auto.forward
+        engines["cyclebatch auto"] = own_threads(auto.forward, auto)
     else:
         print("# openvino not installed: its rows and cyclebatch auto are skipped (pip install 'cyclebatch[openvino]')")
     try:
