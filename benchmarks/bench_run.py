@@ -1,6 +1,6 @@
 """`cyclebatch run` throughput against the raw model and against a naive official-test.py-style loop.
 
-    python benchmarks/bench_run.py [--model vintage] [--n256 16] [--n1024 4] [--precision fp32]
+    python benchmarks/bench_run.py [--model vintage] [--n256 16] [--n1024 4] [--precision fp32] [--backend auto]
 
 Prints, per resolution (real photos from examples/photos, centre-cropped and resized):
   1. raw model throughput: Translator.forward on ready tensors (same precision and batch size as run),
@@ -98,10 +98,12 @@ def main() -> None:
     ap.add_argument("--n256", type=int, default=16)
     ap.add_argument("--n1024", type=int, default=4)
     ap.add_argument("--precision", default="auto", help="the engine's precision (fp32: what CPUs without bf16 run)")
+    ap.add_argument("--backend", default="torch", help="torch, openvino or auto (as `run --backend`)")
     args = ap.parse_args()
     net, name = model_or_random(args.model)
-    t = Translator(net, precision=args.precision)
-    print(f"model {name}, device {t.device}, precision {t.precision}, torch threads {torch.get_num_threads()}")
+    t = Translator(net, precision=args.precision, backend=args.backend, adapt_threads=True)  # as `run`
+    print(f"model {name}, device {t.device}, precision {t.precision}, backend {args.backend}, "
+          f"torch threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
         for size, n in ((256, args.n256), (1024, args.n1024)):
             paths = make_photos(Path(tmp) / f"in{size}", size, n)
@@ -110,7 +112,7 @@ def main() -> None:
             assert s.translated == n and s.failed == 0, s.failures
             e2e = s.images_per_second
             naive = naive_loop(net, paths, Path(tmp) / f"naive{size}")
-            print(f"\n{size}x{size}, {n} real photos, batch {t.auto_batch_size(size, size)}")
+            print(f"\n{size}x{size}, {n} real photos, batch {t.auto_batch_size(size, size)}, via {s.backends}")
             print(f"  1. raw model      {raw:8.3f} images/s")
             print(f"  2. run end-to-end {e2e:8.3f} images/s   run / raw   = {e2e / raw:5.2f}  (goal >= 0.90)")
             print(f"  3. naive loop     {naive:8.3f} images/s   run / naive = {e2e / naive:5.2f}  (goal >= 2.00)")

@@ -49,6 +49,9 @@ def parse_bytes(text: Optional[str]) -> Optional[int]:
 
 TILE_HELP = "Tile every image with tiles of this size (px); default: only images too big for --max-memory."
 MEMORY_HELP = "Memory one image may take before it is tiled (6G, 512M); default: half of what is free."
+BACKEND_HELP = ("What runs full-frame passes on the CPU: torch (cyclebatch's own engine), openvino "
+                "(pip install 'cyclebatch[openvino]') or auto (the faster of the two on this CPU, per image size class; "
+                "measured once and cached). Tiles and shared video statistics always run on torch.")
 STATS_HELP = "Tile InstanceNorm statistics: exact (whole image, seamless) or per-tile (naive, for comparison)."
 BATCHNORM_HELP = ("BatchNorm models: running statistics (official test.py --eval) or per-image ones "
                   "(official test.py default).")
@@ -224,6 +227,7 @@ def run(
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help=MEMORY_HELP),
     tile_stats: str = typer.Option("exact", "--tile-stats", help=STATS_HELP),
     batchnorm: str = typer.Option("running", "--batchnorm", help=BATCHNORM_HELP),
+    backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary; errors only."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
@@ -259,7 +263,7 @@ def run(
     translator = Translator(load_generator(model, direction, quiet=quiet or json_out), device, precision,
                             compile=compile, batch_size=batch_size, tile=tile,
                             max_memory=parse_bytes(max_memory), tile_stats=tile_stats, batchnorm=batchnorm,
-                            notify=note)
+                            notify=note, backend=backend, adapt_threads=True)
     opts = RunOptions(ext=ext, quality=quality, overwrite=overwrite, side_by_side=side_by_side,
                       max_pixels=max_pixels, max_size=max_size, scale=scale, shard=rank_shard, workers=workers)
     reporter = _ProgressReporter(quiet=quiet or json_out or not is_main)
@@ -280,10 +284,17 @@ def run(
         err.print(f"translated {total.translated}, skipped {total.skipped}, failed {total.failed} "
                   f"in {total.seconds:.1f} s ({total.images_per_second:.2f} images/s, "
                   f"{total.megapixels / max(total.seconds, 1e-9):.2f} MP/s) on {translator.device} "
-                  f"{translator.precision} -> {out_dir}")
+                  f"{translator.precision}{_backends_note(total.backends)} -> {out_dir}")
     if total.stopped:
         err.print(f"[bold red]error:[/] {total.stopped} ({total.not_done} images not translated)", highlight=False)
     raise typer.Exit(0 if total.failed == 0 and not total.stopped else 1)
+
+def _backends_note(backends: dict) -> str:
+    """' via openvino bf16 (12), torch bf16 (tiled) (1)': which engine ran how many images."""
+    if not backends:
+        return ""
+    return " via " + ", ".join(f"{k} ({v})" for k, v in sorted(backends.items(), key=lambda kv: -kv[1]))
+
 
 # ---------------------------------------------------------------- train
 
@@ -508,5 +519,7 @@ def main() -> None:
     try:
         app(standalone_mode=True)
     except CycleBatchError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        from rich.markup import escape  # "pip install 'cyclebatch[openvino]'" is not markup
+
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(1)

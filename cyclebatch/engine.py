@@ -5,6 +5,8 @@ HxWx3 arrays (uint8 or uint16); everything between is torch on the chosen device
 
 Per image size the engine decides once how to run it (images per pass, or tiles) and remembers what
 running out of memory taught it: a failed batch is halved, a failed single image goes to the tiler.
+What runs a full-frame pass is a backend (backends.py: this engine's PyTorch path, OpenVINO, or auto);
+the memory model is memory.py; on CPU the torch threads follow the cores left free (cpuload.py).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import collections
 import contextlib
 import copy
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol, Sequence
 
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from .errors import CycleBatchError, is_out_of_memory
+from .memory import available_memory, device_free_bytes, estimate_bytes, memory_budget  # noqa: F401 (re-exported)
 from .networks import ResnetGenerator, full_frame_only, pad_to_multiple, with_batchnorm_mode
 
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
@@ -77,15 +79,6 @@ def use_channels_last(device: torch.device, compiled: bool) -> bool:
     return device.type == "cpu" or (device.type == "cuda" and compiled)
 
 
-def device_free_bytes(device: torch.device) -> int:
-    """Memory a new pass can use. On CUDA what the driver reports free plus what PyTorch's caching
-    allocator holds but does not use (mem_get_info counts that reserve as taken)."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
-    return available_memory()
-
-
 class ChunkListener(Protocol):
     """Told about every forward pass a batch is split into (video's shared statistics listen)."""
 
@@ -114,6 +107,7 @@ class EngineStats:
     out_of_memory: int = 0  # passes that ran out of memory and were retried smaller
     tiled_images: int = 0
     wider_precision_reruns: int = 0  # batches re-run in fp32 after non-finite output
+    backends: collections.Counter = field(default_factory=collections.Counter)  # images per backend that ran them
 
 
 class Pending:
@@ -132,12 +126,18 @@ class Translator:
     def __init__(self, model: ResnetGenerator, device: str = "auto", precision: str = "auto",
                  compile: bool = False, batch_size: Optional[int] = None, *, tile: Optional[int] = None,
                  context: int = 64, max_memory: Optional[int] = None, tile_stats: str = "exact",
-                 batchnorm: str = "running", notify: Optional[Callable[[str], None]] = None):
+                 batchnorm: str = "running", notify: Optional[Callable[[str], None]] = None,
+                 backend: str = "torch", adapt_threads: bool = False):
         """tile: force tiling with this tile size; otherwise images whose full-frame pass would exceed
         max_memory bytes (default: half the free memory) are tiled automatically. tile_stats "exact"
         (whole-image InstanceNorm statistics, seamless) or "per-tile" (the naive way, for comparison).
         batchnorm: "running" statistics or "per-image" ones, for BatchNorm models (networks.with_batchnorm_mode).
-        notify: where one-off notes go (a precision fallback); default the "cyclebatch" logger."""
+        notify: where one-off notes go (a precision fallback); default the "cyclebatch" logger.
+        backend: what runs full-frame passes: "torch" (this engine's own path), "openvino" or "auto" (the
+        faster on this CPU, per shape class; backends.py). Tiles and shared video statistics run on torch.
+        adapt_threads: on CPU, run fewer torch threads while other processes keep cores busy (cpuload.py;
+        `run` turns it on). Off by default: it sets the process-wide thread count, and a changed count
+        changes the order of floating-point sums (outputs then differ run to run by rounding)."""
         from .tiling import STATS_MODES
 
         # BatchNorm statistics mode (a converted copy, or the model itself); U-Nets never tile.
@@ -184,6 +184,16 @@ class Translator:
         # Static shapes: a folder has few sizes and a video one; dynamic=True would give up the
         # per-shape specialisation that makes compiling pay.
         self._forward = torch.compile(self.model, dynamic=False) if compile else self.model
+        self.compiled = compile
+        self.governor = None
+        if adapt_threads and self.device.type == "cpu":
+            from .cpuload import ThreadGovernor
+
+            self.governor = ThreadGovernor()
+        from .backends import TorchBackend, make_backend
+
+        self.torch_backend = TorchBackend(self)  # tiles, shared statistics and fp32 re-runs need the layers
+        self.backend = make_backend(backend, self, model)
         self.batch_size = batch_size
         self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
@@ -211,6 +221,10 @@ class Translator:
         finally:
             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
+    def adapt_threads(self) -> None:
+        if self.governor is not None:
+            self.governor.adapt()
+
     def note_once(self, key: str, message: str) -> None:
         if key not in self._noted:
             self._noted.add(key)
@@ -221,7 +235,7 @@ class Translator:
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[-1, 1] NCHW float in, [-1, 1] NCHW float out, any H and W (reflect-padded to the model's multiple)."""
-        return self._run(self.model_input(x), self._forward, self.autocast()).float()
+        return self.backend.forward(x).float()
 
     def _run(self, x: torch.Tensor, net, precision_context) -> torch.Tensor:
         x, (h, w) = pad_to_multiple(x, self.model.size_multiple)
@@ -353,8 +367,8 @@ class Translator:
 
         launch = self._launch
         if listener is not None:  # settle each pass (and any fp32 re-run) before the listener hears of the next
-            def launch(chunk):
-                return ("done", self._collect(chunk, [self._launch(chunk)]))
+            def launch(chunk):  # the listener hooks the torch model's norms: it runs there
+                return ("done", self._collect(chunk, [self._launch(chunk, self.torch_backend, " (shared statistics)")]))
         parts = self.run_passes(images, shape[0], shape[1], launch, tiled, listener)
         return Pending(self, images, parts)
 
@@ -396,10 +410,12 @@ class Translator:
         return parts
 
     @torch.inference_mode()
-    def _launch(self, chunk: Sequence[np.ndarray]) -> tuple:
-        y = self._run(self.model_input(self.to_tensor(chunk)), self._forward, self.autocast())
+    def _launch(self, chunk: Sequence[np.ndarray], backend=None, why: str = "") -> tuple:
+        backend = backend or self.backend
+        y = backend.forward(self.to_tensor(chunk))
         q, finite = self.quantize(y, chunk[0].dtype)
         self.stats.batch_sizes[len(chunk)] += 1
+        self.stats.backends[backend.name + why] += len(chunk)
         if self._copy_stream is None:
             return ("host", chunk, q, finite, None)
         # Copies into pinned memory, queued behind the model: nothing here waits for the GPU.
@@ -452,9 +468,7 @@ class Translator:
 
     def memory_budget(self) -> int:
         """Bytes one image's working set may take: --max-memory, else half of what is free now."""
-        if self.max_memory:
-            return int(self.max_memory)
-        return int(device_free_bytes(self.device) * 0.5)
+        return memory_budget(self.device, self.max_memory)
 
     def tile_plan(self, height: int, width: int):
         from .tiling import plan_tiles
@@ -476,9 +490,11 @@ class Translator:
             raise full_frame_only(self.model.config, f"a {w}x{h} image needs about "
                                   f"{estimate_bytes(self.model, h, w, self.dtype) / 2**20:.0f} MiB, over the "
                                   f"{self.plan_for(h, w).budget / 2**20:.0f} MiB budget")
+        self.adapt_threads()
         out, self.last_plan = translate_tiled(self, image, self.tile_plan(h, w))
         self.plan_for(h, w).tile_plan = self.last_plan
         self.stats.tiled_images += 1
+        self.stats.backends[f"{self.torch_backend.name} (tiled)"] += 1
         return out
 
 
@@ -487,23 +503,3 @@ class NonFiniteOutput(CycleBatchError):
         super().__init__("the model produced NaN or infinite values (a broken checkpoint, or weights out of "
                          "range for this precision); nothing was written")
         self.images = images
-
-
-def estimate_bytes(model: ResnetGenerator, height: int, width: int, dtype: Optional[torch.dtype]) -> int:
-    """Peak activation memory of one full-frame forward pass (a conservative model of eager PyTorch)."""
-    h, w = height + (-height) % 4, width + (-width) % 4
-    elem = 4 if dtype is None else 2
-    ngf = model.config.ngf
-    # A handful of full-resolution ngf-channel tensors are alive at the head and tail; they dominate.
-    return int(6 * h * w * ngf * elem + h * w * 3 * 4 * 4)
-
-
-def available_memory() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))

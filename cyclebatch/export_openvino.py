@@ -27,8 +27,11 @@ RT_INFO = "cyclebatch"
 
 
 def _openvino():
+    from .backend_openvino import no_telemetry
+
     try:
-        import openvino
+        with no_telemetry():  # no usage telemetry from the import (see backend_openvino)
+            import openvino
     except ImportError:
         raise CycleBatchError(f"OpenVINO export needs openvino: {EXTRA}") from None
     return openvino
@@ -69,7 +72,9 @@ def export_openvino(net: nn.Module, path: str | Path, *, fp16: bool = False,
     ov = _openvino()
     graph = PixelGraph(portable_copy(net)).eval()
     try:
-        with warnings.catch_warnings():
+        from .backend_openvino import no_telemetry
+
+        with no_telemetry(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # Traced: the tracer records the padding's size arithmetic, so any H and W work (checked by
             # verification on odd sizes). torch.export instead leaves a Python `mod` the frontend rejects.

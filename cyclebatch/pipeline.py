@@ -45,6 +45,7 @@ class Summary:
     failures: list = field(default_factory=list)  # [(path, reason)]
     stopped: Optional[str] = None  # why the run stopped early (the output cannot be written: disk full...)
     not_done: int = 0  # images left untranslated by such a stop
+    backends: dict = field(default_factory=dict)  # images per engine backend that ran them (engine.EngineStats)
 
     @property
     def images_per_second(self) -> float:
@@ -72,6 +73,8 @@ class Summary:
             out.failures += s.failures
             out.stopped = out.stopped or s.stopped
             out.not_done += s.not_done
+            for k, v in s.backends.items():
+                out.backends[k] = out.backends.get(k, 0) + v
         return out
 
 
@@ -133,6 +136,7 @@ def translate_paths(inputs: Sequence[str], output: str | Path, translator: Trans
     sweep_dead_temps(output)
     reporter.start(len(work.jobs), len(work.skipped))
     started = time.perf_counter()
+    ran_before = collections.Counter(getattr(translator.stats, "backends", {}))
     try:
         _Loop(translator, opts, reporter, summary).run(work.jobs)
     except OutputUnwritable as e:
@@ -143,6 +147,7 @@ def translate_paths(inputs: Sequence[str], output: str | Path, translator: Trans
         raise
     finally:
         summary.seconds = time.perf_counter() - started
+        summary.backends = dict(collections.Counter(getattr(translator.stats, "backends", {})) - ran_before)
         reporter.stop()
     return summary
 

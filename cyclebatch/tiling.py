@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .errors import CycleBatchError, is_out_of_memory
+from .memory import estimate_bytes  # one cost model for full frames and tiles
 from .networks import InstanceNorm, ResnetBlock, ResnetGenerator, instance_stats
 
 STATS_MODES = ("exact", "per-tile")
@@ -82,8 +83,6 @@ def buffer_bytes(model: ResnetGenerator, height: int, width: int, dtype: Optiona
 def tile_bytes(model: ResnetGenerator, side: int, dtype: Optional[torch.dtype],
                limit: tuple[int, int] = (1 << 30, 1 << 30)) -> int:
     """One tile's working set; a tile read from a smaller image is clipped to it."""
-    from .engine import estimate_bytes  # one cost model for full frames and tiles
-
     return estimate_bytes(model, min(side, limit[0]), min(side, limit[1]), dtype)
 
 

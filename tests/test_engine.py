@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from conftest import PHOTOS, run_cli, tiny_generator
-from cyclebatch import engine
+from cyclebatch import memory
 from cyclebatch.checkpoints import save_generator
 from cyclebatch.engine import Translator, device_free_bytes, use_channels_last
 from cyclebatch.pipeline import translate_paths
@@ -42,7 +42,7 @@ def test_free_memory_is_read_once_per_image_size(monkeypatch):
         reads.append(1)
         return 10**9 // len(reads)
 
-    monkeypatch.setattr(engine, "available_memory", shrinking)
+    monkeypatch.setattr(memory, "available_memory", shrinking)
     tr = fp32_translator()
     first = (tr.auto_batch_size(40, 48), tr.needs_tiling(40, 48))
     for _ in range(5):
