@@ -116,6 +116,7 @@ class FlowStabilizer:
         self._dis.setFinestScale(0)
         self._dis.setVariationalRefinementIterations(5)
         self.restarts = 0  # shots restarted after the first frame (told, detected, or untrusted flow)
+        self.cuts = 0  # of those, the cuts (told or found by the colour histogram)
         self.reset()
 
     def reset(self) -> None:
@@ -155,6 +156,7 @@ class FlowStabilizer:
         if cut is None:
             cut = self._hist is not None and 0.5 * np.abs(hist - self._hist).sum() > self.cut_threshold
         self._hist = hist
+        self.cuts += int(bool(cut) and self._frame is not None)
         fh, fw = self.flow_size(h, w)
         g = gray(frame)
         small = g if (fh, fw) == (h, w) else cv2.resize(g, (fw, fh), interpolation=cv2.INTER_AREA)
