@@ -113,6 +113,8 @@ def translate_video(src: str | Path, dst: str | Path, translator, *, codec: str 
         raise CycleBatchError(f"{problem}; {dst} was not written") from None
     finally:
         source.close()
+        if finisher is not None:
+            finisher.close()
     if finisher is not None and finisher.stab is not None and temporal == "flow":
         cuts = finisher.cuts
     return VideoResult(n, time.perf_counter() - t0, dst, cuts, temporal,

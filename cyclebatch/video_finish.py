@@ -4,6 +4,9 @@ input's size."""
 
 from __future__ import annotations
 
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import cv2
@@ -62,10 +65,43 @@ class Finisher:
     one previous frame, nothing else."""
 
     def __init__(self, temporal: str, compare: bool = False, resizer: Optional[Resizer] = None,
-                 upscale: bool = False, stabilizer: Optional[FlowStabilizer] = None):
+                 upscale: bool = False, stabilizer: Optional[FlowStabilizer] = None, flow_workers: Optional[int] = None):
         self.stab = (stabilizer or FlowStabilizer()) if temporal.startswith("flow") else None
         self.compare, self.resizer, self.upscale = compare, resizer, upscale
         self.max_state_bytes = 0  # the stabiliser's largest state: flat in the video's length
+        # The flow between two input frames needs no earlier result, so with cores to spare (a GPU runs the
+        # model) it is computed for the next frames in a pool while this thread blends: the blend alone
+        # is sequential. On 2 cores the model has them; one worker still overlaps flow and blend.
+        if flow_workers is None:
+            flow_workers = max(1, min(4, (os.cpu_count() or 2) // 4))
+        self.flow_workers = flow_workers
+        self._pool = ThreadPoolExecutor(flow_workers, "cyclebatch-flow") if self.stab is not None and flow_workers > 0 else None
+        self._last_input: Optional[np.ndarray] = None  # the previous batch's last input frame
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def _stabilised(self, batch: list[Frame]) -> list[np.ndarray]:
+        prevs = [self._last_input] + [f.source for f in batch[:-1]]
+        self._last_input = batch[-1].source
+        if self._pool is None:
+            return [self.stab(f.source, f.rgb) for f in batch]
+        todo, jobs, out = iter(zip(prevs, batch)), deque(), []
+
+        def submit() -> None:  # a few frames ahead, not the whole batch: each motion is 12 bytes a pixel
+            for p, f in todo:
+                same = p is not None and p.shape == f.source.shape
+                jobs.append((f, self._pool.submit(self.stab.motion, p, f.source) if same else None))
+                return
+
+        for _ in range(2 * self.flow_workers):
+            submit()
+        while jobs:
+            f, job = jobs.popleft()
+            submit()
+            out.append(self.stab(f.source, f.rgb, motion=job.result() if job is not None else None))
+        return out
 
     @property
     def cuts(self) -> int:
@@ -73,11 +109,10 @@ class Finisher:
 
     def __call__(self, batch: list[Frame]) -> list[list[Frame]]:
         outs, panels = [], []
-        for f in batch:
-            rgb = f.rgb
-            if self.stab is not None:
-                rgb = self.stab(f.source, f.rgb)
-                self.max_state_bytes = max(self.max_state_bytes, self.stab.state_bytes)
+        final = self._stabilised(batch) if self.stab is not None else [f.rgb for f in batch]
+        if self.stab is not None:
+            self.max_state_bytes = max(self.max_state_bytes, self.stab.state_bytes)
+        for f, rgb in zip(batch, final):
             if self.compare:
                 panels.append(Frame(np.hstack([f.source, f.rgb, rgb]), f.pts))
             if self.upscale and self.resizer is not None and self.resizer.input_size != self.resizer.work_size:

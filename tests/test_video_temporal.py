@@ -162,3 +162,21 @@ def test_expected_total_shown_from_the_first_call(tmp_path):
     calls = []
     translate_video(tmp_path / "in.mp4", tmp_path / "out.mp4", Identity(), progress=lambda d, t: calls.append((d, t)))
     assert calls[0] == (0, 12) and calls[-1] == (12, 12)  # the length from the container, before any batch
+
+
+def test_flow_computed_ahead_in_a_pool_gives_the_same_frames():
+    """The flow of later pairs runs in worker threads while the blend stays in order: same output."""
+    from cyclebatch.video_finish import Finisher
+    from cyclebatch.video_sources import Frame
+
+    frames, per_frame, _ = clip(n=12)
+    inline, pooled = Finisher("flow", flow_workers=0), Finisher("flow", flow_workers=3)
+    batches = [list(range(0, 5)), list(range(5, 12))]
+    outs = {}
+    for name, fin in (("inline", inline), ("pooled", pooled)):
+        outs[name] = [o.rgb for b in batches
+                      for o in fin([Frame(per_frame[i], i, source=frames[i]) for i in b])[0]]
+        fin.close()
+    stab = FlowStabilizer()
+    assert all(np.array_equal(a, stab(f, p)) for a, f, p in zip(outs["inline"], frames, per_frame))
+    assert all(np.array_equal(a, b) for a, b in zip(outs["inline"], outs["pooled"]))
