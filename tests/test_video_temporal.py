@@ -13,7 +13,7 @@ from cyclebatch.temporal import FlowStabilizer
 from cyclebatch.video import translate_video
 from conftest import run_cli, tiny_generator
 from test_temporal import H, SIDE, TOP, W, clip, frame_flicker
-from test_video import Identity, pattern, probe, synth
+from test_video import Exploding, Identity, pattern, probe, synth
 
 
 class Lookup(Identity):
@@ -110,6 +110,9 @@ def test_compare_writes_three_panels(tmp_path):
     assert not np.array_equal(panels[5][:, W:2 * W], panels[5][:, 2 * W:])  # stabilised != per-frame
     with pytest.raises(CycleBatchError, match="overwrite"):
         translate_video(src, tmp_path / "o2", Identity(), fps=10, compare=tmp_path / "o2")
+    with pytest.raises(RuntimeError):  # a crash mid-video leaves neither output, nor a temporary file
+        translate_video(src, tmp_path / "o3.mp4", Exploding(RuntimeError("boom")), fps=10, compare=tmp_path / "c3.mp4")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cmp", "in", "out"]
 
 
 def test_cli_compare_video_and_upscale(tmp_path):
