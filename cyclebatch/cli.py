@@ -467,9 +467,19 @@ def video(src: Path = typer.Argument(..., help="Input video, or a folder of fram
           start: float = typer.Option(0.0, "--start", min=0, help="Clip start, seconds."),
           duration: Optional[float] = typer.Option(None, "--duration", min=0, help="Clip length, seconds."),
           fps: Optional[float] = typer.Option(None, "--fps", min=0.001, help="Frame rate of a folder of frames (default 25)."),
-          stabilize: bool = typer.Option(True, "--stabilize/--no-stabilize",
-                                         help="Share InstanceNorm statistics across the frames of a shot "
-                                              "(less flicker), or give each frame its own."),
+          temporal: Optional[str] = typer.Option(None, "--temporal", help="Temporal consistency: flow (default: "
+                                                 "the translations steadied along the input's optical flow), "
+                                                 "stats (InstanceNorm statistics shared within a shot) or off "
+                                                 "(each frame exactly as `run` translates it)."),
+          no_stabilize: bool = typer.Option(False, "--no-stabilize", help="Same as --temporal off."),
+          compare: Optional[Path] = typer.Option(None, "--compare", help="Also write a side-by-side video (or frame "
+                                                 "folder): input | model output | final output."),
+          max_size: Optional[int] = typer.Option(None, "--max-size", min=4, help="Working resolution: longest side "
+                                                 "at most this (output at that size, even sides)."),
+          scale: Optional[float] = typer.Option(None, "--scale", min=0.01, max=8.0, help="Working resolution as a "
+                                                "factor (output at that size, even sides)."),
+          upscale: bool = typer.Option(False, "--upscale", help="With --max-size/--scale: resize the output back to "
+                                       "the input's size after translation (Lanczos)."),
           tile: Optional[int] = typer.Option(None, "--tile", min=32, help=TILE_HELP),
           max_memory: Optional[str] = typer.Option(None, "--max-memory", help=MEMORY_HELP),
           batchnorm: str = typer.Option("running", "--batchnorm", help=BATCHNORM_HELP),
@@ -483,14 +493,24 @@ def video(src: Path = typer.Argument(..., help="Input video, or a folder of fram
     from .registry import load_generator
     from .video import translate_video
 
+    if no_stabilize and temporal not in (None, "off"):
+        fail(f"--no-stabilize is --temporal off; it cannot go with --temporal {temporal}")
+    temporal = "off" if no_stabilize else (temporal or "flow")
+    if upscale and not (max_size or scale):
+        fail("--upscale brings a --max-size or --scale output back to the input's size; give one of them")
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[fps]} frames/s"), TimeRemainingColumn(), console=err,
-                   disable=quiet, transient=True)
+                   TextColumn("{task.fields[fps]} frames/s"), TextColumn("{task.fields[expected]}"),
+                   TimeRemainingColumn(), console=err, disable=quiet, transient=True)
     t0 = [0.0]
 
     def progress(done: int, total: Optional[int]) -> None:
-        rate = done / max(1e-9, time.perf_counter() - t0[0])
-        bar.update(task, completed=done, total=max(total or 0, done) or None, fps=f"{rate:.1f}")
+        spent = time.perf_counter() - t0[0]
+        rate = done / max(1e-9, spent)
+        # The expected total once a few frames are in (the first batch carries the warm-up): shown early,
+        # as a long video at full size on a CPU can take hours.
+        expected = f"total ~{_duration(spent / done * total)}" if total and done else ""
+        bar.update(task, completed=done, total=max(total or 0, done) or None, fps=f"{rate:.1f}" if done else "-",
+                   expected=expected)
 
     _sigterm_as_interrupt()
     try:
@@ -498,19 +518,27 @@ def video(src: Path = typer.Argument(..., help="Input video, or a folder of fram
                                 precision=precision, compile=compile, batch_size=batch_size, tile=tile,
                                 max_memory=parse_bytes(max_memory), batchnorm=batchnorm, notify=note)
         with bar:
-            task = bar.add_task(f"{src.name}", total=None, fps="-")
+            task = bar.add_task(f"{src.name}", total=None, fps="-", expected="")
             t0[0] = time.perf_counter()
             res = translate_video(src, dst, translator, codec=codec, crf=crf, preset=preset, start=start,
-                                  duration=duration, fps=fps, stabilize=stabilize, progress=progress)
+                                  duration=duration, fps=fps, temporal=temporal, max_size=max_size, scale=scale,
+                                  upscale=upscale, compare=compare, progress=progress)
     except KeyboardInterrupt:
         fail(f"interrupted: {dst} was not written", 130)
     except (RuntimeError, MemoryError) as e:  # e.g. out of memory: say so in one line, leave no output
         fail(f"{src}: translation failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
              f"{dst} was not written")
     if not quiet:
+        size = f", at {res.size[0]}x{res.size[1]}" if res.size else ""
         out.print(f"wrote {dst}: {res.frames} frames in {res.seconds:.1f} s "
-                  f"({res.frames / max(res.seconds, 1e-9):.1f} frames/s, {translator.precision} on {translator.device})",
+                  f"({res.frames / max(res.seconds, 1e-9):.1f} frames/s, {translator.precision} on {translator.device}"
+                  f"{size}, temporal {res.temporal})" + (f"; comparison in {compare}" if compare else ""),
                   highlight=False)
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 # ---------------------------------------------------------------- entry point

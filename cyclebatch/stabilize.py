@@ -20,8 +20,9 @@ model-made change stays) by 15%, and the plain flicker measure (mean |out_t - ou
 |in_t - in_t-1| within shots) by 3.4%. The plain measure cannot move much on a pan and zoom: an output
 with no flicker at all, each photo translated once and filmed with the same camera move, scores only
 2.6% below per-frame statistics, because nearly all frame-to-frame change there is real motion. With
-the statistics hook on the fused channels_last path, sharing costs no measurable speed, so it is the
-default; `stabilize=False` (`--no-stabilize`) gives each frame its own statistics, as a still image.
+the statistics hook on the fused channels_last path, sharing costs no measurable speed. It is
+`--temporal stats` now: the flow stabiliser (temporal.py, the default) removes far more of the flicker;
+`--temporal off` (`--no-stabilize`) gives each frame its own statistics, as a still image.
 Per-frame statistics do have one virtue: they cancel global exposure changes, which the shared ones let
 through (followed within a few frames, as the average moves).
 """

@@ -24,7 +24,14 @@ translation): E_warp of R 0.23x / 0.16x / 0.25x on carphone / bikes / examples/c
 on the pixels hidden in the previous frame 38.2 / 42.3 / 37.4 dB, drift 0.55 / 0.15 / 0.33 L*, look
 0.94x / 0.91x / 0.94x; 14 ms a frame at 256x256 and 52 ms at 1280x720 against the model's 0.30 s and
 4.9 s on 2 CPU cores (0.96x and 0.99x of per-frame frames/s with the stabiliser run inline). Run on the shared-statistics output instead it drifts more (1.11 L* on carphone)
-and trails more (34.1 dB on bikes): the two do not combine.
+and trails more (34.1 dB on bikes): the two do not combine. Re-measured through `translate_video` (the
+stabiliser in the pipeline's finishing thread): carphone's figures again to the digit; bikes' first 48
+frames 0.23x / 0.31x / 41.7 dB / 0.22 L* / 0.93x; whole runs with flow at 0.92x of off's frames/s at
+256x256 on 2 loaded cores.
+
+The step splits in two: `motion` (flow, trust, weight of the past) needs only the two input frames, so
+the video pipeline computes it a few frames ahead in worker threads; the blend with the previous result
+is the only sequential part.
 
 The measure's core (visibility, pair geometry and E_warp of Lai et al. 2018) is here too, so that tests
 and benchmarks grade outputs the same way; the evaluation flow is DIS at its MEDIUM preset at full size,
@@ -33,6 +40,7 @@ not the stabiliser's.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Optional
 
@@ -112,11 +120,18 @@ class FlowStabilizer:
         # dozen pixels wide. Here the frame is made small instead and solved at that size, with the fastest
         # patch search plus 5 variational refinement passes: a smooth flow (measured: trusted share of
         # carphone's pixels 60% without them, 84% with), so fewer false motion boundaries.
-        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
-        self._dis.setFinestScale(0)
-        self._dis.setVariationalRefinementIterations(5)
+        self._dis = self._new_dis()
+        self._local = threading.local()  # a DIS per thread for `motion` (one instance is not thread-safe)
         self.restarts = 0  # shots restarted after the first frame (told, detected, or untrusted flow)
+        self.cuts = 0  # of those, the cuts (told or found by the colour histogram)
         self.reset()
+
+    @staticmethod
+    def _new_dis():
+        dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
+        dis.setFinestScale(0)
+        dis.setVariationalRefinementIterations(5)
+        return dis
 
     def reset(self) -> None:
         self._frame: Optional[np.ndarray] = None  # previous input, uint8
@@ -144,24 +159,45 @@ class FlowStabilizer:
             self._grids[(h, w)] = np.dstack(grid(h, w))
         return self._grids[(h, w)]
 
-    def __call__(self, frame: np.ndarray, translated: np.ndarray, cut: Optional[bool] = None) -> np.ndarray:
+    def _flow_input(self, frame: np.ndarray) -> np.ndarray:
+        """The grey frame at the size the flow is solved at."""
+        h, w = frame.shape[:2]
+        fh, fw = self.flow_size(h, w)
+        g = gray(frame)
+        return g if (fh, fw) == (h, w) else cv2.resize(g, (fw, fh), interpolation=cv2.INTER_AREA)
+
+    def motion(self, prev: np.ndarray, frame: np.ndarray) -> "Motion":
+        """The part of a step that depends on the two input frames only: flow, trust and the weight of the
+        past. Safe to run for many pairs at once in other threads (each thread gets its own DIS), ahead of
+        the sequential blend: `stab(frame, translated, motion=stab.motion(prev, frame))` gives what
+        `stab(frame, translated)` gives."""
+        dis = getattr(self._local, "dis", None)
+        if dis is None:
+            dis = self._local.dis = self._new_dis()
+        return self._motion(prev, self._flow_input(prev), frame, self._flow_input(frame), dis)
+
+    def __call__(self, frame: np.ndarray, translated: np.ndarray, cut: Optional[bool] = None,
+                 motion: Optional["Motion"] = None) -> np.ndarray:
         if frame.shape != translated.shape or frame.dtype != np.uint8 or translated.dtype != np.uint8 \
                 or frame.ndim != 3 or frame.shape[2] != 3:
             raise ValueError("FlowStabilizer needs same-size uint8 RGB frames")
-        h, w = frame.shape[:2]
         if self._frame is not None and self._frame.shape != frame.shape:
             self.reset()  # a new size: nothing of the old one carries over
         hist = colour_histogram(frame)
         if cut is None:
             cut = self._hist is not None and 0.5 * np.abs(hist - self._hist).sum() > self.cut_threshold
         self._hist = hist
-        fh, fw = self.flow_size(h, w)
-        g = gray(frame)
-        small = g if (fh, fw) == (h, w) else cv2.resize(g, (fw, fh), interpolation=cv2.INTER_AREA)
+        self.cuts += int(bool(cut) and self._frame is not None)
+        small = self._flow_input(frame) if motion is None else None  # kept for the next frame's flow
         # The model-added change is what is carried, not the pixels: edges and real changes of the input
         # come from the current frame, only what the model invents is taken from the past.
         residual = cv2.subtract(translated, frame, dtype=cv2.CV_32F)
-        out = None if cut or self._frame is None else self._blend(frame, small, residual)
+        out = None
+        if not cut and self._frame is not None:
+            if motion is None:
+                prev_small = self._small if self._small is not None else self._flow_input(self._frame)
+                motion = self._motion(self._frame, prev_small, frame, small, self._dis)
+            out = self._blend(motion, residual)
         if out is None:
             self.restarts += int(self._frame is not None)
             out, result = residual, translated.copy()
@@ -171,11 +207,11 @@ class FlowStabilizer:
         self._frame, self._small, self._residual = frame.copy(), small, out
         return result
 
-    def _blend(self, frame, small, residual) -> Optional[np.ndarray]:
+    def _motion(self, prev, prev_small, frame, small, dis) -> "Motion":
         h, w = frame.shape[:2]
         sh, sw = small.shape
-        back = self._dis.calc(small, self._small, None)  # pixels of this frame -> the previous one
-        fore = self._dis.calc(self._small, small, None)
+        back = dis.calc(small, prev_small, None)  # pixels of this frame -> the previous one
+        fore = dis.calc(prev_small, small, None)
         sgrid = self._grid(sh, sw)
         trust = visible(back, fore, sgrid[..., 0], sgrid[..., 1]).astype(np.float32)
         if (sh, sw) != (h, w):
@@ -185,19 +221,34 @@ class FlowStabilizer:
         where = cv2.add(back, self._grid(h, w))
         # Brightness constancy on the input: where the warped previous input does not match this one, the
         # flow is wrong or the scene changed, and the past change would paint a ghost there.
-        prev_in = cv2.remap(self._frame, where, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        prev_in = cv2.remap(prev, where, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         err = cv2.transform(cv2.absdiff(frame, prev_in), np.ones((1, 3), np.float32))  # L1 over RGB, uint8
         # Restart where few pixels are fully trusted: a cut the histogram missed (bikes has one: 2% of
         # its pixels pass), or motion too fast to follow. Counted at full trust only: two unrelated
         # textures can still be half-alike everywhere.
         if np.count_nonzero((err <= self._full_trust) & (trust > 0.5)) < self.min_trusted * err.size:
-            return None
+            return Motion(None, None)
         weight = cv2.LUT(err, self._weight_of)
         weight *= trust
+        return Motion(where, weight)
+
+    def _blend(self, motion: "Motion", residual) -> Optional[np.ndarray]:
+        if motion.where is None:
+            return None
         # Cubic: the carried change is resampled every frame, and bilinear's blur added up to a visibly
         # weaker look (mean |O - I| 0.88x of per-frame on bikes vs 0.91x).
-        prev = cv2.remap(self._residual, where, None, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
-        return cv2.blendLinear(prev, residual, weight, 1 - weight)  # weight * prev + (1 - weight) * residual
+        prev = cv2.remap(self._residual, motion.where, None, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+        w = motion.weight
+        return cv2.blendLinear(prev, residual, w, 1 - w)  # w * prev + (1 - w) * residual
+
+
+@dataclass
+class Motion:
+    """Frame t's pixels mapped onto frame t-1 (full-size float32 map) and the weight of the past there;
+    both None when the flow is trusted on too few pixels (the step restarts from the translation)."""
+
+    where: Optional[np.ndarray]
+    weight: Optional[np.ndarray]
 
 
 # ---------------------------------------------------------------- the measure

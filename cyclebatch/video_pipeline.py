@@ -1,0 +1,180 @@
+"""The threaded pipeline of `video`: decode -> model -> finish -> encode, each stage its own thread.
+
+- decode (reader thread): FFmpeg decodes and converts (its own threads inside); frames are resized to
+  the working size here, so the model's thread only runs the model;
+- model (the calling thread): batches through the engine (or the device path, colour on the GPU);
+- finish (its own thread, only when there is per-frame work after the model): the temporal stabiliser,
+  the comparison panels and the upscale back to the input's size (video_finish.py). The input frames
+  travel with their translations to it, so it never waits on the model and the model never on it;
+- encode (writer thread): one sink per output.
+
+Every queue is bounded (16 decoded frames, 2 batches between the later stages), so memory does not grow
+with the video's length; an error in any stage stops the others and is raised from the calling thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from typing import Callable, Optional
+
+from .video_device import DevicePath
+from .video_sinks import VideoSink
+from .video_sources import Frame, VideoSource
+from .errors import CycleBatchError
+
+
+class _Stop(Exception):
+    pass
+
+
+def _put(q: "queue.Queue", item, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            pass
+    raise _Stop()
+
+
+def _get(q: "queue.Queue", stop: threading.Event):
+    while not stop.is_set():
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            pass
+    raise _Stop()
+
+
+_END = object()
+
+
+def _is_compiled(translator) -> bool:
+    model = getattr(translator, "model", None)
+    return model is not None and getattr(translator, "_forward", model) is not model
+
+
+def run_pipeline(source, sinks: list, translator, *, shared_stats: bool = False,
+                 prepare: Optional[Callable[[Frame], Frame]] = None,
+                 finish: Optional[Callable[[list[Frame]], list[list[Frame]]]] = None,
+                 keep_input: bool = False, progress=None, colour_on_device: bool = False) -> tuple[int, int]:
+    """Run every frame of `source` through `translator` into `sinks`; returns (frames, cuts found by the
+    shared statistics).
+
+    prepare: per decoded frame, in the reader thread (the resize to the working size).
+    finish: per batch of translated frames, in its own thread; returns one list of frames per sink.
+    Without it the translations go to `sinks[0]`. keep_input: each translated frame carries its input
+    (`Frame.source`) to `finish`.
+    """
+    from .stabilize import StableStats
+
+    stop = threading.Event()
+    frames_q: "queue.Queue" = queue.Queue(maxsize=16)
+    out_q: "queue.Queue" = queue.Queue(maxsize=2)
+    done_q: "queue.Queue" = queue.Queue(maxsize=2) if finish is not None else out_q
+    errors: list[BaseException] = []
+    yuv = colour_on_device and isinstance(source, VideoSource) and prepare is None and not keep_input
+
+    def guarded(fn):
+        def body() -> None:
+            try:
+                fn()
+            except _Stop:
+                pass
+            except BaseException as e:
+                errors.append(e)
+                stop.set()
+        return body
+
+    def read() -> None:
+        for f in (source.frames(yuv=True) if yuv else source.frames()):
+            _put(frames_q, prepare(f) if prepare is not None else f, stop)
+        _put(frames_q, _END, stop)
+
+    def finishing() -> None:
+        while True:
+            batch = _get(out_q, stop)
+            if batch is _END:
+                _put(done_q, _END, stop)
+                return
+            _put(done_q, finish(batch), stop)
+
+    def write() -> None:
+        while True:
+            parts = _get(done_q, stop)
+            if parts is _END:
+                for sink in sinks:
+                    sink.close()
+                return
+            for sink, frames in zip(sinks, parts if finish is not None else [parts]):
+                if frames:
+                    sink.write(frames)
+
+    sharing = shared_stats and hasattr(getattr(translator, "model", None), "norms")  # not for a stand-in model
+    stable = StableStats(translator) if sharing else None
+    # A compiled model is specialised to one batch shape: the last, shorter batch is padded with copies of
+    # its last frame (dropped again) rather than compiled anew. The shared statistics run forwards in
+    # time, so the copies after the real frames change none of them.
+    pad = _is_compiled(translator)
+    threads = [threading.Thread(target=guarded(read), name="cyclebatch-decode", daemon=True),
+               threading.Thread(target=guarded(write), name="cyclebatch-encode", daemon=True)]
+    if finish is not None:
+        threads.append(threading.Thread(target=guarded(finishing), name="cyclebatch-finish", daemon=True))
+    for t in threads:
+        t.start()
+    done = 0
+    if progress:
+        progress(0, source.total)  # the length is known from the container before the first batch
+    try:
+        with (stable if stable is not None else contextlib.nullcontext()):
+            batch_size, ended, device = None, False, None
+            while not ended:
+                first = _get(frames_q, stop)
+                if first is _END:
+                    break
+                if batch_size is None:
+                    if first.yuv is not None:
+                        device = DevicePath(translator, source, isinstance(sinks[0], VideoSink))
+                    size = device.size(first) if device is not None else first.size
+                    batch_size = max(1, translator.auto_batch_size(*size))
+                batch = [first]
+                while len(batch) < batch_size:
+                    item = _get(frames_q, stop)
+                    if item is _END:
+                        ended = True
+                        break
+                    batch.append(item)
+                run = batch + [batch[-1]] * (batch_size - len(batch)) if pad else batch
+                if device is not None:
+                    outs = device(run, stable)[:len(batch)]
+                else:
+                    images = [f.rgb for f in run]
+                    results = (translator.translate_batch(images, listener=stable) if stable is not None
+                               else translator.translate_batch(images))
+                    outs = [Frame(o, f.pts, source=f.rgb if keep_input else None) for o, f in zip(results, batch)]
+                _put(out_q, outs, stop)
+                done += len(batch)
+                if progress:
+                    progress(done, source.total)
+        _put(out_q, _END, stop)
+        for t in threads:
+            t.join()
+        if errors:
+            raise _Stop()
+    except _Stop:
+        _stop_all(stop, threads, sinks)
+        raise errors[0] if errors else CycleBatchError("stopped")
+    except BaseException:
+        _stop_all(stop, threads, sinks)
+        raise
+    return done, (stable.n_cuts if stable is not None else 0)
+
+
+def _stop_all(stop: threading.Event, threads: list, sinks: list) -> None:
+    stop.set()
+    for t in threads:
+        t.join()
+    for sink in sinks:
+        sink.abort()
