@@ -50,6 +50,8 @@ def parse_bytes(text: Optional[str]) -> Optional[int]:
 TILE_HELP = "Tile every image with tiles of this size (px); default: only images too big for --max-memory."
 MEMORY_HELP = "Memory one image may take before it is tiled (6G, 512M); default: half of what is free."
 STATS_HELP = "Tile InstanceNorm statistics: exact (whole image, seamless) or per-tile (naive, for comparison)."
+STORAGE_HELP = ("For s3:// gs:// ... URLs: fsspec options as JSON, e.g. '{\"endpoint_url\": \"http://host:9000\"}' "
+                "(credentials come from the usual environment variables and files).")
 BATCHNORM_HELP = ("BatchNorm models: running statistics (official test.py --eval) or per-image ones "
                   "(official test.py default).")
 
@@ -205,7 +207,7 @@ def _sigterm_as_interrupt() -> None:
 def run(
     inputs: List[str] = typer.Argument(..., help="Image files, folders (recursive) or globs ('photos/**/*.jpg')."),
     model: str = typer.Option("vintage", "--model", "-m", help="Zoo name, run name, folder or checkpoint file."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder; the input tree is mirrored in it. [default: out]"),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Output folder or URL (s3://bucket/out/); the input tree is mirrored in it. [default: out]"),
     direction: str = typer.Option("AtoB", "--direction", "-d", help="AtoB or BtoA, for models holding both generators."),
     ext: Optional[str] = typer.Option(None, "--ext", help="Output format (jpg, png, webp, tif, bmp); default: the input's."),
     quality: int = typer.Option(95, "--quality", min=1, max=100, help="JPEG / WebP quality."),
@@ -226,6 +228,7 @@ def run(
     batchnorm: str = typer.Option("running", "--batchnorm", help=BATCHNORM_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary; errors only."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    storage_options: Optional[str] = typer.Option(None, "--storage-options", help=STORAGE_HELP),
 ) -> None:
     """Translate a folder of images: batched, size-preserving, resumable, and safe for your files."""
     import json
@@ -248,8 +251,15 @@ def run(
         shard_kn = parse_shard(shard)
     except CycleBatchError as e:
         fail(str(e), 2)
-    out_dir = output if output is not None else Path("out")
-    check_output_location(inputs, out_dir, explicit=output is not None)
+    from .storage import as_location, parse_options
+
+    try:
+        fs_options = parse_options(storage_options)
+    except CycleBatchError as e:
+        fail(str(e), 2)
+    out_dir = as_location(output) if output is not None else Path("out")
+    if isinstance(out_dir, Path):
+        check_output_location(inputs, out_dir, explicit=output is not None)
     _sigterm_as_interrupt()
     rank_shard, device = setup(device)
     if shard_kn is not None:  # job array shard, then (under torchrun) split again by rank
@@ -261,7 +271,8 @@ def run(
                             max_memory=parse_bytes(max_memory), tile_stats=tile_stats, batchnorm=batchnorm,
                             notify=note)
     opts = RunOptions(ext=ext, quality=quality, overwrite=overwrite, side_by_side=side_by_side,
-                      max_pixels=max_pixels, max_size=max_size, scale=scale, shard=rank_shard, workers=workers)
+                      max_pixels=max_pixels, max_size=max_size, scale=scale, shard=rank_shard, workers=workers,
+                      storage_options=fs_options)
     reporter = _ProgressReporter(quiet=quiet or json_out or not is_main)
     try:
         summary = translate_paths(inputs, out_dir, translator, opts, reporter)
