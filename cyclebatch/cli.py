@@ -229,6 +229,11 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary; errors only."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     storage_options: Optional[str] = typer.Option(None, "--storage-options", help=STORAGE_HELP),
+    use_ray: bool = typer.Option(False, "--ray", help="Run on a Ray cluster (pip install cyclebatch[ray]): --ray-address, RAY_ADDRESS, a running local one, or a new local one."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (default: RAY_ADDRESS)."),
+    ray_gpus: float = typer.Option(0.0, "--ray-gpus", min=0.0, help="GPUs per Ray actor (0.5: two actors share a GPU); 0: CPU actors."),
+    ray_cpus: Optional[int] = typer.Option(None, "--ray-cpus", min=1, help="CPUs (threads) per Ray actor; default: a node's cores for CPU actors, 1 for GPU actors."),
+    report: bool = typer.Option(False, "--report", help="Write OUT/report.html: input|output thumbnails, failures, timings, settings."),
 ) -> None:
     """Translate a folder of images: batched, size-preserving, resumable, and safe for your files."""
     import json
@@ -261,6 +266,13 @@ def run(
     if isinstance(out_dir, Path):
         check_output_location(inputs, out_dir, explicit=output is not None)
     _sigterm_as_interrupt()
+    if use_ray:
+        _run_ray(inputs, out_dir, model, direction, json_out, quiet, ray_address, ray_gpus, ray_cpus, report,
+                 dict(device=device, precision=precision, compile=compile, batch_size=batch_size, tile=tile,
+                      max_memory=parse_bytes(max_memory), tile_stats=tile_stats, batchnorm=batchnorm),
+                 RunOptions(ext=ext, quality=quality, overwrite=overwrite, side_by_side=side_by_side,
+                            max_pixels=max_pixels, max_size=max_size, scale=scale, workers=workers,
+                            storage_options=fs_options))
     rank_shard, device = setup(device)
     if shard_kn is not None:  # job array shard, then (under torchrun) split again by rank
         k, n = shard_kn
@@ -292,6 +304,42 @@ def run(
                   f"in {total.seconds:.1f} s ({total.images_per_second:.2f} images/s, "
                   f"{total.megapixels / max(total.seconds, 1e-9):.2f} MP/s) on {translator.device} "
                   f"{translator.precision} -> {out_dir}")
+    if total.stopped:
+        err.print(f"[bold red]error:[/] {total.stopped} ({total.not_done} images not translated)", highlight=False)
+    raise typer.Exit(0 if total.failed == 0 and not total.stopped else 1)
+
+
+def _run_ray(inputs, out_dir, model, direction, json_out, quiet, address, gpus, cpus, report, translator_kwargs,
+             opts) -> None:
+    """`run --ray`: the same plan, summary, --json and exit codes as a local run, on a Ray cluster."""
+    import json
+
+    from .rayrun import translate_paths_ray
+    from .registry import load_generator
+
+    if translator_kwargs["device"] == "auto" and not gpus:
+        translator_kwargs["device"] = "cpu"  # CPU actors: a node's GPU belongs to GPU actors
+    generator = load_generator(model, direction, quiet=quiet or json_out)
+    reporter = _ProgressReporter(quiet=quiet or json_out)
+    try:
+        total, facts = translate_paths_ray(inputs, out_dir, generator, translator_kwargs, opts, reporter,
+                                           address=address, gpus=gpus, cpus=cpus)
+    except KeyboardInterrupt:
+        err.print("[bold yellow]interrupted:[/] finished images are kept, no partial file was left; "
+                  "run the same command again to resume")
+        raise typer.Exit(130)
+    except CycleBatchError as e:
+        fail(str(e))
+    device = translator_kwargs["device"] if not gpus else "cuda"
+    if json_out:
+        out.print_json(json.dumps({**total.to_dict(), "model": model, "device": device,
+                                   "precision": translator_kwargs["precision"], "output": str(out_dir),
+                                   "ray": facts}))
+    elif not quiet:
+        err.print(f"translated {total.translated}, skipped {total.skipped}, failed {total.failed} "
+                  f"in {total.seconds:.1f} s ({total.images_per_second:.2f} images/s, "
+                  f"{total.megapixels / max(total.seconds, 1e-9):.2f} MP/s) on Ray ({facts['actors']} actors, "
+                  f"{facts['cluster']}, startup {facts['startup_seconds']:.1f} s) -> {out_dir}")
     if total.stopped:
         err.print(f"[bold red]error:[/] {total.stopped} ({total.not_done} images not translated)", highlight=False)
     raise typer.Exit(0 if total.failed == 0 and not total.stopped else 1)
