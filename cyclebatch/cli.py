@@ -272,19 +272,24 @@ def run(
                       max_memory=parse_bytes(max_memory), tile_stats=tile_stats, batchnorm=batchnorm),
                  RunOptions(ext=ext, quality=quality, overwrite=overwrite, side_by_side=side_by_side,
                             max_pixels=max_pixels, max_size=max_size, scale=scale, workers=workers,
-                            storage_options=fs_options))
+                            storage_options=fs_options, report=report,
+                            report_settings=_report_settings(model, direction, batch_size, tile, ext, quality,
+                                                             side_by_side)))
     rank_shard, device = setup(device)
     if shard_kn is not None:  # job array shard, then (under torchrun) split again by rank
         k, n = shard_kn
         rank_shard = (k * rank_shard[1] + rank_shard[0], n * rank_shard[1])
     is_main = rank_shard[0] == 0 or shard_kn is not None
+    if report and rank_shard[1] > 1:
+        fail("--report covers a whole run: use it with a plain or a --ray run, not with --shard or torchrun", 2)
     translator = Translator(load_generator(model, direction, quiet=quiet or json_out), device, precision,
                             compile=compile, batch_size=batch_size, tile=tile,
                             max_memory=parse_bytes(max_memory), tile_stats=tile_stats, batchnorm=batchnorm,
                             notify=note)
     opts = RunOptions(ext=ext, quality=quality, overwrite=overwrite, side_by_side=side_by_side,
                       max_pixels=max_pixels, max_size=max_size, scale=scale, shard=rank_shard, workers=workers,
-                      storage_options=fs_options)
+                      storage_options=fs_options, report=report,
+                      report_settings=_report_settings(model, direction, batch_size, tile, ext, quality, side_by_side))
     reporter = _ProgressReporter(quiet=quiet or json_out or not is_main)
     try:
         summary = translate_paths(inputs, out_dir, translator, opts, reporter)
@@ -298,15 +303,33 @@ def run(
     total = Summary.combine(parts)
     if json_out:
         out.print_json(json.dumps({**total.to_dict(), "model": model, "device": str(translator.device),
-                                   "precision": translator.precision, "output": str(out_dir)}))
+                                   "precision": translator.precision, "output": str(out_dir),
+                                   **_report_key(out_dir, report)}))
     elif not quiet:
         err.print(f"translated {total.translated}, skipped {total.skipped}, failed {total.failed} "
                   f"in {total.seconds:.1f} s ({total.images_per_second:.2f} images/s, "
                   f"{total.megapixels / max(total.seconds, 1e-9):.2f} MP/s) on {translator.device} "
                   f"{translator.precision} -> {out_dir}")
+        if report:
+            err.print(f"report: {_report_key(out_dir, report)['report']}", highlight=False)
     if total.stopped:
         err.print(f"[bold red]error:[/] {total.stopped} ({total.not_done} images not translated)", highlight=False)
     raise typer.Exit(0 if total.failed == 0 and not total.stopped else 1)
+
+
+def _report_key(out_dir, report: bool) -> dict:
+    if not report:
+        return {}
+    from .report import PAGE
+    from .storage import join
+
+    return {"report": join(out_dir, PAGE) if isinstance(out_dir, str) else str(out_dir / PAGE)}
+
+
+def _report_settings(model, direction, batch_size, tile, ext, quality, side_by_side) -> dict:
+    return {"model": model, "direction": direction, "batch size": batch_size or "auto", "tile": tile or "auto",
+            "output format": ext or "as the input", "quality": quality, "side by side": side_by_side,
+            "command": " ".join(sys.argv[1:])}
 
 
 def _run_ray(inputs, out_dir, model, direction, json_out, quiet, address, gpus, cpus, report, translator_kwargs,
@@ -334,12 +357,14 @@ def _run_ray(inputs, out_dir, model, direction, json_out, quiet, address, gpus, 
     if json_out:
         out.print_json(json.dumps({**total.to_dict(), "model": model, "device": device,
                                    "precision": translator_kwargs["precision"], "output": str(out_dir),
-                                   "ray": facts}))
+                                   "ray": facts, **_report_key(out_dir, report)}))
     elif not quiet:
         err.print(f"translated {total.translated}, skipped {total.skipped}, failed {total.failed} "
                   f"in {total.seconds:.1f} s ({total.images_per_second:.2f} images/s, "
                   f"{total.megapixels / max(total.seconds, 1e-9):.2f} MP/s) on Ray ({facts['actors']} actors, "
                   f"{facts['cluster']}, startup {facts['startup_seconds']:.1f} s) -> {out_dir}")
+        if report:
+            err.print(f"report: {_report_key(out_dir, report)['report']}", highlight=False)
     if total.stopped:
         err.print(f"[bold red]error:[/] {total.stopped} ({total.not_done} images not translated)", highlight=False)
     raise typer.Exit(0 if total.failed == 0 and not total.stopped else 1)

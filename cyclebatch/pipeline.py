@@ -37,6 +37,9 @@ class RunOptions:
     shard: tuple[int, int] = (0, 1)
     workers: int = 0  # decode/encode threads; 0 = automatic
     storage_options: dict = field(default_factory=dict)  # for object-storage URLs (fsspec options)
+    report: bool = False  # thumbnails while writing, then OUT/report.html (see report.py)
+    report_settings: dict = field(default_factory=dict)  # the model and settings the report lists
+    out_root: "Path | str | None" = None  # set by the run: where the report's thumbnails go
 
 
 @dataclass
@@ -127,6 +130,29 @@ def encode(job: Job, pic: Picture, out_rgb: np.ndarray, opts: RunOptions) -> Non
         storage.write_picture(job.dst, Picture(rgb, alpha, pic.info), opts.quality, opts.storage_options)
     else:
         write_image(job.dst, Picture(rgb, alpha, pic.info), opts.quality)
+    if opts.report:
+        _thumbnails(job, pic, out_rgb, opts)
+
+
+def _thumbnails(job: Job, pic: Picture, out_rgb: np.ndarray, opts: RunOptions) -> None:
+    from .report import write_thumbnails
+
+    try:
+        write_thumbnails(opts.out_root, job.src, pic.rgb, out_rgb, opts.storage_options)
+    except Exception:
+        pass  # a missing thumbnail shows as an empty cell; it must never cost the image itself
+
+
+def finish_report(work, summary: "Summary", opts: RunOptions, settings: dict, timings: dict,
+                  reporter: "Reporter") -> None:
+    """Write OUT/report.html for a run (local or Ray); a failure to do so is said, never fatal."""
+    from .report import PAGE, write_run_report
+
+    try:
+        write_run_report(opts.out_root, work, summary, {**opts.report_settings, **settings}, timings,
+                         opts.storage_options)
+    except Exception as e:
+        reporter.failure(f"{opts.out_root}/{PAGE}", f"the report was not written ({type(e).__name__}: {e})")
 
 
 def translate_paths(inputs: Sequence[str], output: str | Path, translator: Translator,
@@ -135,6 +161,7 @@ def translate_paths(inputs: Sequence[str], output: str | Path, translator: Trans
     opts = opts or RunOptions()
     reporter = reporter or Reporter()
     output = storage.as_location(output) if isinstance(output, str) else output
+    opts = replace(opts, out_root=output if isinstance(output, str) else output.expanduser().resolve())
     work = plan(inputs, output, ext=opts.ext, overwrite=opts.overwrite, shard=opts.shard,
                 options=opts.storage_options)
     if opts.workers == 0 and any(isinstance(j.src, str) or isinstance(j.dst, str) for j in work.jobs[:1]):
@@ -159,6 +186,9 @@ def translate_paths(inputs: Sequence[str], output: str | Path, translator: Trans
     finally:
         summary.seconds = time.perf_counter() - started
         reporter.stop()
+    if opts.report:
+        finish_report(work, summary, opts, {"device": str(translator.device), "precision": translator.precision,
+                                            "backend": "local"}, {}, reporter)
     return summary
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -29,7 +30,7 @@ from .discover import Job, plan
 from .errors import CycleBatchError
 from .fileio import sweep_dead_temps
 from .images import probe
-from .pipeline import Reporter, RunOptions, Summary, _Loop, OutputUnwritable
+from .pipeline import OutputUnwritable, Reporter, RunOptions, Summary, _Loop, finish_report
 
 # Test hook: "N:MARKER" makes the first actor that reaches its N-th batch record what it wrote in MARKER
 # and kill its own process, once per MARKER (the fault test needs a real process death mid-run).
@@ -177,6 +178,7 @@ def translate_paths_ray(inputs: Sequence[str], output: "str | Path", model, tran
     begun = time.perf_counter()
     how = connect(address)
     output = storage.as_location(output) if isinstance(output, str) else output
+    opts = replace(opts, out_root=output if isinstance(output, str) else output.expanduser().resolve())
     work = plan(inputs, output, ext=opts.ext, overwrite=opts.overwrite, options=opts.storage_options)
     summary = Summary(skipped=len(work.skipped))
     for item, reason in work.problems:
@@ -203,6 +205,12 @@ def translate_paths_ray(inputs: Sequence[str], output: "str | Path", model, tran
         reporter.stop()
     if summary.stopped:
         summary.not_done = len(work.jobs) - summary.translated - (summary.failed - len(work.problems))
+    if opts.report:
+        device = translator_kwargs.get("device", "auto") if not gpus else "cuda"
+        finish_report(work, summary, opts, {"device": device, "precision": translator_kwargs.get("precision", "auto"),
+                                            "backend": "ray"},
+                      {"Ray startup": f"{facts['startup_seconds']:.2f} s", "actors": facts["actors"],
+                       "cluster": facts["cluster"]}, reporter)
     return summary, facts
 
 

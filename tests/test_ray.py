@@ -81,13 +81,18 @@ def test_cli_ray_summary_and_exit_code_match_the_local_run(cluster, tmp_path):
     torch.save(tiny_generator().state_dict(), model)
     common = ["-m", model, "--device", "cpu", "--precision", "fp32", "--json"]
     r_local = run_cli("run", src, "-o", tmp_path / "a", *common)
-    r_ray = run_cli("run", src, "-o", tmp_path / "b", *common, "--ray", env={"RAY_ADDRESS": cluster})
+    r_ray = run_cli("run", src, "-o", tmp_path / "b", *common, "--ray", "--report", env={"RAY_ADDRESS": cluster})
     assert r_local.returncode == r_ray.returncode == 1, r_ray.stderr[-2000:]
     a, b = json.loads(r_local.stdout), json.loads(r_ray.stdout)
     for key in ("translated", "skipped", "failed", "failures", "not_done", "stopped"):
         assert a[key] == b[key], key
     assert b["ray"]["actors"] >= 1
-    assert outputs(tmp_path / "a") == outputs(tmp_path / "b")
+    ray_out = outputs(tmp_path / "b")
+    # --report on Ray: the actors wrote the thumbnails, the driver the page.
+    assert b["report"] == str(tmp_path / "b" / "report.html") and ray_out.pop("report.html")
+    thumbs = [k for k in ray_out if k.startswith(".cyclebatch-report/")]
+    assert len(thumbs) == 2 * 6
+    assert outputs(tmp_path / "a") == {k: v for k, v in ray_out.items() if k not in thumbs}
 
 
 def test_missing_ray_is_one_line_naming_the_extra(monkeypatch):
