@@ -30,6 +30,17 @@ def fs(endpoint, monkeypatch):
     return fs
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny images, batch 1: torch's threads only add synchronisation (a lot of it on a loaded machine)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def png_bytes(seed: int, size=(32, 32)) -> bytes:
     rng = np.random.default_rng(seed)
     buf = io.BytesIO()
@@ -67,7 +78,7 @@ def test_whole_object_writes_on_a_non_object_store_leave_no_temporary(tmp_path):
     assert [p.name for p in (tmp_path / "deep").iterdir()] == ["a.bin"]
 
 
-def test_500_images_from_and_to_s3_match_a_local_run(fs, endpoint, tmp_path):
+def test_500_images_from_and_to_s3_match_a_local_run(fs, endpoint, tmp_path, one_thread):
     fs.mkdir("photos")
     n = 500
     fs.pipe({f"photos/set{i % 3}/{i:03d}.png": png_bytes(i) for i in range(n)})
