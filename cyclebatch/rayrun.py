@@ -56,6 +56,7 @@ def runtime_env() -> dict:
 def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> str:
     """Join `address` (or RAY_ADDRESS), else a running local cluster, else start one; say which."""
     ray = _ray()
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines would cut the CLI's output
     if ray.is_initialized():
         return "already connected"
     kw = dict(runtime_env=runtime_env(), logging_level=logging.WARNING, log_to_driver=True,

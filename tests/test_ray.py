@@ -95,6 +95,27 @@ def test_cli_ray_summary_and_exit_code_match_the_local_run(cluster, tmp_path):
     assert outputs(tmp_path / "a") == {k: v for k, v in ray_out.items() if k not in thumbs}
 
 
+def test_ray_reads_and_writes_object_storage(cluster, tmp_path):
+    s3fs = pytest.importorskip("s3fs")
+    from s3local import options, s3_server
+
+    src = tmp_path / "in"
+    make_images(src, 8)
+    local = translate_paths([str(src)], tmp_path / "local", Translator(tiny_generator(), **FP32))
+    with s3_server() as endpoint:
+        fs = s3fs.S3FileSystem(**options(endpoint))
+        fs.mkdir("photos")
+        fs.mkdir("results")
+        fs.put(str(src) + "/", "photos/", recursive=True)
+        s, _ = rayrun.translate_paths_ray(["s3://photos/"], "s3://results/run", tiny_generator(), FP32,
+                                          RunOptions(storage_options=options(endpoint)))
+        assert (s.translated, s.failed) == (8, 1)
+        assert s.failures[0][0] == "s3://photos/part0/broken.jpg"
+        fs.invalidate_cache()
+        got = {k[len("results/run/"):]: v for k, v in fs.cat(fs.find("results/run")).items()}
+    assert got == outputs(tmp_path / "local") and local.translated == 8
+
+
 def test_missing_ray_is_one_line_naming_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(CycleBatchError, match=r"pip install cyclebatch\[ray\]"):
