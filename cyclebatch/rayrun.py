@@ -32,8 +32,9 @@ from .fileio import sweep_dead_temps
 from .images import probe
 from .pipeline import OutputUnwritable, Reporter, RunOptions, Summary, _Loop, finish_report
 
-# Test hook: "N:MARKER" makes the first actor that reaches its N-th batch record what it wrote in MARKER
-# and kill its own process, once per MARKER (the fault test needs a real process death mid-run).
+# Test hook: "N:MARKER" makes the first actor in its N-th batch kill its own process once half that batch
+# is written, the other writes still in flight, after noting the files it wrote in MARKER; once per
+# MARKER (the fault test needs a real process death mid-batch).
 KILL_HOOK = "CYCLEBATCH_TEST_KILL_ACTOR_AFTER"
 
 
@@ -77,9 +78,11 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> st
 class _Counting(_Loop):
     """The local loop, noting which jobs it finished (and their megapixels) for the driver's summary."""
 
-    def __init__(self, *a, **kw):
+    def __init__(self, *a, die_after: int = 0, marker: str = "", **kw):
         super().__init__(*a, **kw)
         self.done: dict[str, float] = {}
+        self.written: list = []
+        self.die_after, self.marker = die_after, marker
 
     def collect_write(self) -> None:
         job, _, mp = self.writes[0]
@@ -87,6 +90,9 @@ class _Counting(_Loop):
         super().collect_write()
         if self.summary.translated > before:
             self.done[str(job.src)] = mp
+            self.written.append(job.dst)
+            if self.die_after and len(self.done) >= self.die_after:
+                _die(self.marker, self.written)  # test hook: mid-batch, other writes still in flight
 
 
 class Worker:
@@ -103,12 +109,11 @@ class Worker:
 
         if isinstance(model, ray.ObjectRef):  # shared once through the object store, not once per actor
             model = ray.get(model)
-        self.t = Translator(model, **translator_kwargs)
-        self.opts, self.hook, self.batches = opts, hook, 0
-
         # As many threads as a local run on a node of this size: the kernels' reductions split by thread
         # count, so this is what makes the outputs bitwise equal to a local run's.
         torch.set_num_threads(max(1, threads))
+        self.t = Translator(model, **translator_kwargs)
+        self.opts, self.hook, self.batches = opts, hook, 0
         # Only a restarted actor can meet outputs of its own earlier life: only it pays for the checks.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -119,14 +124,16 @@ class Worker:
         summary = Summary()
         already = {str(j.src): self._done_before(j) for j in jobs}
         already = {k: v for k, v in already.items() if v is not None}
-        loop = _Counting(self.t, self.opts, Reporter(), summary)
+        todo = [j for j in jobs if str(j.src) not in already]
+        self.batches += 1
+        marker = self._due_to_die()
+        loop = _Counting(self.t, self.opts, Reporter(), summary, die_after=max(1, len(todo) // 2) if marker else 0,
+                         marker=marker)
         stopped = ""
         try:
-            loop.run([j for j in jobs if str(j.src) not in already])
+            loop.run(todo)
         except OutputUnwritable as e:
             stopped = str(e)
-        self.batches += 1
-        self._maybe_die(jobs)
         reasons = dict(summary.failures)
         src = [str(j.src) for j in jobs]
         return {
@@ -151,20 +158,25 @@ class Worker:
             return w * h / 1e6
         return 0.0 if storage.exists(job.dst, self.opts.storage_options) else None
 
-    def _maybe_die(self, jobs: list[Job]) -> None:
+    def _due_to_die(self) -> str:
+        """The test hook's marker when this batch is the one to die in (first actor there, once), else ''."""
         if not self.hook:
-            return
+            return ""
         n, marker = self.hook.split(":", 1)
-        if self.batches < int(n):
-            return
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        written = [f"{j.dst}\t{os.stat(j.dst).st_ino}" for j in jobs if isinstance(j.dst, Path) and j.dst.exists()]
-        os.write(fd, "\n".join(written).encode())
-        os.close(fd)
-        os._exit(1)
+        if self.batches != int(n) or os.path.exists(marker):
+            return ""
+        return marker
+
+
+def _die(marker: str, written: list) -> None:
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return  # another actor got there first: only one dies
+    lines = [f"{p}\t{os.stat(p).st_ino}" for p in written if isinstance(p, Path)]
+    os.write(fd, "\n".join(lines).encode())
+    os.close(fd)
+    os._exit(1)
 
 
 def translate_paths_ray(inputs: Sequence[str], output: "str | Path", model, translator_kwargs: dict,
@@ -204,6 +216,8 @@ def translate_paths_ray(inputs: Sequence[str], output: "str | Path", model, tran
     finally:
         summary.seconds = time.perf_counter() - started
         reporter.stop()
+    if isinstance(output, Path):
+        sweep_dead_temps(output)  # what a killed actor was writing when it died (its retry wrote the file)
     if summary.stopped:
         summary.not_done = len(work.jobs) - summary.translated - (summary.failed - len(work.problems))
     if opts.report:

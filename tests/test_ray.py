@@ -52,7 +52,8 @@ def test_ray_run_equals_a_local_run_and_survives_a_killed_actor(cluster, tmp_pat
     assert (local.translated, local.failed) == (48, 1)
 
     marker = tmp_path / "killed.txt"
-    monkeypatch.setenv(rayrun.KILL_HOOK, f"2:{marker}")  # the first actor to finish 2 batches dies, once
+    # The first actor in its 2nd batch kills its process once half of that batch is written, once.
+    monkeypatch.setenv(rayrun.KILL_HOOK, f"2:{marker}")
     s, facts = rayrun.translate_paths_ray([str(src)], tmp_path / "ray", tiny_generator(), FP32, RunOptions(),
                                           rows_per_task=8)
     assert marker.exists(), "no actor was killed: the test tested nothing"
@@ -65,7 +66,9 @@ def test_ray_run_equals_a_local_run_and_survives_a_killed_actor(cluster, tmp_pat
     different = [k for k in local_out if ray_out[k] != local_out[k]]
     assert not different, f"not bitwise equal to the local run: {different[:5]}"
     # What the dead actor had written before dying was not written again by its retry.
-    for line in filter(None, marker.read_text().splitlines()):
+    finished = [line for line in marker.read_text().splitlines() if line]
+    assert finished, "the actor died before writing anything: not a mid-batch death"
+    for line in finished:
         path, inode = line.split("\t")
         assert os.stat(path).st_ino == int(inode), f"{path} was rewritten"
     assert facts["actors"] >= 1 and facts["cpus_per_actor"] >= 1
