@@ -8,7 +8,8 @@ from browser import needs_chromium, parse, render, with_attr
 from conftest import PHOTOS, run_cli, tiny_generator
 from cyclebatch.discover import Job, Plan
 from cyclebatch.pipeline import Summary
-from cyclebatch.report import PAGE, THUMBS, write_run_report
+from cyclebatch import report
+from cyclebatch.report import PAGE, THUMBS, thumb_rel, write_run_report
 
 
 def images_rows(dom):
@@ -55,13 +56,16 @@ def test_report_of_a_real_run_shows_thumbnails_failures_and_settings(tmp_path):
 
 
 @needs_chromium
-def test_a_100000_entry_report_opens_with_one_page_of_rows_in_the_dom(tmp_path):
+def test_a_100000_entry_report_opens_with_one_page_of_rows_in_the_dom(tmp_path, monkeypatch):
     n = 100_000
     jobs = [Job(Path(f"/data/in/{i // 1000:03d}/frame_{i:06d}.png"), Path(f"/data/out/{i // 1000:03d}/frame_{i:06d}.png"))
             for i in range(n)]
     failures = [(str(jobs[i].src), f"corrupt or truncated image (case {i})") for i in range(0, n, 5000)]
     summary = Summary(translated=n - len(failures), failed=len(failures), seconds=1234.5, megapixels=n * 2.0,
                       failures=failures)
+    # As if every thumbnail had been written: 200,000 relative URLs in the page (the files need not exist).
+    monkeypatch.setattr(report, "_existing_thumbs",
+                        lambda root, options: {thumb_rel(j.src, w) for j in jobs for w in ("in", "out")})
     start = time.perf_counter()
     page = write_run_report(tmp_path, Plan(jobs, [], []), summary, {"model": "vintage"}, {})
     built = time.perf_counter() - start
@@ -76,3 +80,4 @@ def test_a_100000_entry_report_opens_with_one_page_of_rows_in_the_dom(tmp_path):
     pagers = [a for a in with_attr(dom, "data-pages") if a["data-pages"] == "1000"]
     assert pagers and pagers[0]["data-page"] == "500"
     assert rows[0][1][2] == str(jobs[49_900].src)
+    assert rows[0][1][0].startswith(f"[img {THUMBS}/")  # the thumbnails of that page only
