@@ -30,7 +30,7 @@ from cyclebatch.pipeline import Reporter, RunOptions, translate_paths  # noqa: E
 
 class Clock(Reporter):
     """Times the first and the last finished images (the steady state lies between them). Ray hands results
-    back a task (16 images) at a time, so everything reported with the first one counts as "first"."""
+    back a task (32 images) at a time, so everything reported with the first one counts as "first"."""
 
     def start(self, total: int, skipped: int) -> None:
         self.first, self.last, self.n, self.n_first = None, None, 0, 0

@@ -345,8 +345,11 @@ def _run_ray(inputs, out_dir, model, direction, json_out, quiet, address, gpus, 
     generator = load_generator(model, direction, quiet=quiet or json_out)
     reporter = _ProgressReporter(quiet=quiet or json_out)
     try:
+        # Each Ray task's images go through the actor's pipeline, which fills and drains once per task:
+        # several model batches per task keep the drain small.
+        rows = max(32, 4 * (translator_kwargs["batch_size"] or 0))
         total, facts = translate_paths_ray(inputs, out_dir, generator, translator_kwargs, opts, reporter,
-                                           address=address, gpus=gpus, cpus=cpus)
+                                           address=address, gpus=gpus, cpus=cpus, rows_per_task=rows)
     except KeyboardInterrupt:
         err.print("[bold yellow]interrupted:[/] finished images are kept, no partial file was left; "
                   "run the same command again to resume")

@@ -182,7 +182,7 @@ def _die(marker: str, written: list) -> None:
 def translate_paths_ray(inputs: Sequence[str], output: "str | Path", model, translator_kwargs: dict,
                         opts: Optional[RunOptions] = None, reporter: Optional[Reporter] = None, *,
                         address: Optional[str] = None, gpus: float = 0.0, cpus: Optional[int] = None,
-                        actors: Optional[int] = None, rows_per_task: int = 16) -> tuple[Summary, dict]:
+                        actors: Optional[int] = None, rows_per_task: int = 32) -> tuple[Summary, dict]:
     """Like `pipeline.translate_paths`, on a Ray cluster. Returns the summary and facts about the run
     (cluster, actors, startup seconds)."""
     ray = _ray()
