@@ -266,6 +266,8 @@ def run(
     if isinstance(out_dir, Path):
         check_output_location(inputs, out_dir, explicit=output is not None)
     _sigterm_as_interrupt()
+    if use_ray and shard:
+        fail("--shard and --ray do not mix: Ray balances the whole file list over its actors by itself", 2)
     if use_ray:
         _run_ray(inputs, out_dir, model, direction, json_out, quiet, ray_address, ray_gpus, ray_cpus, report,
                  dict(device=device, precision=precision, compile=compile, batch_size=batch_size, tile=tile,
