@@ -155,6 +155,13 @@ def finish_report(work, summary: "Summary", opts: RunOptions, settings: dict, ti
         reporter.failure(f"{opts.out_root}/{PAGE}", f"the report was not written ({type(e).__name__}: {e})")
 
 
+def io_workers(opts: RunOptions, jobs: Sequence[Job]) -> RunOptions:
+    """Object storage is latency-bound: by default keep more requests in flight than for local files."""
+    if opts.workers == 0 and any(isinstance(j.src, str) or isinstance(j.dst, str) for j in jobs[:1]):
+        return replace(opts, workers=REMOTE_WORKERS)
+    return opts
+
+
 def translate_paths(inputs: Sequence[str], output: str | Path, translator: Translator,
                     opts: Optional[RunOptions] = None, reporter: Optional[Reporter] = None) -> Summary:
     """Translate every image under `inputs` into `output`, mirroring the tree. Never raises for a bad file."""
@@ -164,8 +171,7 @@ def translate_paths(inputs: Sequence[str], output: str | Path, translator: Trans
     opts = replace(opts, out_root=output if isinstance(output, str) else output.expanduser().resolve())
     work = plan(inputs, output, ext=opts.ext, overwrite=opts.overwrite, shard=opts.shard,
                 options=opts.storage_options)
-    if opts.workers == 0 and any(isinstance(j.src, str) or isinstance(j.dst, str) for j in work.jobs[:1]):
-        opts = replace(opts, workers=REMOTE_WORKERS)  # object storage: latency-bound, so more requests in flight
+    opts = io_workers(opts, work.jobs)
     summary = Summary(skipped=len(work.skipped))
     for item, reason in work.problems:
         summary.failed += 1

@@ -30,7 +30,7 @@ from .discover import Job, plan
 from .errors import CycleBatchError
 from .fileio import sweep_dead_temps
 from .images import probe
-from .pipeline import OutputUnwritable, Reporter, RunOptions, Summary, _Loop, finish_report
+from .pipeline import OutputUnwritable, Reporter, RunOptions, Summary, _Loop, finish_report, io_workers
 
 # Test hook: "N:MARKER" makes the first actor in its N-th batch kill its own process once half that batch
 # is written, the other writes still in flight, after noting the files it wrote in MARKER; once per
@@ -193,6 +193,7 @@ def translate_paths_ray(inputs: Sequence[str], output: "str | Path", model, tran
     output = storage.as_location(output) if isinstance(output, str) else output
     opts = replace(opts, out_root=output if isinstance(output, str) else output.expanduser().resolve())
     work = plan(inputs, output, ext=opts.ext, overwrite=opts.overwrite, options=opts.storage_options)
+    opts = io_workers(opts, work.jobs)
     summary = Summary(skipped=len(work.skipped))
     for item, reason in work.problems:
         summary.failed += 1
