@@ -53,6 +53,8 @@ BACKEND_HELP = ("What runs full-frame passes on the CPU: torch (cyclebatch's own
                 "(pip install 'cyclebatch[openvino]') or auto (the faster of the two on this CPU, per image size class; "
                 "measured once and cached). Tiles and shared video statistics always run on torch.")
 STATS_HELP = "Tile InstanceNorm statistics: exact (whole image, seamless) or per-tile (naive, for comparison)."
+STORAGE_HELP = ("For s3:// gs:// ... URLs: fsspec options as JSON, e.g. '{\"endpoint_url\": \"http://host:9000\"}' "
+                "(credentials come from the usual environment variables and files).")
 BATCHNORM_HELP = ("BatchNorm models: running statistics (official test.py --eval) or per-image ones "
                   "(official test.py default).")
 
@@ -208,7 +210,7 @@ def _sigterm_as_interrupt() -> None:
 def run(
     inputs: List[str] = typer.Argument(..., help="Image files, folders (recursive) or globs ('photos/**/*.jpg')."),
     model: str = typer.Option("vintage", "--model", "-m", help="Zoo name, run name, folder or checkpoint file."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder; the input tree is mirrored in it. [default: out]"),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Output folder or URL (s3://bucket/out/); the input tree is mirrored in it. [default: out]"),
     direction: str = typer.Option("AtoB", "--direction", "-d", help="AtoB or BtoA, for models holding both generators."),
     ext: Optional[str] = typer.Option(None, "--ext", help="Output format (jpg, png, webp, tif, bmp); default: the input's."),
     quality: int = typer.Option(95, "--quality", min=1, max=100, help="JPEG / WebP quality."),
@@ -230,6 +232,12 @@ def run(
     backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary; errors only."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    storage_options: Optional[str] = typer.Option(None, "--storage-options", help=STORAGE_HELP),
+    use_ray: bool = typer.Option(False, "--ray", help="Run on a Ray cluster (pip install cyclebatch[ray]): --ray-address, RAY_ADDRESS, a running local one, or a new local one."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (default: RAY_ADDRESS)."),
+    ray_gpus: float = typer.Option(0.0, "--ray-gpus", min=0.0, help="GPUs per Ray actor (0.5: two actors share a GPU); 0: CPU actors."),
+    ray_cpus: Optional[int] = typer.Option(None, "--ray-cpus", min=1, help="CPUs (threads) per Ray actor; default: a node's cores for CPU actors, 1 for GPU actors."),
+    report: bool = typer.Option(False, "--report", help="Write OUT/report.html: input|output thumbnails, failures, timings, settings."),
 ) -> None:
     """Translate a folder of images: batched, size-preserving, resumable, and safe for your files."""
     import json
@@ -252,20 +260,43 @@ def run(
         shard_kn = parse_shard(shard)
     except CycleBatchError as e:
         fail(str(e), 2)
-    out_dir = output if output is not None else Path("out")
-    check_output_location(inputs, out_dir, explicit=output is not None)
+    from .storage import as_location, parse_options
+
+    try:
+        fs_options = parse_options(storage_options)
+    except CycleBatchError as e:
+        fail(str(e), 2)
+    out_dir = as_location(output) if output is not None else Path("out")
+    if isinstance(out_dir, Path):
+        check_output_location(inputs, out_dir, explicit=output is not None)
     _sigterm_as_interrupt()
+    if use_ray and shard:
+        fail("--shard and --ray do not mix: Ray balances the whole file list over its actors by itself", 2)
+    if use_ray:
+        _run_ray(inputs, out_dir, model, direction, json_out, quiet, ray_address, ray_gpus, ray_cpus, report,
+                 dict(device=device, precision=precision, compile=compile, batch_size=batch_size, tile=tile,
+                      max_memory=parse_bytes(max_memory), tile_stats=tile_stats, batchnorm=batchnorm,
+                      backend=backend),
+                 RunOptions(ext=ext, quality=quality, overwrite=overwrite, side_by_side=side_by_side,
+                            max_pixels=max_pixels, max_size=max_size, scale=scale, workers=workers,
+                            storage_options=fs_options, report=report,
+                            report_settings=_report_settings(model, direction, batch_size, tile, ext, quality,
+                                                             side_by_side)))
     rank_shard, device = setup(device)
     if shard_kn is not None:  # job array shard, then (under torchrun) split again by rank
         k, n = shard_kn
         rank_shard = (k * rank_shard[1] + rank_shard[0], n * rank_shard[1])
     is_main = rank_shard[0] == 0 or shard_kn is not None
+    if report and rank_shard[1] > 1:
+        fail("--report covers a whole run: use it with a plain or a --ray run, not with --shard or torchrun", 2)
     translator = Translator(load_generator(model, direction, quiet=quiet or json_out), device, precision,
                             compile=compile, batch_size=batch_size, tile=tile,
                             max_memory=parse_bytes(max_memory), tile_stats=tile_stats, batchnorm=batchnorm,
                             notify=note, backend=backend, adapt_threads=True)
     opts = RunOptions(ext=ext, quality=quality, overwrite=overwrite, side_by_side=side_by_side,
-                      max_pixels=max_pixels, max_size=max_size, scale=scale, shard=rank_shard, workers=workers)
+                      max_pixels=max_pixels, max_size=max_size, scale=scale, shard=rank_shard, workers=workers,
+                      storage_options=fs_options, report=report,
+                      report_settings=_report_settings(model, direction, batch_size, tile, ext, quality, side_by_side))
     reporter = _ProgressReporter(quiet=quiet or json_out or not is_main)
     try:
         summary = translate_paths(inputs, out_dir, translator, opts, reporter)
@@ -279,12 +310,71 @@ def run(
     total = Summary.combine(parts)
     if json_out:
         out.print_json(json.dumps({**total.to_dict(), "model": model, "device": str(translator.device),
-                                   "precision": translator.precision, "output": str(out_dir)}))
+                                   "precision": translator.precision, "output": str(out_dir),
+                                   **_report_key(out_dir, report)}))
     elif not quiet:
         err.print(f"translated {total.translated}, skipped {total.skipped}, failed {total.failed} "
                   f"in {total.seconds:.1f} s ({total.images_per_second:.2f} images/s, "
                   f"{total.megapixels / max(total.seconds, 1e-9):.2f} MP/s) on {translator.device} "
                   f"{translator.precision}{_backends_note(total.backends)} -> {out_dir}")
+        if report:
+            err.print(f"report: {_report_key(out_dir, report)['report']}", highlight=False)
+    if total.stopped:
+        err.print(f"[bold red]error:[/] {total.stopped} ({total.not_done} images not translated)", highlight=False)
+    raise typer.Exit(0 if total.failed == 0 and not total.stopped else 1)
+
+
+def _report_key(out_dir, report: bool) -> dict:
+    if not report:
+        return {}
+    from .report import PAGE
+    from .storage import join
+
+    return {"report": join(out_dir, PAGE) if isinstance(out_dir, str) else str(out_dir / PAGE)}
+
+
+def _report_settings(model, direction, batch_size, tile, ext, quality, side_by_side) -> dict:
+    return {"model": model, "direction": direction, "batch size": batch_size or "auto", "tile": tile or "auto",
+            "output format": ext or "as the input", "quality": quality, "side by side": side_by_side,
+            "command": " ".join(sys.argv[1:])}
+
+
+def _run_ray(inputs, out_dir, model, direction, json_out, quiet, address, gpus, cpus, report, translator_kwargs,
+             opts) -> None:
+    """`run --ray`: the same plan, summary, --json and exit codes as a local run, on a Ray cluster."""
+    import json
+
+    from .rayrun import translate_paths_ray
+    from .registry import load_generator
+
+    if translator_kwargs["device"] == "auto" and not gpus:
+        translator_kwargs["device"] = "cpu"  # CPU actors: a node's GPU belongs to GPU actors
+    generator = load_generator(model, direction, quiet=quiet or json_out)
+    reporter = _ProgressReporter(quiet=quiet or json_out)
+    try:
+        # Each Ray task's images go through the actor's pipeline, which fills and drains once per task:
+        # several model batches per task keep the drain small.
+        rows = max(32, 4 * (translator_kwargs["batch_size"] or 0))
+        total, facts = translate_paths_ray(inputs, out_dir, generator, translator_kwargs, opts, reporter,
+                                           address=address, gpus=gpus, cpus=cpus, rows_per_task=rows)
+    except KeyboardInterrupt:
+        err.print("[bold yellow]interrupted:[/] finished images are kept, no partial file was left; "
+                  "run the same command again to resume")
+        raise typer.Exit(130)
+    except CycleBatchError as e:
+        fail(str(e))
+    device = translator_kwargs["device"] if not gpus else "cuda"
+    if json_out:
+        out.print_json(json.dumps({**total.to_dict(), "model": model, "device": device,
+                                   "precision": translator_kwargs["precision"], "output": str(out_dir),
+                                   "ray": facts, **_report_key(out_dir, report)}))
+    elif not quiet:
+        err.print(f"translated {total.translated}, skipped {total.skipped}, failed {total.failed} "
+                  f"in {total.seconds:.1f} s ({total.images_per_second:.2f} images/s, "
+                  f"{total.megapixels / max(total.seconds, 1e-9):.2f} MP/s) on Ray ({facts['actors']} actors, "
+                  f"{facts['cluster']}, startup {facts['startup_seconds']:.1f} s) -> {out_dir}")
+        if report:
+            err.print(f"report: {_report_key(out_dir, report)['report']}", highlight=False)
     if total.stopped:
         err.print(f"[bold red]error:[/] {total.stopped} ({total.not_done} images not translated)", highlight=False)
     raise typer.Exit(0 if total.failed == 0 and not total.stopped else 1)

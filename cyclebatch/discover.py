@@ -1,22 +1,30 @@
-"""Inputs -> (source, destination) jobs: files, folders (recursive) and globs, mirrored under the output."""
+"""Inputs -> (source, destination) jobs: files, folders (recursive) and globs, mirrored under the output.
+
+Local locations are `Path`s; object-storage URLs (s3://, gs://, memory://...) are `str`s, listed through
+`storage` (see there). Either side may be either kind.
+"""
 
 from __future__ import annotations
 
 import glob
 import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Optional, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Optional, Sequence, Union
 
+from . import storage
 from .errors import CycleBatchError
 from .fileio import is_temp
 from .images import IMAGE_SUFFIXES, not_regular
 
 
+Location = Union[Path, str]  # a local path, or an object-storage URL
+
+
 @dataclass(frozen=True)
 class Job:
-    src: Path
-    dst: Path
+    src: Location
+    dst: Location
 
 
 @dataclass
@@ -47,13 +55,50 @@ def _glob_base(pattern: str) -> Path:
     return Path(*base) if base else Path(".")
 
 
-def expand(inputs: Sequence[str], exclude: Optional[Path] = None) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
+def _is_image_name(name: str) -> bool:
+    return _is_image(Path(PurePosixPath(name).name))
+
+
+def _expand_url(item: str, several: bool, options: Optional[dict]) -> tuple[list, list]:
+    """The object-storage twin of the local branch of `expand`: prefix, single object or glob."""
+    try:
+        if glob.has_magic(item):
+            base = item[: item.index(next(c for c in item if c in "*?["))].rsplit("/", 1)[0]
+            files = [u for u in storage.glob(item, options) if _is_image_name(u)]
+            if not files:
+                return [], [(item, "the pattern matches no images")]
+            fs, root = storage.filesystem(base, options)
+            return [(u, PurePosixPath(fs._strip_protocol(u)[len(root.rstrip("/")):].lstrip("/"))) for u in files], []
+        under = [(u, rel) for u, rel in storage.files_under(item, options)
+                 if _is_image_name(u) and not any(part.startswith(".") for part in rel.parts)]
+        if under:
+            prefix = PurePosixPath(PurePosixPath(item.rstrip("/")).name) if several else PurePosixPath()
+            return [(u, prefix / rel) for u, rel in under], []
+        if storage.exists(item, options) and not item.endswith("/"):
+            return [(item, PurePosixPath(PurePosixPath(item).name))], []
+        if storage.is_dir(item, options):
+            return [], [(item, f"no images found under {item} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")]
+        return [], [(item, "no such object or prefix")]
+    except CycleBatchError as e:
+        return [], [(item, str(e))]
+    except OSError as e:  # no such bucket, access denied, endpoint down: this input's problem
+        return [], [(item, f"cannot list it ({type(e).__name__}: {e})")]
+
+
+def expand(inputs: Sequence[str], exclude: Optional[Path] = None, options: Optional[dict] = None
+           ) -> tuple[list[tuple[Location, Path]], list[tuple[str, str]]]:
     """[(source, path relative to the output root)], [(input, problem)]. Several inputs keep apart by name."""
-    pairs: list[tuple[Path, Path]] = []
+    pairs: list[tuple[Location, Path]] = []
     problems: list[tuple[str, str]] = []
     several = len(inputs) > 1
     for item in inputs:
-        p = Path(item).expanduser()
+        loc = storage.as_location(item)
+        if isinstance(loc, str):
+            found, bad = _expand_url(loc, several, options)
+            pairs += [(u, Path(rel)) for u, rel in found]
+            problems += bad
+            continue
+        p = loc.expanduser()
         if p.is_dir():
             files = _walk(p, exclude)
             if not files:
@@ -75,31 +120,53 @@ def expand(inputs: Sequence[str], exclude: Optional[Path] = None) -> tuple[list[
     return pairs, problems
 
 
-def plan(inputs: Sequence[str], output: Path, *, ext: Optional[str] = None, overwrite: bool = False,
-         shard: tuple[int, int] = (0, 1)) -> Plan:
+def _key(loc: Location) -> Location:
+    return loc.resolve() if isinstance(loc, Path) else loc
+
+
+def plan(inputs: Sequence[str], output: "Path | str", *, ext: Optional[str] = None, overwrite: bool = False,
+         shard: tuple[int, int] = (0, 1), options: Optional[dict] = None) -> Plan:
     """Decide every output path up front: mirrored tree, suffix, collisions, skips and this shard's share."""
-    out_root = output.expanduser().resolve()
-    pairs, problems = expand(inputs, exclude=out_root)
-    seen: dict[Path, Path] = {}
+    out = storage.as_location(output) if isinstance(output, str) else output
+    remote_out = isinstance(out, str)
+    out_root = out if remote_out else out.expanduser().resolve()
+    pairs, problems = expand(inputs, exclude=None if remote_out else out_root, options=options)
+    seen: dict[Location, Location] = {}
     jobs: list[Job] = []
     for src, rel in pairs:
-        if src.resolve() in seen.values():
+        if _key(src) in seen.values():
             continue  # named twice (a file inside a folder also given): translate once
-        suffix = ext if ext else src.suffix  # keep the name exactly, case included
-        dst = out_root / rel.with_suffix(suffix)
-        if dst.resolve() == src.resolve():
+        suffix = ext if ext else PurePosixPath(str(src)).suffix  # keep the name exactly, case included
+        dst = (storage.join(out_root, rel.with_suffix(suffix).as_posix()) if remote_out
+               else out_root / rel.with_suffix(suffix))
+        if _key(dst) == _key(src):
             problems.append((str(src), "the output would replace the input itself; choose another -o"))
             continue
         if dst in seen:
             problems.append((str(src), f"its output {dst} is also the output of {seen[dst]}; rename one of them"))
             continue
-        seen[dst] = src.resolve()
+        seen[dst] = _key(src)
         jobs.append(Job(src, dst))
     k, n = shard
     mine = jobs[k::n]  # round robin: neighbouring (similar) files spread evenly over the shards
-    todo = [j for j in mine if overwrite or not j.dst.exists()]
-    skipped = [j for j in mine if not overwrite and j.dst.exists()]
+    exists = _exists_check(out_root, options) if not overwrite else (lambda dst: False)
+    done = [exists(j.dst) for j in mine]
+    todo = [j for j, d in zip(mine, done) if not d]
+    skipped = [j for j, d in zip(mine, done) if d]
     return Plan(todo, skipped, problems if k == 0 else [])
+
+
+def _exists_check(out_root: Location, options: Optional[dict]):
+    """Is this output there already? On object storage: one listing of the output prefix, not one
+    request per image."""
+    if isinstance(out_root, Path):
+        return lambda dst: dst.exists()
+    fs, _ = storage.filesystem(out_root, options)
+    try:
+        there = {fs._strip_protocol(u) for u in storage.list_files(out_root, options)}
+    except OSError:
+        there = set()  # the bucket may not exist yet: nothing to skip, the writes will say what is wrong
+    return lambda dst: fs._strip_protocol(dst) in there
 
 
 def parse_shard(text: Optional[str]) -> Optional[tuple[int, int]]:

@@ -8,17 +8,21 @@ import collections
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
+from . import storage
 from .discover import Job, plan
 from .engine import Pending, Translator
 from .errors import CycleBatchError
 from .fileio import location_problem, sweep_dead_temps
 from .images import DEFAULT_MAX_PIXELS, Picture, read_image, write_image
+
+
+REMOTE_WORKERS = 16  # decode/encode threads when reading or writing object storage
 
 
 @dataclass
@@ -32,6 +36,10 @@ class RunOptions:
     scale: Optional[float] = None  # working resolution as a factor
     shard: tuple[int, int] = (0, 1)
     workers: int = 0  # decode/encode threads; 0 = automatic
+    storage_options: dict = field(default_factory=dict)  # for object-storage URLs (fsspec options)
+    report: bool = False  # thumbnails while writing, then OUT/report.html (see report.py)
+    report_settings: dict = field(default_factory=dict)  # the model and settings the report lists
+    out_root: "Path | str | None" = None  # set by the run: where the report's thumbnails go
 
 
 @dataclass
@@ -100,7 +108,10 @@ def working_size(w: int, h: int, max_size: Optional[int], scale: Optional[float]
 
 
 def decode(job: Job, opts: RunOptions) -> Picture:
-    pic = read_image(job.src, opts.max_pixels)
+    if isinstance(job.src, str):
+        pic = storage.read_picture(job.src, opts.max_pixels, opts.storage_options)
+    else:
+        pic = read_image(job.src, opts.max_pixels)
     w, h = pic.size
     tw, th = working_size(w, h, opts.max_size, opts.scale)
     if (tw, th) != (w, h):
@@ -118,7 +129,40 @@ def encode(job: Job, pic: Picture, out_rgb: np.ndarray, opts: RunOptions) -> Non
     if opts.side_by_side:
         rgb = np.hstack([pic.rgb, out_rgb])
         alpha = None if alpha is None else np.hstack([alpha, alpha])
-    write_image(job.dst, Picture(rgb, alpha, pic.info), opts.quality)
+    if isinstance(job.dst, str):
+        storage.write_picture(job.dst, Picture(rgb, alpha, pic.info), opts.quality, opts.storage_options)
+    else:
+        write_image(job.dst, Picture(rgb, alpha, pic.info), opts.quality)
+    if opts.report:
+        _thumbnails(job, pic, out_rgb, opts)
+
+
+def _thumbnails(job: Job, pic: Picture, out_rgb: np.ndarray, opts: RunOptions) -> None:
+    from .report import write_thumbnails
+
+    try:
+        write_thumbnails(opts.out_root, job.src, pic.rgb, out_rgb, opts.storage_options)
+    except Exception:
+        pass  # a missing thumbnail shows as an empty cell; it must never cost the image itself
+
+
+def finish_report(work, summary: "Summary", opts: RunOptions, settings: dict, timings: dict,
+                  reporter: "Reporter") -> None:
+    """Write OUT/report.html for a run (local or Ray); a failure to do so is said, never fatal."""
+    from .report import PAGE, write_run_report
+
+    try:
+        write_run_report(opts.out_root, work, summary, {**opts.report_settings, **settings}, timings,
+                         opts.storage_options)
+    except Exception as e:
+        reporter.failure(f"{opts.out_root}/{PAGE}", f"the report was not written ({type(e).__name__}: {e})")
+
+
+def io_workers(opts: RunOptions, jobs: Sequence[Job]) -> RunOptions:
+    """Object storage is latency-bound: by default keep more requests in flight than for local files."""
+    if opts.workers == 0 and any(isinstance(j.src, str) or isinstance(j.dst, str) for j in jobs[:1]):
+        return replace(opts, workers=REMOTE_WORKERS)
+    return opts
 
 
 def translate_paths(inputs: Sequence[str], output: str | Path, translator: Translator,
@@ -126,14 +170,18 @@ def translate_paths(inputs: Sequence[str], output: str | Path, translator: Trans
     """Translate every image under `inputs` into `output`, mirroring the tree. Never raises for a bad file."""
     opts = opts or RunOptions()
     reporter = reporter or Reporter()
-    output = Path(output)
-    work = plan(inputs, output, ext=opts.ext, overwrite=opts.overwrite, shard=opts.shard)
+    output = storage.as_location(output) if isinstance(output, str) else output
+    opts = replace(opts, out_root=output if isinstance(output, str) else output.expanduser().resolve())
+    work = plan(inputs, output, ext=opts.ext, overwrite=opts.overwrite, shard=opts.shard,
+                options=opts.storage_options)
+    opts = io_workers(opts, work.jobs)
     summary = Summary(skipped=len(work.skipped))
     for item, reason in work.problems:
         summary.failed += 1
         summary.failures.append((item, reason))
         reporter.failure(item, reason)
-    sweep_dead_temps(output)
+    if isinstance(output, Path):
+        sweep_dead_temps(output)
     reporter.start(len(work.jobs), len(work.skipped))
     started = time.perf_counter()
     ran_before = collections.Counter(getattr(translator.stats, "backends", {}))
@@ -149,6 +197,9 @@ def translate_paths(inputs: Sequence[str], output: str | Path, translator: Trans
         summary.seconds = time.perf_counter() - started
         summary.backends = dict(collections.Counter(getattr(translator.stats, "backends", {})) - ran_before)
         reporter.stop()
+    if opts.report:
+        finish_report(work, summary, opts, {"device": str(translator.device), "precision": translator.precision,
+                                            "backend": "local"}, {}, reporter)
     return summary
 
 
@@ -281,7 +332,8 @@ class _Loop:
             self.fail(job, _reason(e, job))
             return
         except OSError as e:
-            problem = location_problem(e, job.dst)
+            problem = (location_problem(e, job.dst) if isinstance(job.dst, Path)
+                       else storage.location_problem(e, job.dst))
             if problem:  # the run's problem, not the file's: one message, not one per image
                 raise OutputUnwritable(f"{problem}. Stopped; finished images are kept and no partial file "
                                        "was left: make room and run the same command again to resume") from None

@@ -1,0 +1,107 @@
+"""`run --ray` on a local 2-CPU Ray cluster against a local `run`, on the same small images.
+
+    python benchmarks/bench_ray.py [--n 200] [--size 128] [--model vintage] [--precision auto] [--cpus 2]
+
+Prints, for both: images/s over the whole run (the Ray figure includes starting the actors and loading
+the model in them) and in the steady state (from the first finished image to the last), the ratio
+ray/local of each (goal >= 0.85), the cluster's start-up time on its own, whether the outputs are
+bitwise equal, the CPU's features and the load average before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_export import cpu_description  # noqa: E402
+from common import ROOT, model_or_random  # noqa: E402
+from cyclebatch.engine import Translator  # noqa: E402
+from cyclebatch.pipeline import Reporter, RunOptions, translate_paths  # noqa: E402
+
+
+class Clock(Reporter):
+    """Times the first and the last finished images (the steady state lies between them). Ray hands results
+    back a task (32 images) at a time, so everything reported with the first one counts as "first"."""
+
+    def start(self, total: int, skipped: int) -> None:
+        self.first, self.last, self.n, self.n_first = None, None, 0, 0
+
+    def advance(self, n: int = 1) -> None:
+        now = time.perf_counter()
+        if self.first is None or now - self.first < 1e-3:
+            self.first = self.first or now
+            self.n_first += n
+        self.last, self.n = now, self.n + n
+
+    def steady(self) -> float:
+        """Images/s after the first finished results (model loading and warm-up left out)."""
+        return (self.n - self.n_first) / (self.last - self.first) if self.last and self.last > self.first else 0.0
+
+
+def make_photos(folder: Path, size: int, n: int) -> None:
+    photos = sorted((ROOT / "examples" / "photos").glob("*.[jp][pn]g"))
+    folder.mkdir(parents=True)
+    for i in range(n):
+        im = Image.open(photos[i % len(photos)]).convert("RGB")
+        s = min(im.size)
+        left, top = (i * 37) % (im.width - s + 1), (i * 53) % (im.height - s + 1)  # every image differs
+        im.crop((left, top, left + s, top + s)).resize((size, size), Image.BICUBIC).save(folder / f"{i:03d}.jpg", quality=92)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--model", default="vintage")
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster")
+    args = ap.parse_args()
+    import ray
+
+    from cyclebatch import rayrun
+
+    print(f"# {cpu_description()}")
+    print(f"# load average before: {os.getloadavg()[0]:.2f}; torch {torch.__version__}, ray {ray.__version__}, "
+          f"{torch.get_num_threads()} torch threads locally")
+    model, name = model_or_random(args.model)
+    kwargs = {"device": "cpu", "precision": args.precision}
+    with tempfile.TemporaryDirectory(prefix="bench-ray-") as d:
+        d = Path(d)
+        make_photos(d / "in", args.size, args.n)
+        t = Translator(model, **kwargs)
+        batch = t.auto_batch_size(args.size, args.size)
+        local_clock = Clock()
+        local = translate_paths([str(d / "in")], d / "local", t, RunOptions(), local_clock)
+
+        begun = time.perf_counter()
+        how = rayrun.connect(num_cpus=args.cpus)
+        cluster_start = time.perf_counter() - begun
+        ray_clock = Clock()
+        remote, facts = rayrun.translate_paths_ray([str(d / "in")], d / "ray", model, kwargs, RunOptions(), ray_clock)
+        ray.shutdown()
+        same = all((d / "ray" / p.name).read_bytes() == p.read_bytes() for p in (d / "local").iterdir())
+
+    assert local.translated == remote.translated == args.n, (local, remote)
+    lw, rw = local.images_per_second, remote.images_per_second
+    ls, rs = local_clock.steady(), ray_clock.steady()
+    print(f"model {name}, {args.n} images of {args.size}x{args.size}, precision {t.precision}, batch {batch}")
+    print(f"Ray cluster start ({how}): {cluster_start:.1f} s (not in the figures below)")
+    print(f"Ray pool: {facts['actors']} actor(s) x {facts['cpus_per_actor']} CPU(s)")
+    print(f"whole run   : local {lw:.2f} images/s ({local.seconds:.1f} s), ray {rw:.2f} images/s "
+          f"({remote.seconds:.1f} s, actor start included); ray/local = {rw / lw:.3f}")
+    print(f"steady state: local {ls:.2f} images/s, ray {rs:.2f} images/s; ray/local = {rs / ls if ls else 0:.3f}")
+    print(f"outputs bitwise equal: {same}")
+    print(f"# load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import run_cli, tiny_generator
+from cyclebatch.engine import Translator
+from cyclebatch.errors import CycleBatchError
+from cyclebatch.fileio import TMP_MARK
+from cyclebatch.pipeline import RunOptions, translate_paths
+
+ray = pytest.importorskip("ray")
+from cyclebatch import rayrun  # noqa: E402
+
+FP32 = {"device": "cpu", "precision": "fp32"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One local 2-CPU cluster for every test here, shut down at the end."""
+    rayrun.connect(num_cpus=2)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def make_images(root, n, seed=0):
+    rng = np.random.default_rng(seed)
+    files = []
+    for i in range(n):
+        sub = root / f"part{i % 2}"
+        sub.mkdir(parents=True, exist_ok=True)
+        size = (32, 32) if i % 3 else (40, 24)  # two sizes: batches by size on both paths
+        f = sub / (f"{i:03d}.png" if i % 4 else f"{i:03d}.jpg")
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(f)
+        files.append(f)
+    (root / "part0" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    return files
+
+
+def outputs(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_ray_run_equals_a_local_run_and_survives_a_killed_actor(cluster, tmp_path, monkeypatch):
+    src = tmp_path / "in"
+    make_images(src, 48)
+    local = translate_paths([str(src)], tmp_path / "local", Translator(tiny_generator(), **FP32))
+    assert (local.translated, local.failed) == (48, 1)
+
+    marker = tmp_path / "killed.txt"
+    # The first actor in its 2nd batch kills its process once half of that batch is written, once.
+    monkeypatch.setenv(rayrun.KILL_HOOK, f"2:{marker}")
+    s, facts = rayrun.translate_paths_ray([str(src)], tmp_path / "ray", tiny_generator(), FP32, RunOptions(),
+                                          rows_per_task=8)
+    assert marker.exists(), "no actor was killed: the test tested nothing"
+    assert (s.translated, s.failed, s.skipped, s.stopped) == (48, 1, 0, None)
+    assert s.failures == local.failures  # same file, same reason
+    assert abs(s.megapixels - local.megapixels) < 1e-9
+    ray_out, local_out = outputs(tmp_path / "ray"), outputs(tmp_path / "local")
+    assert sorted(ray_out) == sorted(local_out)
+    assert not [k for k in ray_out if TMP_MARK in k]
+    different = [k for k in local_out if ray_out[k] != local_out[k]]
+    assert not different, f"not bitwise equal to the local run: {different[:5]}"
+    # What the dead actor had written before dying was not written again by its retry.
+    finished = [line for line in marker.read_text().splitlines() if line]
+    assert finished, "the actor died before writing anything: not a mid-batch death"
+    for line in finished:
+        path, inode = line.split("\t")
+        assert os.stat(path).st_ino == int(inode), f"{path} was rewritten"
+    assert facts["actors"] >= 1 and facts["cpus_per_actor"] >= 1
+
+    again, _ = rayrun.translate_paths_ray([str(src)], tmp_path / "ray", tiny_generator(), FP32, RunOptions())
+    assert (again.translated, again.skipped, again.failed) == (0, 48, 1)
+
+
+def test_cli_ray_summary_and_exit_code_match_the_local_run(cluster, tmp_path):
+    src = tmp_path / "in"
+    make_images(src, 6)
+    model = tmp_path / "tiny.pth"
+    torch.save(tiny_generator().state_dict(), model)
+    common = ["-m", model, "--device", "cpu", "--precision", "fp32", "--json"]
+    r_local = run_cli("run", src, "-o", tmp_path / "a", *common)
+    r_ray = run_cli("run", src, "-o", tmp_path / "b", *common, "--ray", "--report", env={"RAY_ADDRESS": cluster})
+    assert r_local.returncode == r_ray.returncode == 1, r_ray.stderr[-2000:]
+    a, b = json.loads(r_local.stdout), json.loads(r_ray.stdout)
+    for key in ("translated", "skipped", "failed", "failures", "not_done", "stopped"):
+        assert a[key] == b[key], key
+    assert b["ray"]["actors"] >= 1
+    ray_out = outputs(tmp_path / "b")
+    # --report on Ray: the actors wrote the thumbnails, the driver the page.
+    assert b["report"] == str(tmp_path / "b" / "report.html") and ray_out.pop("report.html")
+    thumbs = [k for k in ray_out if k.startswith(".cyclebatch-report/")]
+    assert len(thumbs) == 2 * 6
+    assert outputs(tmp_path / "a") == {k: v for k, v in ray_out.items() if k not in thumbs}
+
+
+def test_ray_reads_and_writes_object_storage(cluster, tmp_path):
+    s3fs = pytest.importorskip("s3fs")
+    from s3local import options, s3_server
+
+    src = tmp_path / "in"
+    make_images(src, 8)
+    local = translate_paths([str(src)], tmp_path / "local", Translator(tiny_generator(), **FP32))
+    with s3_server() as endpoint:
+        fs = s3fs.S3FileSystem(**options(endpoint))
+        fs.mkdir("photos")
+        fs.mkdir("results")
+        fs.put(str(src) + "/", "photos/", recursive=True)
+        s, _ = rayrun.translate_paths_ray(["s3://photos/"], "s3://results/run", tiny_generator(), FP32,
+                                          RunOptions(storage_options=options(endpoint)))
+        assert (s.translated, s.failed) == (8, 1)
+        assert s.failures[0][0] == "s3://photos/part0/broken.jpg"
+        fs.invalidate_cache()
+        got = {k[len("results/run/"):]: v for k, v in fs.cat(fs.find("results/run")).items()}
+    assert got == outputs(tmp_path / "local") and local.translated == 8
+
+
+def test_missing_ray_is_one_line_naming_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(CycleBatchError, match=r"pip install cyclebatch\[ray\]"):
+        rayrun._ray()
