@@ -163,3 +163,40 @@ def test_torch_threads_follow_the_cores_other_processes_leave(monkeypatch):
         assert g.changes == 2
     finally:
         torch.set_num_threads(saved)
+
+
+class _Timed:
+    """A stand-in backend whose passes take a set time on a fake clock (the decision rule alone, deterministic)."""
+
+    def __init__(self, name: str, seconds: float, clock: list):
+        self.name, self.seconds, self.clock, self.calls = name, seconds, clock, 0
+
+    def prepare(self, shape) -> None:
+        pass
+
+    def forward(self, x):
+        self.calls += 1
+        self.clock[0] += self.seconds
+        return x
+
+
+@pytest.mark.parametrize("torch_s, openvino_s, expected", [(0.020, 0.010, "openvino"),   # clearly faster
+                                                           (0.020, 0.0198, "torch"),     # a near tie
+                                                           (0.010, 0.020, "torch")])
+def test_calibration_keeps_torch_unless_openvino_is_clearly_faster(tmp_path, monkeypatch, torch_s, openvino_s,
+                                                                   expected):
+    from types import SimpleNamespace
+
+    from cyclebatch import calibration
+    from cyclebatch.calibration import MARGIN, ROUNDS, WARMUPS, AutoBackend
+
+    clock = [0.0]
+    monkeypatch.setattr(calibration.time, "perf_counter", lambda: clock[0])
+    assert 0 < MARGIN < 0.1
+    fake = SimpleNamespace(model=tiny_generator(0), precision="fp32", governor=None)
+    tb, ob = _Timed("torch", torch_s, clock), _Timed("openvino", openvino_s, clock)
+    auto = AutoBackend(fake, tb, ob, path=tmp_path / "calibration.json")
+    auto.forward(torch.zeros(1, 3, 64, 64))
+    assert auto.last is (ob if expected == "openvino" else tb)
+    assert json.loads((tmp_path / "calibration.json").read_text()).popitem()[1]["backend"] == expected
+    assert ob.calls == WARMUPS + ROUNDS + (expected == "openvino")  # every round timed both
