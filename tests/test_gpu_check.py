@@ -54,7 +54,9 @@ def test_video_ran_or_said_why_not(quick):
         assert doc["sections"]["video"]["status"] == "skipped" and "av" in doc["sections"]["video"]["reason"]
         return
     entries = section(doc, "video")["entries"]
-    assert len(entries) == 2
+    assert len(entries) == 4  # two clips, each with the default flow stabiliser and with shared statistics
+    assert sorted((e["clip"], e["temporal"]) for e in entries) == sorted(
+        (c, t) for c in {e["clip"] for e in entries} for t in ("flow", "stats"))
     for e in entries:
         assert e["frames"] == 12 and e["frames_per_s"] > 0 and e["raw_frames_per_s"] > 0
 
