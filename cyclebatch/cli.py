@@ -240,8 +240,6 @@ def run(
     report: bool = typer.Option(False, "--report", help="Write OUT/report.html: input|output thumbnails, failures, timings, settings."),
 ) -> None:
     """Translate a folder of images: batched, size-preserving, resumable, and safe for your files."""
-    import json
-
     from .discover import check_output_location, parse_shard
     from .distributed import gather, setup
     from .engine import Translator
@@ -308,15 +306,21 @@ def run(
     if parts is None:  # not rank 0: rank 0 reports for everyone
         raise typer.Exit(0 if summary.failed == 0 and not summary.stopped else 1)
     total = Summary.combine(parts)
+    _finish(total, out_dir, report, json_out, quiet,
+            {"model": model, "device": str(translator.device), "precision": translator.precision},
+            f"{translator.device} {translator.precision}{_backends_note(total.backends)}")
+
+
+def _finish(total, out_dir, report: bool, json_out: bool, quiet: bool, facts: dict, where: str) -> None:
+    """The end of a run, local or Ray: the summary (or --json), the report's place, the exit code."""
+    import json
+
     if json_out:
-        out.print_json(json.dumps({**total.to_dict(), "model": model, "device": str(translator.device),
-                                   "precision": translator.precision, "output": str(out_dir),
-                                   **_report_key(out_dir, report)}))
+        out.print_json(json.dumps({**total.to_dict(), **facts, "output": str(out_dir), **_report_key(out_dir, report)}))
     elif not quiet:
         err.print(f"translated {total.translated}, skipped {total.skipped}, failed {total.failed} "
                   f"in {total.seconds:.1f} s ({total.images_per_second:.2f} images/s, "
-                  f"{total.megapixels / max(total.seconds, 1e-9):.2f} MP/s) on {translator.device} "
-                  f"{translator.precision}{_backends_note(total.backends)} -> {out_dir}")
+                  f"{total.megapixels / max(total.seconds, 1e-9):.2f} MP/s) on {where} -> {out_dir}")
         if report:
             err.print(f"report: {_report_key(out_dir, report)['report']}", highlight=False)
     if total.stopped:
@@ -342,8 +346,6 @@ def _report_settings(model, direction, batch_size, tile, ext, quality, side_by_s
 def _run_ray(inputs, out_dir, model, direction, json_out, quiet, address, gpus, cpus, report, translator_kwargs,
              opts) -> None:
     """`run --ray`: the same plan, summary, --json and exit codes as a local run, on a Ray cluster."""
-    import json
-
     from .rayrun import translate_paths_ray
     from .registry import load_generator
 
@@ -364,20 +366,9 @@ def _run_ray(inputs, out_dir, model, direction, json_out, quiet, address, gpus, 
     except CycleBatchError as e:
         fail(str(e))
     device = translator_kwargs["device"] if not gpus else "cuda"
-    if json_out:
-        out.print_json(json.dumps({**total.to_dict(), "model": model, "device": device,
-                                   "precision": translator_kwargs["precision"], "output": str(out_dir),
-                                   "ray": facts, **_report_key(out_dir, report)}))
-    elif not quiet:
-        err.print(f"translated {total.translated}, skipped {total.skipped}, failed {total.failed} "
-                  f"in {total.seconds:.1f} s ({total.images_per_second:.2f} images/s, "
-                  f"{total.megapixels / max(total.seconds, 1e-9):.2f} MP/s) on Ray ({facts['actors']} actors, "
-                  f"{facts['cluster']}, startup {facts['startup_seconds']:.1f} s) -> {out_dir}")
-        if report:
-            err.print(f"report: {_report_key(out_dir, report)['report']}", highlight=False)
-    if total.stopped:
-        err.print(f"[bold red]error:[/] {total.stopped} ({total.not_done} images not translated)", highlight=False)
-    raise typer.Exit(0 if total.failed == 0 and not total.stopped else 1)
+    _finish(total, out_dir, report, json_out, quiet,
+            {"model": model, "device": device, "precision": translator_kwargs["precision"], "ray": facts},
+            f"Ray ({facts['actors']} actors, {facts['cluster']}, startup {facts['startup_seconds']:.1f} s)")
 
 def _backends_note(backends: dict) -> str:
     """' via openvino bf16 (12), torch bf16 (tiled) (1)': which engine ran how many images."""

@@ -170,18 +170,7 @@ def translate_paths(inputs: Sequence[str], output: str | Path, translator: Trans
     """Translate every image under `inputs` into `output`, mirroring the tree. Never raises for a bad file."""
     opts = opts or RunOptions()
     reporter = reporter or Reporter()
-    output = storage.as_location(output) if isinstance(output, str) else output
-    opts = replace(opts, out_root=output if isinstance(output, str) else output.expanduser().resolve())
-    work = plan(inputs, output, ext=opts.ext, overwrite=opts.overwrite, shard=opts.shard,
-                options=opts.storage_options)
-    opts = io_workers(opts, work.jobs)
-    summary = Summary(skipped=len(work.skipped))
-    for item, reason in work.problems:
-        summary.failed += 1
-        summary.failures.append((item, reason))
-        reporter.failure(item, reason)
-    if isinstance(output, Path):
-        sweep_dead_temps(output)
+    output, work, opts, summary = prepare(inputs, output, opts, reporter)
     reporter.start(len(work.jobs), len(work.skipped))
     started = time.perf_counter()
     ran_before = collections.Counter(getattr(translator.stats, "backends", {}))
@@ -201,6 +190,24 @@ def translate_paths(inputs: Sequence[str], output: str | Path, translator: Trans
         finish_report(work, summary, opts, {"device": str(translator.device), "precision": translator.precision,
                                             "backend": "local"}, {}, reporter)
     return summary
+
+
+def prepare(inputs: Sequence[str], output: "str | Path", opts: RunOptions, reporter: Reporter):
+    """The plan of a run (local or Ray): (output, work, opts, summary), problems already counted and the
+    dead temporary files of earlier runs swept from a local output."""
+    output = storage.as_location(output) if isinstance(output, str) else output
+    opts = replace(opts, out_root=output if isinstance(output, str) else output.expanduser().resolve())
+    work = plan(inputs, output, ext=opts.ext, overwrite=opts.overwrite, shard=opts.shard,
+                options=opts.storage_options)
+    opts = io_workers(opts, work.jobs)
+    summary = Summary(skipped=len(work.skipped))
+    for item, reason in work.problems:
+        summary.failed += 1
+        summary.failures.append((item, reason))
+        reporter.failure(item, reason)
+    if isinstance(output, Path):
+        sweep_dead_temps(output)
+    return output, work, opts, summary
 
 
 class _Loop:

@@ -26,11 +26,11 @@ from typing import Optional, Sequence
 import numpy as np
 
 from . import storage
-from .discover import Job, plan
+from .discover import Job
 from .errors import CycleBatchError
 from .fileio import sweep_dead_temps
 from .images import probe
-from .pipeline import OutputUnwritable, Reporter, RunOptions, Summary, _Loop, finish_report, io_workers
+from .pipeline import OutputUnwritable, Reporter, RunOptions, Summary, _Loop, finish_report, prepare
 
 # Test hook: "N:MARKER" makes the first actor in its N-th batch kill its own process once half that batch
 # is written, the other writes still in flight, after noting the files it wrote in MARKER; once per
@@ -190,17 +190,7 @@ def translate_paths_ray(inputs: Sequence[str], output: "str | Path", model, tran
     reporter = reporter or Reporter()
     begun = time.perf_counter()
     how = connect(address)
-    output = storage.as_location(output) if isinstance(output, str) else output
-    opts = replace(opts, out_root=output if isinstance(output, str) else output.expanduser().resolve())
-    work = plan(inputs, output, ext=opts.ext, overwrite=opts.overwrite, options=opts.storage_options)
-    opts = io_workers(opts, work.jobs)
-    summary = Summary(skipped=len(work.skipped))
-    for item, reason in work.problems:
-        summary.failed += 1
-        summary.failures.append((item, reason))
-        reporter.failure(item, reason)
-    if isinstance(output, Path):
-        sweep_dead_temps(output)
+    output, work, opts, summary = prepare(inputs, output, replace(opts, shard=(0, 1)), reporter)
     cpus, actors = _pool_size(ray, gpus, cpus, actors)
     actors = max(1, min(actors, len(work.jobs) or 1))
     facts = {"cluster": how, "actors": actors, "gpus_per_actor": gpus, "cpus_per_actor": cpus,
