@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import PHOTOS, run_cli, tiny_generator
 from cyclebatch import registry
-from cyclebatch.cli import _backends_note
+from cyclebatch.cli_run import _backends_note
 from cyclebatch.cpuload import ThreadGovernor
 from cyclebatch.engine import Translator
 from cyclebatch.errors import CycleBatchError
