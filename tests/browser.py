@@ -46,16 +46,22 @@ def screenshot(path: str | Path, png: str | Path, size: tuple[int, int] = (1280,
     return png
 
 
+VOID = {"img", "input", "meta", "br", "hr", "link", "source", "area", "col", "embed", "wbr", "base", "track"}
+
+
 class _Dom(HTMLParser):
     def __init__(self):
         super().__init__(convert_charrefs=True)
-        self.elements: list[tuple[str, dict]] = []
+        self.elements: list[list] = []  # [tag, attributes, text directly inside], in document order
         self.rows: list[tuple[dict, list[str]]] = []
+        self._open: list[list] = []
         self._cell: list[str] | None = None
 
     def handle_starttag(self, tag, attrs):
         a = {k: (v if v is not None else "") for k, v in attrs}
-        self.elements.append((tag, a))
+        self.elements.append([tag, a, ""])
+        if tag not in VOID:
+            self._open.append(self.elements[-1])
         if tag == "tr" and "data-row" in a:
             self.rows.append((a, []))
         elif tag == "td" and self.rows and self._cell is None:
@@ -64,21 +70,31 @@ class _Dom(HTMLParser):
             self._cell.append(f"[img {a.get('src', '')[:40]}]")
 
     def handle_endtag(self, tag):
+        if self._open and self._open[-1][0] == tag:
+            self._open.pop()
         if tag == "td" and self._cell is not None:
             self.rows[-1][1].append("".join(self._cell))
             self._cell = None
 
     def handle_data(self, data):
+        if self._open:
+            self._open[-1][2] += data
         if self._cell is not None:
             self._cell.append(data)
 
+    def find(self, tag: str | None = None, **attrs) -> list[list]:
+        """Elements by tag and attributes (data_shown=True: present; data_label="x": equal; _ stands for -)."""
+        want = {k.replace("_", "-"): v for k, v in attrs.items()}
+        return [e for e in self.elements if (tag is None or e[0] == tag)
+                and all((k in e[1]) if v is True else e[1].get(k) == v for k, v in want.items())]
+
 
 def parse(dom: str) -> _Dom:
-    """Elements (tag, attributes) in document order, and the rows of entries tables: (attributes, cell texts)."""
+    """Elements [tag, attributes, text] in document order, and the rows of entries tables: (attributes, cell texts)."""
     d = _Dom()
     d.feed(dom)
     return d
 
 
 def with_attr(dom: _Dom, name: str, tag: str | None = None) -> list[dict]:
-    return [a for t, a in dom.elements if name in a and (tag is None or t == tag)]
+    return [a for t, a, _ in dom.elements if name in a and (tag is None or t == tag)]

@@ -41,7 +41,7 @@ def test_report_of_a_real_run_shows_thumbnails_failures_and_settings(tmp_path):
     failed = by_status["failed"][0]
     assert failed[2].endswith("broken.png") and "not an image" in failed[5]
     # Each translated row shows two thumbnails that exist beside the page, small JPEGs.
-    imgs = [a["src"] for t, a in dom.elements if t == "img" and a.get("src", "").startswith(THUMBS)]
+    imgs = [a["src"] for t, a, _ in dom.elements if t == "img" and a.get("src", "").startswith(THUMBS)]
     assert len(imgs) == 2 * len(photos)
     for rel in imgs:
         with Image.open(out / rel) as im:

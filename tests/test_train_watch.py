@@ -10,14 +10,13 @@ import socket
 import subprocess
 import sys
 import time
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from browser import needs_chromium, render
+from browser import needs_chromium, parse, render
 from conftest import PHOTOS, ROOT, run_cli
 from cyclebatch import CycleBatchError
 from cyclebatch.train import train
@@ -42,33 +41,6 @@ def held_out(root: Path) -> tuple[Path, Path, list[np.ndarray], list[np.ndarray]
         y, x = (small.shape[0] - 32) // 2, (small.shape[1] - 32) // 2
         want[k % 2].append(small[y:y + 32, x:x + 32])
     return folders[0], folders[1], want[0], want[1]
-
-
-class Dom(HTMLParser):
-    """Elements of the rendered page: (tag, attributes, text) in document order."""
-
-    def __init__(self, text: str):
-        super().__init__()
-        self.elements, self._open = [], []
-        self.feed(text)
-
-    def handle_starttag(self, tag, attrs):
-        self.elements.append([tag, dict(attrs), ""])
-        if tag not in ("img", "input", "meta", "br"):
-            self._open.append(self.elements[-1])
-
-    def handle_endtag(self, tag):
-        if self._open and self._open[-1][0] == tag:
-            self._open.pop()
-
-    def handle_data(self, data):
-        if self._open:
-            self._open[-1][2] += data
-
-    def find(self, tag=None, **attrs):
-        return [e for e in self.elements if (tag is None or e[0] == tag)
-                and all(e[1].get(k.replace("_", "-")) == v or (v is True and k.replace("_", "-") in e[1])
-                        for k, v in attrs.items())]
 
 
 def decode(uri: str) -> np.ndarray:
@@ -152,7 +124,7 @@ def test_tensorboard_events_hold_scalars_images_per_epoch_and_hparams(watched_ru
 @needs_chromium
 def test_report_page_in_chromium_shows_every_epoch_newest_first(watched_run):
     run = watched_run["run"]
-    dom = Dom(render(run / "report.html"))
+    dom = parse(render(run / "report.html"))
     sections = [e[1]["data-heading"] for e in dom.find("section")]
     assert sections[0].startswith("Samples: held-out") and sections[1] == "Losses"  # the pictures first
     plot = dom.find("section", data_kind="image")[0]
