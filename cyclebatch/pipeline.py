@@ -107,6 +107,14 @@ def working_size(w: int, h: int, max_size: Optional[int], scale: Optional[float]
     return (w, h) if f == 1.0 else (max(1, round(w * f)), max(1, round(h * f)))
 
 
+def resize_to(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Pixels to the working size (w, h): area averaging down, bicubic up (`run` and `video` alike)."""
+    import cv2
+
+    down = size[0] < pixels.shape[1]
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA if down else cv2.INTER_CUBIC)
+
+
 def decode(job: Job, opts: RunOptions) -> Picture:
     if isinstance(job.src, str):
         pic = storage.read_picture(job.src, opts.max_pixels, opts.storage_options)
@@ -115,12 +123,9 @@ def decode(job: Job, opts: RunOptions) -> Picture:
     w, h = pic.size
     tw, th = working_size(w, h, opts.max_size, opts.scale)
     if (tw, th) != (w, h):
-        import cv2
-
-        interp = cv2.INTER_AREA if tw < w else cv2.INTER_CUBIC
-        pic.rgb = cv2.resize(pic.rgb, (tw, th), interpolation=interp)
+        pic.rgb = resize_to(pic.rgb, (tw, th))
         if pic.alpha is not None:
-            pic.alpha = cv2.resize(pic.alpha, (tw, th), interpolation=interp)
+            pic.alpha = resize_to(pic.alpha, (tw, th))
     return pic
 
 

@@ -40,7 +40,7 @@ class Resizer:
         self.work_size: Optional[tuple[int, int]] = None
 
     def __call__(self, f: Frame) -> Frame:
-        from .pipeline import working_size
+        from .pipeline import resize_to, working_size
 
         h, w = f.rgb.shape[:2]
         if self.input_size is None:
@@ -53,8 +53,7 @@ class Resizer:
         if (w, h) != self.input_size:  # a frame folder checks this itself; a video cannot change size here
             raise CycleBatchError(f"frame {f.pts}: {w}x{h}, but the first frame is "
                                   f"{self.input_size[0]}x{self.input_size[1]}")
-        interp = cv2.INTER_AREA if self.work_size[0] < w else cv2.INTER_CUBIC
-        f.rgb = cv2.resize(f.rgb, self.work_size, interpolation=interp)
+        f.rgb = resize_to(f.rgb, self.work_size)
         return f
 
 
