@@ -11,35 +11,18 @@ the file); fp32 is the f32 hint.
 from __future__ import annotations
 
 import collections
-import contextlib
 import hashlib
-import os
 import warnings
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 
 from .errors import CycleBatchError
+from .export_openvino import atomic_ir, no_telemetry
 
 EXTRA = "pip install 'cyclebatch[openvino]'"
 KEEP_SHAPES = 8  # compiled models kept (one per input shape); a folder of many sizes recompiles the rarest
-
-
-@contextlib.contextmanager
-def no_telemetry() -> Iterator[None]:
-    """openvino's import and converter send usage telemetry from a forked process (and wait for it) unless
-    CI=true; cyclebatch users did not opt in to that. The variable is set only while OpenVINO code runs."""
-    saved = os.environ.get("CI")
-    os.environ["CI"] = "true"
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("CI", None)
-        else:
-            os.environ["CI"] = saved
 
 
 def import_openvino():
@@ -93,7 +76,6 @@ class OpenVINOBackend:
                 pass
         self.converted = self._convert()
         self.conversions += 1
-        from .export_openvino import atomic_ir
 
         try:
             with atomic_ir(path) as tmp:

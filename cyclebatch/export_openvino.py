@@ -26,11 +26,24 @@ EXTRA = "pip install 'cyclebatch[openvino]'"
 RT_INFO = "cyclebatch"
 
 
-def _openvino():
-    from .backend_openvino import no_telemetry
-
+@contextlib.contextmanager
+def no_telemetry() -> Iterator[None]:
+    """openvino's import and converter send usage telemetry from a forked process (and wait for it) unless
+    CI=true; cyclebatch users did not opt in to that. The variable is set only while OpenVINO code runs."""
+    saved = os.environ.get("CI")
+    os.environ["CI"] = "true"
     try:
-        with no_telemetry():  # no usage telemetry from the import (see backend_openvino)
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("CI", None)
+        else:
+            os.environ["CI"] = saved
+
+
+def _openvino():
+    try:
+        with no_telemetry():  # no usage telemetry from the import
             import openvino
     except ImportError:
         raise CycleBatchError(f"OpenVINO export needs openvino: {EXTRA}") from None
@@ -72,8 +85,6 @@ def export_openvino(net: nn.Module, path: str | Path, *, fp16: bool = False,
     ov = _openvino()
     graph = PixelGraph(portable_copy(net)).eval()
     try:
-        from .backend_openvino import no_telemetry
-
         with no_telemetry(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # Traced: the tracer records the padding's size arithmetic, so any H and W work (checked by
