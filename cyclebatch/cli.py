@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from .cli_common import BATCHNORM_HELP, MEMORY_HELP, TILE_HELP, _sigterm_as_interrupt, err, fail, note, out, parse_bytes
+from .cli_run import run
 from .errors import CycleBatchError
 
 app = typer.Typer(
@@ -20,43 +21,6 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="List, download, inspect and convert models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-
-out = Console()
-err = Console(stderr=True)
-
-
-PRECISION_HELP = ("auto (fp16 on CUDA, bf16 on CPUs with native bf16, else fp32), fp32 (true fp32, also on CUDA), "
-                  "tf32 (CUDA tensor cores, fp32 storage), bf16, fp16. Outputs that overflow are re-run in fp32.")
-
-
-def note(message: str) -> None:
-    err.print(f"[yellow]note:[/] {message}", highlight=False)
-
-
-def fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def parse_bytes(text: Optional[str]) -> Optional[int]:
-    from .tiling import parse_memory
-
-    try:
-        return None if text is None else parse_memory(text)
-    except CycleBatchError as e:
-        fail(f"--max-memory: {e}", 2)
-
-
-TILE_HELP = "Tile every image with tiles of this size (px); default: only images too big for --max-memory."
-MEMORY_HELP = "Memory one image may take before it is tiled (6G, 512M); default: half of what is free."
-BACKEND_HELP = ("What runs full-frame passes on the CPU: torch (cyclebatch's own engine), openvino "
-                "(pip install 'cyclebatch[openvino]') or auto (the faster of the two on this CPU, per image size class; "
-                "measured once and cached). Tiles and shared video statistics always run on torch.")
-STATS_HELP = "Tile InstanceNorm statistics: exact (whole image, seamless) or per-tile (naive, for comparison)."
-STORAGE_HELP = ("For s3:// gs:// ... URLs: fsspec options as JSON, e.g. '{\"endpoint_url\": \"http://host:9000\"}' "
-                "(credentials come from the usual environment variables and files).")
-BATCHNORM_HELP = ("BatchNorm models: running statistics (official test.py --eval) or per-image ones "
-                  "(official test.py default).")
 
 
 def _version(value: bool) -> None:
@@ -159,17 +123,8 @@ def models_convert(src: str = typer.Argument(..., help="Any readable model: name
 
 # ---------------------------------------------------------------- run
 
-def _sigterm_as_interrupt() -> None:
-    import signal
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-
-
-# `run` lives in cli_run.py; importing it here registers it in this place of the help's order.
-from . import cli_run  # noqa: E402,F401
+# `run` lives in cli_run.py; registered here, in this place of the help's order.
+app.command("run")(run)
 
 
 # ---------------------------------------------------------------- train

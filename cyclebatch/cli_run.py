@@ -8,8 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from .cli import (BACKEND_HELP, BATCHNORM_HELP, MEMORY_HELP, PRECISION_HELP, STATS_HELP, STORAGE_HELP, TILE_HELP,
-                  _sigterm_as_interrupt, app, err, fail, note, out, parse_bytes)
+from .cli_common import (BACKEND_HELP, BATCHNORM_HELP, MEMORY_HELP, PRECISION_HELP, STATS_HELP, STORAGE_HELP,
+                         TILE_HELP, _sigterm_as_interrupt, err, fail, note, out, parse_bytes)
 from .errors import CycleBatchError
 
 
@@ -52,7 +52,6 @@ class _ProgressReporter:
 
 
 
-@app.command("run")
 def run(
     inputs: List[str] = typer.Argument(..., help="Image files, folders (recursive) or globs ('photos/**/*.jpg')."),
     model: str = typer.Option("vintage", "--model", "-m", help="Zoo name, run name, folder or checkpoint file."),
