@@ -168,7 +168,8 @@ class Translator:
         if self.weights_dtype is not None:
             self.model = copy.deepcopy(self.model).to(self.weights_dtype)  # leave the caller's model fp32
         # On CPU the trunk's 3x3 convolutions go through Winograd: F(2,3) in bf16 (F(4,3) is faster
-        # still but doubles the largest bf16 error), F(4,3) in fp32 (exact to rounding). See winograd.py.
+        # still but doubles the largest bf16 error), F(4,3) in fp32 (exact to rounding). See winograd.py;
+        # the last convolution, with its 3 outputs, through narrow_conv.py.
         self.winograd = None
         if self.device.type == "cpu" and not compile and self.dtype in (None, torch.bfloat16) \
                 and isinstance(model, ResnetGenerator):  # Winograd is for the ResNet trunk only
@@ -178,6 +179,9 @@ class Translator:
             if self.model is model:
                 self.model = copy.deepcopy(model)
             use_winograd(self.model, self.winograd)
+            from .narrow_conv import use_narrow_conv
+
+            use_narrow_conv(self.model)
         self.channels_last = use_channels_last(self.device, compile)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

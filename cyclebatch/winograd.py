@@ -19,7 +19,11 @@ from torch import nn
 
 from .networks import ResnetBlock, ResnetGenerator
 
-BAND_BYTES = 2 << 20  # transformed input tiles per band: measured best between 256 and 1024 px images
+# Transformed input tiles per band, measured best between 256 and 1024 px images: the torch transforms
+# are bound by memory past a few MB; the fused C ones (native.py) touch each value once, and larger
+# bands give the batched matmul more rows.
+BAND_BYTES = 2 << 20
+NATIVE_BAND_BYTES = 8 << 20
 
 # Transform matrices (B^T, G, A^T) for interpolation points 0, +-1 (F2) and 0, +-1, +-2 (F4).
 _SPECS = {
@@ -58,6 +62,7 @@ class WinogradConv3x3(nn.Module):
         # every output pixel: 1/a^2 of the work of adding it to the output.
         self.bias_at = self.a + 1
         self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().to(dtype))
+        self.bias32 = None if conv.bias is None else conv.bias.detach().float().contiguous()  # for native.py
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, hp, wp = x.shape
@@ -68,24 +73,60 @@ class WinogradConv3x3(nn.Module):
             x = F.pad(x, (0, tw * m - w, 0, th * m - h)).contiguous(memory_format=torch.channels_last)
         k = self.u.shape[2]
         out = x.new_empty((n, th * m, tw * m, k))
-        sn, sc, sh, sw = x.stride()
-        # Bands of tile rows whose transformed tiles fit in cache: past a few MB the transforms are
-        # bound by memory bandwidth and a whole 1024 px image ran slower than the direct convolution.
-        rows = max(1, min(th, BAND_BYTES // (a * a * n * tw * max(c, k) * x.element_size())))
+        # Bands of tile rows whose transformed tiles stay in cache: the whole of a 1024 px image's ran
+        # slower than the direct convolution.
+        lib = self._native(c, k)
+        band = BAND_BYTES if lib is None else NATIVE_BAND_BYTES
+        rows = max(1, min(th, band // (a * a * n * tw * max(c, k) * x.element_size())))
         for r in range(0, th, rows):
             b = min(rows, th - r)
-            tiles = x.as_strided((a, a, n, b, tw, c), (sh, sw, sn, m * sh, m * sw, sc),
-                                 x.storage_offset() + r * m * sh)
-            v = (self.bt @ tiles.reshape(a * a, -1)).view(a * a, n * b * tw, c)
-            prod = torch.bmm(v, self.u)  # [a*a, tiles, K]
-            if self.bias is not None:
-                prod[self.bias_at] += self.bias
-            y = (self.at @ prod.view(a * a, -1)).view(m, m, n, b, tw, k)
-            out[:, r * m:(r + b) * m].view(n, b, m, tw, m, k).copy_(y.permute(2, 3, 0, 4, 1, 5))
+            if lib is not None:
+                self._band_native(lib, x, out, r, b)
+            else:
+                self._band_torch(x, out, r, b)
         out = out.permute(0, 3, 1, 2)  # logical NCHW, channels_last in memory
         if th * m != h or tw * m != w:
             out = out[:, :, :h, :w].contiguous(memory_format=torch.channels_last)
         return out
+
+    def _native(self, c: int, k: int):
+        """The fused C transforms (native.py) where they apply: fp32 or bf16, channels a multiple of 16."""
+        if c % 16 or k % 16 or self.u.dtype not in (torch.float32, torch.bfloat16) or self.u.device.type != "cpu":
+            return None
+        from .native import kernels
+
+        return kernels()
+
+    def _band_native(self, lib, x: torch.Tensor, out: torch.Tensor, r: int, b: int) -> None:
+        """Tile rows r..r+b: the C kernels gather and transform in one pass and transform and place in another."""
+        n, c, _, _ = x.shape
+        m, a, k, tw = self.m, self.a, self.u.shape[2], out.shape[2] // self.m
+        sn, _, sh, sw = x.stride()
+        suffix = "f32" if x.dtype == torch.float32 else "bf16"
+        threads = torch.get_num_threads()
+        size = x.element_size()
+        v = x.new_empty((a * a, n * b * tw, c))
+        getattr(lib, f"winograd_in{m}_{suffix}")(x.data_ptr() + r * m * sh * size, v.data_ptr(),
+                                                 n, b, tw, c, sn, sh, sw, threads)
+        prod = torch.bmm(v, self.u)  # [a*a, tiles, K]
+        on, oh, ow, _ = out.stride()
+        bias = 0 if self.bias32 is None else self.bias32.data_ptr()
+        getattr(lib, f"winograd_out{m}_{suffix}")(prod.data_ptr(), out.data_ptr() + r * m * oh * size, bias,
+                                                  n, b, tw, k, on, oh, ow, threads)
+
+    def _band_torch(self, x: torch.Tensor, out: torch.Tensor, r: int, b: int) -> None:
+        """Tile rows r..r+b with torch ops: gather by a strided view, transform by a Kronecker matmul."""
+        n, c, _, _ = x.shape
+        m, a, k, tw = self.m, self.a, self.u.shape[2], out.shape[2] // self.m
+        sn, sc, sh, sw = x.stride()
+        tiles = x.as_strided((a, a, n, b, tw, c), (sh, sw, sn, m * sh, m * sw, sc),
+                             x.storage_offset() + r * m * sh)
+        v = (self.bt @ tiles.reshape(a * a, -1)).view(a * a, n * b * tw, c)
+        prod = torch.bmm(v, self.u)  # [a*a, tiles, K]
+        if self.bias is not None:
+            prod[self.bias_at] += self.bias
+        y = (self.at @ prod.view(a * a, -1)).view(m, m, n, b, tw, k)
+        out[:, r * m:(r + b) * m].view(n, b, m, tw, m, k).copy_(y.permute(2, 3, 0, 4, 1, 5))
 
 
 def use_winograd(model: ResnetGenerator, m: int) -> ResnetGenerator:

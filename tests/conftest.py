@@ -27,10 +27,19 @@ def tiny_generator(seed: int = 0, **kw) -> ResnetGenerator:
     return net.eval()
 
 
+@pytest.fixture(scope="session")
+def native_builds(tmp_path_factory):
+    return tmp_path_factory.mktemp("native")
+
+
 @pytest.fixture(autouse=True)
-def cyclebatch_home(tmp_path, monkeypatch):
-    """Every test gets its own empty cache and works in its own folder: nothing leaks between tests."""
+def cyclebatch_home(tmp_path, monkeypatch, native_builds):
+    """Every test gets its own empty cache and works in its own folder: nothing leaks between tests.
+    Except the native kernels' builds (native.py), shared by the whole session: a CLI test in a fresh
+    process would otherwise compile them again (a second or two, a hundred times)."""
     home = tmp_path / "cbhome"
+    home.mkdir()
+    (home / "native").symlink_to(native_builds, target_is_directory=True)
     monkeypatch.setenv("CYCLEBATCH_HOME", str(home))
     work = tmp_path / "work"
     work.mkdir()

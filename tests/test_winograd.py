@@ -60,3 +60,126 @@ def test_cpu_translator_runs_the_trunk_through_winograd_in_fp32_and_bf16():
         assert err_wino.max() < 2.0 * err_direct.max()
     assert not any(isinstance(m, WinogradConv3x3) for m in net.modules()), "the caller's model was changed"
 
+
+
+def _native_or_skip():
+    from cyclebatch import native
+
+    if native._compiler() is None:
+        pytest.skip("no C compiler on this machine: the torch transforms are the only path")
+    lib = native.kernels()
+    assert lib is not None, "a C compiler is here but the native Winograd kernels did not build"
+    return lib
+
+
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 16, 32, 13, 10), (1, 32, 16, 8, 9)])
+def test_native_transforms_equal_the_torch_ones(m, dtype, shape, monkeypatch):
+    _native_or_skip()
+    monkeypatch.setattr(wino, "BAND_BYTES", 1)  # one tile row per band: band offsets are covered
+    monkeypatch.setattr(wino, "NATIVE_BAND_BYTES", 1)
+    n, c, k, h, w = shape
+    torch.manual_seed(m)
+    conv = nn.Conv2d(c, k, 3).to(dtype)
+    x = torch.randn(n, c, h + 2, w + 2).to(dtype)
+    layer = WinogradConv3x3(conv, m)
+    assert layer._native(c, k) is not None
+    with torch.inference_mode():
+        native = layer(x)
+        monkeypatch.setattr(layer, "_native", lambda c, k: None)
+        plain = layer(x)
+    assert native.shape == plain.shape == (n, k, h, w)
+    assert native.is_contiguous(memory_format=torch.channels_last)
+    # The same sums in another order (and the bias added after the output transform rather than before):
+    # fp32 agrees to rounding, bf16 to one rounding of the output.
+    scale = plain.float().abs().max()
+    tol = 1e-5 if dtype == torch.float32 else 2 ** -7
+    assert (native.float() - plain.float()).abs().max() <= tol * scale
+    assert not torch.equal(native, torch.zeros_like(native))
+
+
+def test_native_kernels_are_built_once_and_cached_per_source_and_cpu(tmp_path, monkeypatch):
+    from cyclebatch import native
+
+    _native_or_skip()
+    cc = native._compiler()
+    first = native._build(cc)
+    assert first.parent == tmp_path / "cbhome" / "native" and first.suffix == ".so"
+    stamp = first.stat().st_mtime_ns
+    assert native._build(cc) == first and first.stat().st_mtime_ns == stamp  # reused, not rebuilt
+    monkeypatch.setattr(native, "_cpu_flags", lambda: "flags\t: sse2")  # another kind of CPU: its own build
+    other = native._build(cc)
+    assert other != first and other.exists()
+    other.unlink()  # the build directory is shared by the test session (conftest)
+    assert not list(first.parent.glob("tmp*")), "no half-written library is left beside the cached ones"
+
+
+def test_without_a_compiler_the_torch_transforms_run(monkeypatch):
+    from cyclebatch import native
+
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.setattr(native.shutil, "which", lambda name: None)
+    native.kernels.cache_clear()
+    try:
+        assert native.kernels() is None
+        net = _tiny()
+        x = torch.rand(1, 3, 32, 32) * 2 - 1
+        with torch.inference_mode():
+            torch.testing.assert_close(Translator(net, device="cpu", precision="fp32").forward(x), net(x),
+                                       rtol=0, atol=1e-4)
+    finally:
+        native.kernels.cache_clear()
+
+
+def test_a_failing_build_falls_back_with_a_debug_line(tmp_path, monkeypatch, caplog):
+    from cyclebatch import native
+
+    broken = tmp_path / "cc"
+    broken.write_text("#!/bin/sh\necho 'cc: fatal error: no input' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("CC", str(broken))
+    native.kernels.cache_clear()
+    try:
+        with caplog.at_level("DEBUG", logger="cyclebatch"):
+            assert native.kernels() is None
+        assert any("native kernels unavailable" in r.message and "fatal error" in r.message for r in caplog.records)
+        assert not list((tmp_path / "cbhome" / "native").glob("tmp*")), "a failed build leaves nothing behind"
+    finally:
+        native.kernels.cache_clear()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 16, 1, 11, 9), (1, 32, 3, 12, 13)])
+def test_native_narrow_convolution_equals_the_plain_one(dtype, shape):
+    from cyclebatch.narrow_conv import NarrowConv
+
+    _native_or_skip()
+    n, c, o, h, w = shape
+    torch.manual_seed(o)
+    conv = nn.Conv2d(c, o, 7).to(dtype)
+    x = torch.randn(n, c, h, w).to(dtype)
+    layer = NarrowConv(conv)
+    assert layer._native(x) is not None
+    with torch.inference_mode():
+        native, plain = layer(x), conv(x)
+    assert native.shape == plain.shape == (n, o, h - 6, w - 6)
+    scale = plain.float().abs().max()
+    tol = 1e-5 if dtype == torch.float32 else 2 ** -7  # fp32 sums in another order; bf16: one rounding
+    assert (native.float() - plain.float()).abs().max() <= tol * scale
+
+
+def test_cpu_translator_runs_the_last_convolution_natively_and_keeps_the_structure():
+    from cyclebatch.narrow_conv import NarrowConv
+
+    _native_or_skip()
+    torch.manual_seed(1)
+    net = init_weights(ResnetGenerator(GeneratorConfig(ngf=16, n_blocks=2)), 0.3).eval()  # 16 channels in
+    x = torch.rand(1, 3, 40, 36) * 2 - 1
+    t = Translator(net, device="cpu", precision="fp32")
+    layers = list(t.model.model)
+    assert isinstance(layers[-2], NarrowConv) and len(layers) == len(net.model)
+    assert layers[-2]._native(torch.zeros(1, 16, 8, 8)) is not None
+    assert not any(isinstance(m, NarrowConv) for m in net.modules()), "the caller's model was changed"
+    with torch.inference_mode():
+        torch.testing.assert_close(t.forward(x), net(x), rtol=0, atol=1e-4)

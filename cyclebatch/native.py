@@ -1,0 +1,92 @@
+"""Native CPU kernels (native_kernels.c), built on first use with the system C compiler, loaded with ctypes.
+
+Why not a torch C++ extension: compiling against torch's headers takes a minute and ties the build to
+one torch; this plain C file builds in about a second and links only libgomp, the OpenMP runtime torch
+has already loaded (same soname), so its loops share torch's threads. The library is built for this CPU
+(-march=native) and cached under the cache directory, keyed by the source, the compiler and the CPU's
+flags, so a home directory shared by different machines keeps one build per kind. Without a compiler
+(or with CYCLEBATCH_NATIVE=0) `kernels()` is None and winograd.py and narrow_conv.py keep their torch
+ops, which give the same results to rounding.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+SOURCE = Path(__file__).with_name("native_kernels.c")
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+log = logging.getLogger("cyclebatch")
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return ""
+
+
+def _compiler() -> Optional[str]:
+    return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+
+
+def _build(cc: str) -> Path:
+    from .registry import home
+
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), version, " ".join(FLAGS), _cpu_flags()]).encode())
+    target = home() / "native" / f"kernels-{key.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Built beside its final name and renamed: processes starting together (Ray actors, torchrun ranks)
+    # never load a half-written library.
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE)], check=True, capture_output=True, text=True,
+                       timeout=120)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+@lru_cache(maxsize=None)
+def kernels() -> Optional[ctypes.CDLL]:
+    """The loaded library, or None (no compiler, a failed build, or CYCLEBATCH_NATIVE=0); said once at debug level."""
+    if os.environ.get("CYCLEBATCH_NATIVE", "1") == "0":
+        return None
+    cc = _compiler()
+    if cc is None:
+        log.debug("no C compiler found: Winograd transforms run in torch")
+        return None
+    import torch  # noqa: F401  (its libgomp must be loaded first, so the library binds to the same runtime)
+
+    try:
+        lib = ctypes.CDLL(str(_build(cc)))
+    except (OSError, subprocess.SubprocessError) as e:
+        detail = getattr(e, "stderr", "") or str(e)
+        log.debug("native kernels unavailable (%s): Winograd transforms run in torch", detail.strip()[:300])
+        return None
+    p, i, l = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
+    for name in ("winograd_in2_f32", "winograd_in4_f32", "winograd_in2_bf16", "winograd_in4_bf16"):
+        getattr(lib, name).argtypes = [p, p, i, i, i, i, l, l, l, i]
+        getattr(lib, name).restype = None
+    for name in ("winograd_out2_f32", "winograd_out4_f32", "winograd_out2_bf16", "winograd_out4_bf16"):
+        getattr(lib, name).argtypes = [p, p, p, i, i, i, i, l, l, l, i]
+        getattr(lib, name).restype = None
+    for name in ("narrow_conv1_f32", "narrow_conv3_f32", "narrow_conv1_bf16", "narrow_conv3_bf16"):
+        getattr(lib, name).argtypes = [p, p, p, p, i, i, i, i, i, i, l, l, l, l, l, l, l, i]
+        getattr(lib, name).restype = None
+    return lib

@@ -1,0 +1,192 @@
+/* CPU kernels that torch has no fast path for (native.py builds and loads this file).
+
+   1. Winograd tile transforms for winograd.py, fused with the gather and the scatter.
+
+   The torch path gathers every (m+2)^2 input tile into a copy, transforms it with a dense Kronecker
+   matmul and scatters the output tiles with a permuted copy: three passes over memory and 36 (F2: 16)
+   multiplies per value where the transform needs a few adds. Here one pass reads each tile from the
+   padded NHWC input and writes its transform; one pass reads the products and writes output pixels.
+   Arithmetic is fp32 whatever the storage (bf16 is rounded to nearest even once, on store), as
+   oneDNN's matmul does, so results match the torch path to rounding.
+
+   2. A direct convolution with few output channels (narrow_conv.py): the generator's last layer, 64 -> 3
+   channels 7x7, which oneDNN runs at a fifth of the matmul peak (an output of 3 channels leaves its
+   GEMM kernels nothing to vectorize). Here each output pixel is a dot product over taps and channels,
+   vectorized over channels, two pixels at a time so every weight vector loaded serves both.
+
+   Threads: OpenMP, linked against the libgomp.so.1 torch has already loaded, so these loops run on
+   torch's own thread pool; the caller passes torch's thread count (it changes under load). Channels are processed VL at a time (C % VL == 0). */
+
+#include <stdint.h>
+#include <string.h>
+
+#define VL 16
+typedef float vf __attribute__((vector_size(VL * 4)));   /* GCC vector extensions: one zmm, or two ymm */
+typedef uint32_t vu __attribute__((vector_size(VL * 4)));
+typedef uint16_t vh __attribute__((vector_size(VL * 2)));
+
+/* VL lanes in and out of fp32: bf16 is the top half of an fp32, rounded to nearest even on the way down. */
+static inline vf load_f32(const float *p) { vf x; memcpy(&x, p, sizeof x); return x; }
+
+static inline void store_f32(float *p, vf x) { memcpy(p, &x, sizeof x); }
+
+static inline vf load_bf16(const uint16_t *p) {
+    vh h;
+    memcpy(&h, p, sizeof h);
+    return (vf)(__builtin_convertvector(h, vu) << 16);
+}
+
+static inline void store_bf16(uint16_t *p, vf x) {
+    vu u = (vu)x;
+    vh h = __builtin_convertvector((u + 0x7fffu + ((u >> 16) & 1u)) >> 16, vh);
+    memcpy(p, &h, sizeof h);
+}
+
+/* One-dimensional transforms: B^T d (input) and A^T p (output), the matrices of winograd._SPECS written
+   out with their zeros skipped. */
+static inline void bt2(vf o[4], const vf d[4]) {
+    o[0] = d[0] - d[2];
+    o[1] = d[1] + d[2];
+    o[2] = d[2] - d[1];
+    o[3] = d[1] - d[3];
+}
+
+static inline void bt4(vf o[6], const vf d[6]) {
+    o[0] = 4 * d[0] - 5 * d[2] + d[4];
+    o[1] = -4 * d[1] - 4 * d[2] + d[3] + d[4];
+    o[2] = 4 * d[1] - 4 * d[2] - d[3] + d[4];
+    o[3] = -2 * d[1] - d[2] + 2 * d[3] + d[4];
+    o[4] = 2 * d[1] - d[2] - 2 * d[3] + d[4];
+    o[5] = 4 * d[1] - 5 * d[3] + d[5];
+}
+
+static inline void at2(vf o[2], const vf p[4]) {
+    o[0] = p[0] + p[1] + p[2];
+    o[1] = p[1] - p[2] - p[3];
+}
+
+static inline void at4(vf o[4], const vf p[6]) {
+    o[0] = p[0] + p[1] + p[2] + p[3] + p[4];
+    o[1] = p[1] - p[2] + 2 * p[3] - 2 * p[4];
+    o[2] = p[1] + p[2] + 4 * p[3] + 4 * p[4];
+    o[3] = p[1] - p[2] + 8 * p[3] - 8 * p[4] + p[5];
+}
+
+/* Input: x is the padded input of one band, NHWC with channels contiguous (element strides sn, sh, sw);
+   tile (i, r, t) of the band starts at row r*M, column t*M of image i. v is [A*A][tiles][C], tiles
+   ordered (image, tile row, tile column) as winograd.py's bmm expects. */
+#define INPUT(NAME, T, S, M, A, BT)                                                                  \
+    void NAME(const T *x, T *v, int n, int rows, int tw, int c, long sn, long sh, long sw,         \
+              int threads) {                                                                        \
+        long tiles = (long)n * rows * tw;                                                           \
+        _Pragma("omp parallel for schedule(static) num_threads(threads)")                           \
+        for (long t = 0; t < tiles; t++) {                                                          \
+            long img = t / ((long)rows * tw), r = (t / tw) % rows, col = t % tw;                    \
+            const T *base = x + img * sn + r * M * sh + col * M * sw;                               \
+            for (int cb = 0; cb < c; cb += VL) {                                                    \
+                vf d[A], e[A][A], o[A];                                                             \
+                for (int j = 0; j < A; j++) { /* B^T down each column of the tile */                \
+                    for (int i = 0; i < A; i++) d[i] = load_##S(base + i * sh + j * sw + cb);      \
+                    BT(o, d);                                                                       \
+                    for (int i = 0; i < A; i++) e[i][j] = o[i];                                     \
+                }                                                                                   \
+                for (int i = 0; i < A; i++) { /* then along each row */                             \
+                    BT(o, e[i]);                                                                    \
+                    for (int j = 0; j < A; j++)                                                     \
+                        store_##S(v + ((long)(i * A + j) * tiles + t) * c + cb, o[j]);              \
+                }                                                                                   \
+            }                                                                                       \
+        }                                                                                           \
+    }
+
+/* Output: p is [A*A][tiles][K], out the band's first output row, NHWC (element strides on, oh, ow);
+   bias (fp32, may be NULL) is added to every output pixel. */
+#define OUTPUT(NAME, T, S, M, A, AT)                                                                 \
+    void NAME(const T *p, T *out, const float *bias, int n, int rows, int tw, int k, long on,       \
+              long oh, long ow, int threads) {                                                      \
+        long tiles = (long)n * rows * tw;                                                           \
+        _Pragma("omp parallel for schedule(static) num_threads(threads)")                           \
+        for (long t = 0; t < tiles; t++) {                                                          \
+            long img = t / ((long)rows * tw), r = (t / tw) % rows, col = t % tw;                    \
+            T *base = out + img * on + r * M * oh + col * M * ow;                                   \
+            for (int kb = 0; kb < k; kb += VL) {                                                    \
+                vf q[A], e[M][A], o[A], b = {0};                                                    \
+                if (bias) b = load_f32(bias + kb);                                                  \
+                for (int j = 0; j < A; j++) {                                                       \
+                    for (int i = 0; i < A; i++)                                                     \
+                        q[i] = load_##S(p + ((long)(i * A + j) * tiles + t) * k + kb);              \
+                    AT(o, q);                                                                       \
+                    for (int i = 0; i < M; i++) e[i][j] = o[i];                                     \
+                }                                                                                   \
+                for (int i = 0; i < M; i++) {                                                       \
+                    AT(o, e[i]);                                                                    \
+                    for (int j = 0; j < M; j++) store_##S(base + i * oh + j * ow + kb, o[j] + b);   \
+                }                                                                                   \
+            }                                                                                       \
+        }                                                                                           \
+    }
+
+INPUT(winograd_in2_f32, float, f32, 2, 4, bt2)
+INPUT(winograd_in4_f32, float, f32, 4, 6, bt4)
+INPUT(winograd_in2_bf16, uint16_t, bf16, 2, 4, bt2)
+INPUT(winograd_in4_bf16, uint16_t, bf16, 4, 6, bt4)
+OUTPUT(winograd_out2_f32, float, f32, 2, 4, at2)
+OUTPUT(winograd_out4_f32, float, f32, 4, 6, at4)
+OUTPUT(winograd_out2_bf16, uint16_t, bf16, 2, 4, at2)
+OUTPUT(winograd_out4_bf16, uint16_t, bf16, 4, 6, at4)
+
+static inline float hsum(vf x) {
+    float s = 0;
+    for (int l = 0; l < VL; l++) s += x[l];
+    return s;
+}
+
+/* x: padded input NHWC (element strides sn, sh, sw; channels contiguous, c % VL == 0); w: [kh][kw][O][c]
+   fp32; out: [n][h][wd][O] at element strides on, oh, ow, oc. */
+#define NARROW(NAME, T, S, O)                                                                        \
+    void NAME(const T *x, T *out, const float *w, const float *bias, int n, int h, int wd, int c,   \
+              int kh, int kw, long sn, long sh, long sw, long on, long oh, long ow, long oc,        \
+              int threads) {                                                                        \
+        _Pragma("omp parallel for schedule(static) num_threads(threads)")                           \
+        for (long row = 0; row < (long)n * h; row++) {                                              \
+            long img = row / h, y = row % h;                                                        \
+            for (int px = 0; px < wd; px += 2) {                                                    \
+                int two = px + 1 < wd;                                                              \
+                vf acc0[O], acc1[O];                                                                \
+                for (int o = 0; o < O; o++) acc0[o] = acc1[o] = (vf){0};                            \
+                for (int dy = 0; dy < kh; dy++)                                                     \
+                    for (int dx = 0; dx < kw; dx++) {                                               \
+                        const T *p0 = x + img * sn + (y + dy) * sh + (px + dx) * sw;                \
+                        const T *p1 = two ? p0 + sw : p0;                                           \
+                        const float *wt = w + (long)(dy * kw + dx) * O * c;                         \
+                        for (int cb = 0; cb < c; cb += VL) {                                        \
+                            vf a = load_##S(p0 + cb), b = load_##S(p1 + cb);                        \
+                            for (int o = 0; o < O; o++) {                                           \
+                                vf wv = load_f32(wt + o * c + cb);                                  \
+                                acc0[o] += a * wv;                                                  \
+                                acc1[o] += b * wv;                                                  \
+                            }                                                                       \
+                        }                                                                           \
+                    }                                                                               \
+                for (int o = 0; o < O; o++) {                                                       \
+                    float bo = bias ? bias[o] : 0.0f;                                               \
+                    store1_##S(out + img * on + y * oh + px * ow + o * oc, hsum(acc0[o]) + bo);     \
+                    if (two) store1_##S(out + img * on + y * oh + (px + 1) * ow + o * oc,           \
+                                        hsum(acc1[o]) + bo);                                        \
+                }                                                                                   \
+            }                                                                                       \
+        }                                                                                           \
+    }
+
+static inline void store1_f32(float *p, float v) { *p = v; }
+
+static inline void store1_bf16(uint16_t *p, float v) {
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    *p = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+NARROW(narrow_conv1_f32, float, f32, 1)
+NARROW(narrow_conv3_f32, float, f32, 3)
+NARROW(narrow_conv1_bf16, uint16_t, bf16, 1)
+NARROW(narrow_conv3_bf16, uint16_t, bf16, 3)
