@@ -3,7 +3,7 @@
 Why not a torch C++ extension: compiling against torch's headers takes a minute and ties the build to
 one torch; this plain C file builds in about a second and links only libgomp, the OpenMP runtime torch
 has already loaded (same soname), so its loops share torch's threads. The library is built for this CPU
-(-march=native) and cached under the cache directory, keyed by the source, the compiler and the CPU's
+(-march=native, or AVX2 where torch runs its AVX2 kernels) and cached under the cache directory, keyed by the source, the compiler and the CPU's
 flags, so a home directory shared by different machines keeps one build per kind. Without a compiler
 (or with CYCLEBATCH_NATIVE=0) `kernels()` is None and winograd.py and narrow_conv.py keep their torch
 ops, which give the same results to rounding.
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 SOURCE = Path(__file__).with_name("native_kernels.c")
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC"]
 log = logging.getLogger("cyclebatch")
 
 
@@ -35,6 +35,17 @@ def _cpu_flags() -> str:
         return ""
 
 
+def _target_flags() -> list[str]:
+    """This CPU's instruction set, or AVX2 where torch itself was held to AVX2 (ATEN_CPU_CAPABILITY=avx2,
+    which some set on AVX-512 machines; benchmarks/bench_winograd.py --isa avx2 does, to run an AVX2-only
+    CPU's code): the kernels use what torch's own kernels use."""
+    import torch
+
+    if torch.backends.cpu.get_cpu_capability() == "AVX2":
+        return ["-march=x86-64-v3", "-mtune=native"]
+    return ["-march=native"]
+
+
 def _compiler() -> Optional[str]:
     return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
 
@@ -43,7 +54,8 @@ def _build(cc: str) -> Path:
     from .registry import home
 
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), version, " ".join(FLAGS), _cpu_flags()]).encode())
+    flags = FLAGS + _target_flags()
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), version, " ".join(flags), _cpu_flags()]).encode())
     target = home() / "native" / f"kernels-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
@@ -53,7 +65,7 @@ def _build(cc: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE)], check=True, capture_output=True, text=True,
+        subprocess.run([cc, *flags, "-o", tmp, str(SOURCE)], check=True, capture_output=True, text=True,
                        timeout=120)
         os.replace(tmp, target)
     finally:
