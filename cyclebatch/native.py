@@ -98,6 +98,12 @@ def kernels() -> Optional[ctypes.CDLL]:
     for name in ("winograd_out2_f32", "winograd_out4_f32", "winograd_out2_bf16", "winograd_out4_bf16"):
         getattr(lib, name).argtypes = [p, p, p, i, i, i, i, l, l, l, i]
         getattr(lib, name).restype = None
+    for m in (2, 4):
+        for dtype in ("f32", "bf16"):
+            getattr(lib, f"winograd_in{m}_fused_{dtype}").argtypes = [p, p, i, i, i, i, i, i, i, l, l, l, p, p, i, i]
+            getattr(lib, f"winograd_out{m}_fused_{dtype}").argtypes = [p, p, i, i, i, i, i, i, i, l, l, l, p, i]
+    for dtype in ("f32", "bf16"):
+        getattr(lib, f"norm_add_{dtype}").argtypes = [p, p, p, p, p, i, i, i, i, p, p, p, i]
     for name in ("narrow_conv1_f32", "narrow_conv3_f32", "narrow_conv1_bf16", "narrow_conv3_bf16"):
         getattr(lib, name).argtypes = [p, p, p, p, i, i, i, i, i, i, l, l, l, l, l, l, l, i]
         getattr(lib, name).restype = None

@@ -190,3 +190,128 @@ NARROW(narrow_conv1_f32, float, f32, 1)
 NARROW(narrow_conv3_f32, float, f32, 3)
 NARROW(narrow_conv1_bf16, uint16_t, bf16, 1)
 NARROW(narrow_conv3_bf16, uint16_t, bf16, 3)
+
+/* 3. A whole residual block of the trunk (winograd.py WinogradResnetBlock): pad, conv, norm, ReLU, pad, conv,
+   norm, add, as two fused transforms per convolution and one final pass. The input transform reads the
+   unpadded activation with reflected coordinates (ReflectionPad2d(1)) and, for the second convolution,
+   applies the first InstanceNorm as a per-image, per-channel scale and shift and the ReLU as it loads; the
+   output transform sums each channel's values and squares (fp32 within a tile, double across tiles, per
+   thread) for the InstanceNorm after it, over the image's own pixels only. */
+#include <omp.h>
+
+static inline long reflect(long q, long len) {
+    if (q < 0) q = -q;
+    if (q >= len) q = 2 * len - 2 - q;
+    return q < 0 ? 0 : (q >= len ? len - 1 : q); /* past the image (whole-tile padding): any pixel, cropped */
+}
+
+/* x: unpadded NHWC (n, h, w, c) at element strides sn, sh, sw; the band's tiles start at padded row row0. */
+#define INPUT_FUSED(NAME, T, S, M, A, BT)                                                            \
+    void NAME(const T *x, T *v, int n, int rows, int tw, int c, int h, int w, int row0, long sn,   \
+              long sh, long sw, const float *scale, const float *shift, int relu, int threads) {    \
+        long tiles = (long)n * rows * tw;                                                           \
+        _Pragma("omp parallel for schedule(static) num_threads(threads)")                           \
+        for (long t = 0; t < tiles; t++) {                                                          \
+            long img = t / ((long)rows * tw), r = (t / tw) % rows, col = t % tw;                    \
+            long ys[A], xs[A];                                                                      \
+            for (int i = 0; i < A; i++) {                                                           \
+                ys[i] = reflect(row0 + r * M + i - 1, h) * sh;                                      \
+                xs[i] = reflect(col * M + i - 1, w) * sw;                                           \
+            }                                                                                       \
+            const T *base = x + img * sn;                                                           \
+            for (int cb = 0; cb < c; cb += VL) {                                                    \
+                vf d[A], e[A][A], o[A], sc = {0}, sf = {0};                                         \
+                if (scale) {                                                                        \
+                    sc = load_f32(scale + img * c + cb);                                            \
+                    sf = load_f32(shift + img * c + cb);                                            \
+                }                                                                                   \
+                for (int j = 0; j < A; j++) {                                                       \
+                    for (int i = 0; i < A; i++) {                                                   \
+                        vf q = load_##S(base + ys[i] + xs[j] + cb);                                 \
+                        if (scale) q = q * sc + sf;                                                 \
+                        if (relu) q = (vf)((vu)q & ~(vu)(q < (vf){0})); /* NaN stays NaN */          \
+                        d[i] = q;                                                                   \
+                    }                                                                               \
+                    BT(o, d);                                                                       \
+                    for (int i = 0; i < A; i++) e[i][j] = o[i];                                     \
+                }                                                                                   \
+                for (int i = 0; i < A; i++) {                                                       \
+                    BT(o, e[i]);                                                                    \
+                    for (int j = 0; j < A; j++)                                                     \
+                        store_##S(v + ((long)(i * A + j) * tiles + t) * c + cb, o[j]);              \
+                }                                                                                   \
+            }                                                                                       \
+        }                                                                                           \
+    }
+
+/* out: the band's first output row (absolute row row0 of an image h x w); stats: [threads][n][2][k]. */
+#define OUTPUT_FUSED(NAME, T, S, M, A, AT)                                                           \
+    void NAME(const T *p, T *out, int n, int rows, int tw, int k, int h, int w, int row0, long on,  \
+              long oh, long ow, double *stats, int threads) {                                       \
+        long tiles = (long)n * rows * tw;                                                           \
+        _Pragma("omp parallel num_threads(threads)")                                                \
+        {                                                                                           \
+            double *mine = stats + (long)omp_get_thread_num() * n * 2 * k;                         \
+            _Pragma("omp for schedule(static)")                                                     \
+            for (long t = 0; t < tiles; t++) {                                                      \
+                long img = t / ((long)rows * tw), r = (t / tw) % rows, col = t % tw;                \
+                T *base = out + img * on + r * M * oh + col * M * ow;                               \
+                int hm = h - (row0 + r * M), wm = w - col * M;                                      \
+                hm = hm < M ? hm : M;                                                               \
+                wm = wm < M ? wm : M;                                                               \
+                for (int kb = 0; kb < k; kb += VL) {                                                \
+                    vf q[A], e[M][A], o[A], s = {0}, ss = {0};                                      \
+                    for (int j = 0; j < A; j++) {                                                   \
+                        for (int i = 0; i < A; i++)                                                 \
+                            q[i] = load_##S(p + ((long)(i * A + j) * tiles + t) * k + kb);          \
+                        AT(o, q);                                                                   \
+                        for (int i = 0; i < M; i++) e[i][j] = o[i];                                 \
+                    }                                                                               \
+                    for (int i = 0; i < M; i++) {                                                   \
+                        AT(o, e[i]);                                                                \
+                        for (int j = 0; j < M; j++) {                                               \
+                            store_##S(base + i * oh + j * ow + kb, o[j]);                           \
+                            if (i < hm && j < wm) {                                                 \
+                                s += o[j];                                                          \
+                                ss += o[j] * o[j];                                                  \
+                            }                                                                       \
+                        }                                                                           \
+                    }                                                                               \
+                    double *acc = mine + (img * 2) * k + kb;                                        \
+                    for (int l = 0; l < VL; l++) {                                                  \
+                        acc[l] += s[l];                                                             \
+                        acc[k + l] += ss[l];                                                        \
+                    }                                                                               \
+                }                                                                                   \
+            }                                                                                       \
+        }                                                                                           \
+    }
+
+/* out = x + y * scale + shift (per image and channel): the block's last norm and its residual sum, in one
+   pass with one rounding. All three NHWC (n, h, w, c); strides per tensor. */
+#define NORM_ADD(NAME, T, S)                                                                         \
+    void NAME(const T *x, const T *y, T *out, const float *scale, const float *shift, int n, int h, \
+              int w, int c, const long *xs, const long *ys, const long *os, int threads) {          \
+        _Pragma("omp parallel for schedule(static) num_threads(threads)")                           \
+        for (long row = 0; row < (long)n * h; row++) {                                              \
+            long img = row / h, yy = row % h;                                                       \
+            for (int xx = 0; xx < w; xx++)                                                          \
+                for (int cb = 0; cb < c; cb += VL) {                                                \
+                    vf a = load_##S(x + img * xs[0] + yy * xs[1] + xx * xs[2] + cb);                \
+                    vf b = load_##S(y + img * ys[0] + yy * ys[1] + xx * ys[2] + cb);                \
+                    vf r = a + b * load_f32(scale + img * c + cb) + load_f32(shift + img * c + cb); \
+                    store_##S(out + img * os[0] + yy * os[1] + xx * os[2] + cb, r);                 \
+                }                                                                                   \
+        }                                                                                           \
+    }
+
+INPUT_FUSED(winograd_in2_fused_f32, float, f32, 2, 4, bt2)
+INPUT_FUSED(winograd_in4_fused_f32, float, f32, 4, 6, bt4)
+INPUT_FUSED(winograd_in2_fused_bf16, uint16_t, bf16, 2, 4, bt2)
+INPUT_FUSED(winograd_in4_fused_bf16, uint16_t, bf16, 4, 6, bt4)
+OUTPUT_FUSED(winograd_out2_fused_f32, float, f32, 2, 4, at2)
+OUTPUT_FUSED(winograd_out4_fused_f32, float, f32, 4, 6, at4)
+OUTPUT_FUSED(winograd_out2_fused_bf16, uint16_t, bf16, 2, 4, at2)
+OUTPUT_FUSED(winograd_out4_fused_bf16, uint16_t, bf16, 4, 6, at4)
+NORM_ADD(norm_add_f32, float, f32)
+NORM_ADD(norm_add_bf16, uint16_t, bf16)

@@ -13,11 +13,13 @@ matmul reads them without a transpose.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .networks import ResnetBlock, ResnetGenerator
+from .networks import InstanceNorm, ResnetBlock, ResnetGenerator
 
 # Transformed input tiles per band, measured best between 256 and 1024 px images: the torch transforms
 # are bound by memory past a few MB; the fused C ones (native.py) touch each value once, and larger
@@ -89,6 +91,33 @@ class WinogradConv3x3(nn.Module):
             out = out[:, :, :h, :w].contiguous(memory_format=torch.channels_last)
         return out
 
+    def fused(self, lib, x: torch.Tensor, norm: Optional[tuple[torch.Tensor, torch.Tensor]]):
+        """For WinogradResnetBlock: this convolution of reflect-padded x (NHWC, unpadded), with `norm`
+        (per-image, per-channel scale and shift, then ReLU) applied to x as it is read; no bias (the
+        InstanceNorm after it removes any per-channel constant). Returns the output (NCHW view of NHWC
+        memory) and its per-image, per-channel sums and sums of squares, float64 [n, 2, K]."""
+        n, c, h, w = x.shape
+        m, a, k = self.m, self.a, self.u.shape[2]
+        th, tw = -(-h // m), -(-w // m)
+        suffix = "f32" if x.dtype == torch.float32 else "bf16"
+        threads = torch.get_num_threads()
+        out = x.new_empty((n, th * m, tw * m, k))
+        stats = torch.zeros(threads, n, 2, k, dtype=torch.float64)
+        sn, _, sh, sw = x.stride()
+        on, oh, ow, _ = out.stride()
+        scale, shift = (0, 0) if norm is None else (norm[0].data_ptr(), norm[1].data_ptr())
+        rows = max(1, min(th, NATIVE_BAND_BYTES // (a * a * n * tw * max(c, k) * x.element_size())))
+        size = x.element_size()
+        for r in range(0, th, rows):
+            b = min(rows, th - r)
+            v = x.new_empty((a * a, n * b * tw, c))
+            getattr(lib, f"winograd_in{m}_fused_{suffix}")(x.data_ptr(), v.data_ptr(), n, b, tw, c, h, w, r * m,
+                                                           sn, sh, sw, scale, shift, int(norm is not None), threads)
+            prod = torch.bmm(v, self.u)
+            getattr(lib, f"winograd_out{m}_fused_{suffix}")(prod.data_ptr(), out.data_ptr() + r * m * oh * size, n, b,
+                                                            tw, k, h, w, r * m, on, oh, ow, stats.data_ptr(), threads)
+        return out.permute(0, 3, 1, 2)[:, :, :h, :w], stats.sum(0)
+
     def _native(self, c: int, k: int):
         """The fused C transforms (native.py) where they apply: fp32 or bf16, channels a multiple of 16."""
         if c % 16 or k % 16 or self.u.dtype not in (torch.float32, torch.bfloat16) or self.u.device.type != "cpu":
@@ -129,6 +158,59 @@ class WinogradConv3x3(nn.Module):
         out[:, r * m:(r + b) * m].view(n, b, m, tw, m, k).copy_(y.permute(2, 3, 0, 4, 1, 5))
 
 
+class WinogradResnetBlock(ResnetBlock):
+    """A residual block whose convolutions are WinogradConv3x3: with the native kernels, the whole block
+    (pad, conv, norm, ReLU, pad, conv, norm, add) runs as two fused transform pairs around the two batched
+    matmuls and one final pass, instead of about ten passes over the activation. Without them, or with
+    InstanceNorm statistics from outside (tiles, shared video statistics), the layers run one by one."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lib = self._fusable(x)
+        if lib is None:
+            return super().forward(x)
+        pad1, conv1, norm1, relu, pad2, conv2, norm2 = self._layers()
+        n, c, h, w = x.shape
+        x = x.to(conv1.u.dtype).contiguous(memory_format=torch.channels_last)
+        y1, s1 = conv1.fused(lib, x, None)
+        y2, s2 = conv2.fused(lib, y1, _scale_shift(norm1, s1, h * w))
+        scale, shift = _scale_shift(norm2, s2, h * w)
+        out = torch.empty_like(x, memory_format=torch.channels_last)
+        strides = [torch.tensor([t.stride(0), t.stride(2), t.stride(3)], dtype=torch.long) for t in (x, y2, out)]
+        getattr(lib, f"norm_add_{'f32' if x.dtype == torch.float32 else 'bf16'}")(
+            x.data_ptr(), y2.data_ptr(), out.data_ptr(), scale.data_ptr(), shift.data_ptr(), n, h, w, c,
+            *(s.data_ptr() for s in strides), torch.get_num_threads())
+        return out
+
+    def _layers(self) -> list[nn.Module]:
+        return [m for m in self.conv_block if not isinstance(m, nn.Dropout)]  # dropout: identity at inference
+
+    def _fusable(self, x: torch.Tensor):
+        layers = self._layers()
+        kinds = (nn.ReflectionPad2d, WinogradConv3x3, InstanceNorm, nn.ReLU, nn.ReflectionPad2d, WinogradConv3x3,
+                 InstanceNorm)
+        if len(layers) != len(kinds) or not all(isinstance(m, k) for m, k in zip(layers, kinds)):
+            return None
+        pad1, conv1, norm1, _, pad2, conv2, norm2 = layers
+        if any(p.padding != (1, 1, 1, 1) for p in (pad1, pad2)) or norm1.stats_hook or norm2.stats_hook \
+                or x.device.type != "cpu" or x.dim() != 4 or min(x.shape[2:]) < 2 or torch.is_grad_enabled():
+            return None
+        c = x.shape[1]
+        return conv1._native(c, c) if conv2._native(c, c) is not None else None
+
+
+def _scale_shift(norm: InstanceNorm, sums: torch.Tensor, pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """InstanceNorm (and its affine) as a per-image, per-channel scale and shift, fp32 [n, C], from float64
+    sums and sums of squares."""
+    mean = sums[:, 0] / pixels
+    var = (sums[:, 1] / pixels - mean * mean).clamp_min(0)
+    scale = torch.rsqrt(var + norm.eps)
+    shift = -mean * scale
+    if norm.affine:
+        w, b = norm.weight.double(), norm.bias.double()
+        scale, shift = scale * w, shift * w + b
+    return scale.float().contiguous(), shift.float().contiguous()
+
+
 def use_winograd(model: ResnetGenerator, m: int) -> ResnetGenerator:
     """Swap the 3x3 convolutions of every residual block for Winograd F(m, 3) ones, in place.
 
@@ -144,4 +226,5 @@ def use_winograd(model: ResnetGenerator, m: int) -> ResnetGenerator:
             for i, layer in enumerate(layers):
                 if isinstance(layer, nn.Conv2d):
                     layers[i] = WinogradConv3x3(layer, m)
+            block.__class__ = WinogradResnetBlock  # same state and layers; only forward differs
     return model

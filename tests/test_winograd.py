@@ -183,3 +183,48 @@ def test_cpu_translator_runs_the_last_convolution_natively_and_keeps_the_structu
     assert not any(isinstance(m, NarrowConv) for m in net.modules()), "the caller's model was changed"
     with torch.inference_mode():
         torch.testing.assert_close(t.forward(x), net(x), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("m,dtype", [(4, torch.float32), (2, torch.bfloat16)])
+@pytest.mark.parametrize("affine,dropout", [(False, False), (True, True)])
+def test_fused_residual_block_equals_its_layers(m, dtype, affine, dropout):
+    from cyclebatch.networks import ResnetBlock
+    from cyclebatch.winograd import WinogradResnetBlock, use_winograd
+
+    _native_or_skip()
+    torch.manual_seed(3)
+    net = init_weights(ResnetGenerator(GeneratorConfig(ngf=4, n_blocks=1, affine_norm=affine, dropout=dropout)), 0.3)
+    net = net.eval().to(dtype)
+    use_winograd(net, m)
+    block = next(b for b in net.model if isinstance(b, ResnetBlock))
+    assert isinstance(block, WinogradResnetBlock)
+    x = torch.randn(2, 16, 11, 14).to(dtype).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        assert block._fusable(x) is not None
+        fused = block(x)
+        layered = ResnetBlock.forward(block, x)
+    assert fused.shape == layered.shape and fused.is_contiguous(memory_format=torch.channels_last)
+    scale = layered.float().abs().max()
+    # fp32: the same sums in another order; bf16: fewer roundings than the layers (one per stage, not two).
+    tol = 1e-5 if dtype == torch.float32 else 2 ** -5
+    assert (fused.float() - layered.float()).abs().max() <= tol * scale
+    with torch.inference_mode():  # a non-finite input stays visible (the engine re-runs or fails on it)
+        x[0, 0, 3, 3] = float("nan")
+        assert torch.isnan(block(x)[0]).any() and not torch.isnan(block(x)[1]).any()
+
+
+def test_fused_block_steps_aside_for_outside_statistics_and_training():
+    from cyclebatch.networks import InstanceNorm, ResnetBlock
+    from cyclebatch.winograd import use_winograd
+
+    _native_or_skip()
+    net = use_winograd(init_weights(ResnetGenerator(GeneratorConfig(ngf=4, n_blocks=1))).eval(), 4)
+    block = next(b for b in net.model if isinstance(b, ResnetBlock))
+    x = torch.randn(1, 16, 8, 8).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        assert block._fusable(x) is not None
+        norm = next(m for m in block.conv_block if isinstance(m, InstanceNorm))
+        norm.stats_hook = lambda layer, t: (t.float().mean((2, 3), keepdim=True), t.float().var((2, 3), keepdim=True))
+        assert block._fusable(x) is None  # tiles and shared video statistics need the layers
+        norm.stats_hook = None
+    assert block._fusable(x) is None  # outside inference (gradients on): the layers
