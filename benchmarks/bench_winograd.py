@@ -4,11 +4,11 @@
     python benchmarks/bench_winograd.py --isa avx2      # AVX2 code paths only (an AVX2-only CPU's kernels)
 
 For each size, on a real photo, one generator pass (the engine's model, batch 1) is timed with the
-native kernels (native.py: the trunk's Winograd tile transforms, the 3-channel last convolution) and
-with the torch ops they replace (Kronecker matmuls, oneDNN's convolution), alternating every round;
-the figure is the median round. Printed: the time per part of the network (head convolutions,
-the trunk's Winograd convolutions (transforms, gather and scatter) and their batched matmuls apart, InstanceNorm /
-ReLU / padding / residual adds, tail), the native/torch speed-up, and the fraction of the limit reached
+native kernels (native.py: each residual block fused around its two batched matmuls, the 3-channel
+last convolution) and with the torch ops they replace (the block's layers one by one with Kronecker-matmul
+tile transforms, oneDNN's convolution), alternating every round; the figure is the median round.
+Printed: the time per part of the network (head and tail convolutions and norms, the trunk's batched
+matmuls, the rest of the trunk), the native/torch speed-up, and the fraction of the limit reached
 (the network's arithmetic with the trunk's Winograd savings at the measured matmul peak of the run's
 precision, as bench_peers.py defines it).
 
@@ -58,8 +58,7 @@ def parts(model) -> dict:
     out = {}
     for i, m in enumerate(layers):
         if isinstance(m, ResnetBlock):
-            for sub in m.conv_block:
-                out[sub] = "trunk winograd conv" if isinstance(sub, WinogradConv3x3) else "trunk norm/relu/pad"
+            out[m] = "trunk less its matmuls"  # transforms, norms, pads, adds (fused or not)
         else:
             side = "head" if i < first else "tail"
             conv = isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, NarrowConv))
@@ -79,7 +78,7 @@ class PartClock:
             s = time.perf_counter()
             out = self.bmm(*a, **kw)
             self.times["trunk batched matmul"] += time.perf_counter() - s
-            self.times["trunk winograd conv"] -= time.perf_counter() - s
+            self.times["trunk less its matmuls"] -= time.perf_counter() - s
             return out
 
         torch.bmm = timed_bmm

@@ -21,11 +21,10 @@ from torch import nn
 
 from .networks import InstanceNorm, ResnetBlock, ResnetGenerator
 
-# Transformed input tiles per band, measured best between 256 and 1024 px images: the torch transforms
-# are bound by memory past a few MB; the fused C ones (native.py) touch each value once, and larger
-# bands give the batched matmul more rows.
+# Transformed input tiles per band, measured best between 256 and 1024 px images, with the torch
+# transforms and with the native ones (1, 2, 4, 8, 16 MB: 194, 181, 188, 207, 200 ms at 256 px;
+# 3.96, 3.41, 3.45, 3.73, 4.59 s at 1024): past that the band's tiles leave the cache.
 BAND_BYTES = 2 << 20
-NATIVE_BAND_BYTES = 8 << 20
 
 # Transform matrices (B^T, G, A^T) for interpolation points 0, +-1 (F2) and 0, +-1, +-2 (F4).
 _SPECS = {
@@ -78,8 +77,7 @@ class WinogradConv3x3(nn.Module):
         # Bands of tile rows whose transformed tiles stay in cache: the whole of a 1024 px image's ran
         # slower than the direct convolution.
         lib = self._native(c, k)
-        band = BAND_BYTES if lib is None else NATIVE_BAND_BYTES
-        rows = max(1, min(th, band // (a * a * n * tw * max(c, k) * x.element_size())))
+        rows = max(1, min(th, BAND_BYTES // (a * a * n * tw * max(c, k) * x.element_size())))
         for r in range(0, th, rows):
             b = min(rows, th - r)
             if lib is not None:
@@ -106,7 +104,7 @@ class WinogradConv3x3(nn.Module):
         sn, _, sh, sw = x.stride()
         on, oh, ow, _ = out.stride()
         scale, shift = (0, 0) if norm is None else (norm[0].data_ptr(), norm[1].data_ptr())
-        rows = max(1, min(th, NATIVE_BAND_BYTES // (a * a * n * tw * max(c, k) * x.element_size())))
+        rows = max(1, min(th, BAND_BYTES // (a * a * n * tw * max(c, k) * x.element_size())))
         size = x.element_size()
         for r in range(0, th, rows):
             b = min(rows, th - r)

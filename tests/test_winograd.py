@@ -78,7 +78,6 @@ def _native_or_skip():
 def test_native_transforms_equal_the_torch_ones(m, dtype, shape, monkeypatch):
     _native_or_skip()
     monkeypatch.setattr(wino, "BAND_BYTES", 1)  # one tile row per band: band offsets are covered
-    monkeypatch.setattr(wino, "NATIVE_BAND_BYTES", 1)
     n, c, k, h, w = shape
     torch.manual_seed(m)
     conv = nn.Conv2d(c, k, 3).to(dtype)
@@ -187,11 +186,13 @@ def test_cpu_translator_runs_the_last_convolution_natively_and_keeps_the_structu
 
 @pytest.mark.parametrize("m,dtype", [(4, torch.float32), (2, torch.bfloat16)])
 @pytest.mark.parametrize("affine,dropout", [(False, False), (True, True)])
-def test_fused_residual_block_equals_its_layers(m, dtype, affine, dropout):
+@pytest.mark.parametrize("band", [1, wino.BAND_BYTES])
+def test_fused_residual_block_equals_its_layers(m, dtype, affine, dropout, band, monkeypatch):
     from cyclebatch.networks import ResnetBlock
     from cyclebatch.winograd import WinogradResnetBlock, use_winograd
 
     _native_or_skip()
+    monkeypatch.setattr(wino, "BAND_BYTES", band)  # 1: a band per tile row, so the seams are covered
     torch.manual_seed(3)
     net = init_weights(ResnetGenerator(GeneratorConfig(ngf=4, n_blocks=1, affine_norm=affine, dropout=dropout)), 0.3)
     net = net.eval().to(dtype)
