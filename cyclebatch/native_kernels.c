@@ -20,8 +20,14 @@
 #include <stdint.h>
 #include <string.h>
 
+/* One vector register of fp32 lanes: 16 with AVX-512, else 8 (AVX2; two ymm per value would double the
+   registers a transform needs and spill). Callers keep channel counts a multiple of 16 for both. */
+#ifdef __AVX512F__
 #define VL 16
-typedef float vf __attribute__((vector_size(VL * 4)));   /* GCC vector extensions: one zmm, or two ymm */
+#else
+#define VL 8
+#endif
+typedef float vf __attribute__((vector_size(VL * 4)));   /* GCC vector extensions */
 typedef uint32_t vu __attribute__((vector_size(VL * 4)));
 typedef uint16_t vh __attribute__((vector_size(VL * 2)));
 

@@ -21,10 +21,13 @@ from torch import nn
 
 from .networks import InstanceNorm, ResnetBlock, ResnetGenerator
 
-# Transformed input tiles per band, measured best between 256 and 1024 px images, with the torch
-# transforms and with the native ones (1, 2, 4, 8, 16 MB: 194, 181, 188, 207, 200 ms at 256 px;
-# 3.96, 3.41, 3.45, 3.73, 4.59 s at 1024): past that the band's tiles leave the cache.
+# Transformed input tiles per band, measured on whole passes at 256 and 1024 px. bf16 (oneDNN's batched
+# matmul; 1, 2, 4, 8, 16 MB: 194, 181, 188, 207, 200 ms at 256 px, 3.96, 3.41, 3.45, 3.73, 4.59 s at
+# 1024): past 2 MB the band's tiles leave the cache. fp32 (MKL's, held to AVX2; 2, 4, 8, 16, 32 MB: 363,
+# 306, 310, 294, 292 ms and 7.5, 8.8, 6.2, 5.8, 5.3 s; the same order with AVX-512): a 2 MB band of F(4,3)
+# tiles is 48 matrix rows at 256 px, too few for its kernels to run at speed.
 BAND_BYTES = 2 << 20
+FP32_BAND_BYTES = 32 << 20
 
 # Transform matrices (B^T, G, A^T) for interpolation points 0, +-1 (F2) and 0, +-1, +-2 (F4).
 _SPECS = {
@@ -77,7 +80,7 @@ class WinogradConv3x3(nn.Module):
         # Bands of tile rows whose transformed tiles stay in cache: the whole of a 1024 px image's ran
         # slower than the direct convolution.
         lib = self._native(c, k)
-        rows = max(1, min(th, BAND_BYTES // (a * a * n * tw * max(c, k) * x.element_size())))
+        rows = _band_rows(x.dtype, th, a * a * n * tw * max(c, k) * x.element_size())
         for r in range(0, th, rows):
             b = min(rows, th - r)
             if lib is not None:
@@ -104,7 +107,7 @@ class WinogradConv3x3(nn.Module):
         sn, _, sh, sw = x.stride()
         on, oh, ow, _ = out.stride()
         scale, shift = (0, 0) if norm is None else (norm[0].data_ptr(), norm[1].data_ptr())
-        rows = max(1, min(th, BAND_BYTES // (a * a * n * tw * max(c, k) * x.element_size())))
+        rows = _band_rows(x.dtype, th, a * a * n * tw * max(c, k) * x.element_size())
         size = x.element_size()
         for r in range(0, th, rows):
             b = min(rows, th - r)
@@ -154,6 +157,11 @@ class WinogradConv3x3(nn.Module):
             prod[self.bias_at] += self.bias
         y = (self.at @ prod.view(a * a, -1)).view(m, m, n, b, tw, k)
         out[:, r * m:(r + b) * m].view(n, b, m, tw, m, k).copy_(y.permute(2, 3, 0, 4, 1, 5))
+
+
+def _band_rows(dtype: torch.dtype, tile_rows: int, bytes_per_row: int) -> int:
+    band = FP32_BAND_BYTES if dtype == torch.float32 else BAND_BYTES
+    return max(1, min(tile_rows, band // bytes_per_row))
 
 
 class WinogradResnetBlock(ResnetBlock):

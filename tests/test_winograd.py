@@ -17,6 +17,7 @@ from cyclebatch.winograd import WinogradConv3x3
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_equals_the_direct_convolution_in_float64(m, size, channels_last, monkeypatch):
     monkeypatch.setattr(wino, "BAND_BYTES", 1)  # one tile row per band: the band seams are covered too
+    monkeypatch.setattr(wino, "FP32_BAND_BYTES", 1)
     torch.manual_seed(0)
     conv = nn.Conv2d(5, 7, 3).double()
     x = torch.randn(2, 5, size[0] + 2, size[1] + 2, dtype=torch.float64)
@@ -78,6 +79,7 @@ def _native_or_skip():
 def test_native_transforms_equal_the_torch_ones(m, dtype, shape, monkeypatch):
     _native_or_skip()
     monkeypatch.setattr(wino, "BAND_BYTES", 1)  # one tile row per band: band offsets are covered
+    monkeypatch.setattr(wino, "FP32_BAND_BYTES", 1)
     n, c, k, h, w = shape
     torch.manual_seed(m)
     conv = nn.Conv2d(c, k, 3).to(dtype)
@@ -193,6 +195,7 @@ def test_fused_residual_block_equals_its_layers(m, dtype, affine, dropout, band,
 
     _native_or_skip()
     monkeypatch.setattr(wino, "BAND_BYTES", band)  # 1: a band per tile row, so the seams are covered
+    monkeypatch.setattr(wino, "FP32_BAND_BYTES", band)
     torch.manual_seed(3)
     net = init_weights(ResnetGenerator(GeneratorConfig(ngf=4, n_blocks=1, affine_norm=affine, dropout=dropout)), 0.3)
     net = net.eval().to(dtype)
