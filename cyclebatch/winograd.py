@@ -1,14 +1,17 @@
 """Winograd convolution for the residual trunk's 3x3 convolutions (CPU inference).
 
 Why: on CPU the trunk's 3x3 convolutions are 75-85% of a forward pass and oneDNN already runs them
-at the cores' bf16 peak, so only fewer multiplications can make them faster. Winograd F(m, 3)
+about as fast as its own matmuls, so only fewer multiplications can make them much faster. Winograd F(m, 3)
 computes an m x m output tile from an (m+2) x (m+2) input tile with (m+2)^2 multiplies per channel
 pair instead of 9 m^2 (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016).
 The per-position products become one batched matmul over channels; the tile transforms are small
 matmuls with a fixed matrix.
 
 Activations run channels_last (NHWC in memory): tiles are gathered with channels innermost and the
-matmul reads them without a transpose.
+matmul reads them without a transpose. The transforms run in C where a compiler is at hand (native.py):
+one pass gathers and transforms, one transforms and places, and a whole residual block (padding,
+InstanceNorm, ReLU, the residual sum) folds into those passes (WinogradResnetBlock). Otherwise they are
+torch ops: a strided gather and a Kronecker matmul.
 """
 
 from __future__ import annotations
@@ -77,9 +80,7 @@ class WinogradConv3x3(nn.Module):
             x = F.pad(x, (0, tw * m - w, 0, th * m - h)).contiguous(memory_format=torch.channels_last)
         k = self.u.shape[2]
         out = x.new_empty((n, th * m, tw * m, k))
-        # Bands of tile rows whose transformed tiles stay in cache: the whole of a 1024 px image's ran
-        # slower than the direct convolution.
-        lib = self._native(c, k)
+        lib = self._native(c, k)  # bands of tile rows (BAND_BYTES): the whole image at once leaves the cache
         rows = _band_rows(x.dtype, th, a * a * n * tw * max(c, k) * x.element_size())
         for r in range(0, th, rows):
             b = min(rows, th - r)
