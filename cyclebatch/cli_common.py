@@ -48,9 +48,15 @@ BATCHNORM_HELP = ("BatchNorm models: running statistics (official test.py --eval
 
 
 def _sigterm_as_interrupt() -> None:
+    """Ctrl-C and SIGTERM both stop a run as an interrupt (exit 130, nothing half-written), and are noted
+    for the loops to see even where a C callback swallowed the KeyboardInterrupt (errors.note_interrupt)."""
     import signal
 
+    from .errors import note_interrupt
+
     def handler(signum, frame):
+        note_interrupt()
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

@@ -1,5 +1,10 @@
-"""The one exception type users see (its message is a single line naming the file and the reason), and
-the one test for running out of memory, which engine, tiling and video all retry rather than report."""
+"""The one exception type users see (its message is a single line naming the file and the reason), the
+one test for running out of memory, which engine, tiling and video all retry rather than report, and the
+record of an interrupt."""
+
+import threading
+
+_interrupted = threading.Event()
 
 
 class CycleBatchError(Exception):
@@ -11,3 +16,16 @@ def is_out_of_memory(exc: BaseException) -> bool:
     import torch
 
     return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
+
+
+def note_interrupt() -> None:
+    """A signal handler saw Ctrl-C or SIGTERM (cli_common installs it). Kept as a flag besides the
+    KeyboardInterrupt it raises: raised inside a C library's callback, that exception can be reported as
+    'ignored' and lost, and the run would go on to the end."""
+    _interrupted.set()
+
+
+def raise_if_interrupted() -> None:
+    """Between batches: an interrupt whose KeyboardInterrupt was lost stops the run here."""
+    if _interrupted.is_set():
+        raise KeyboardInterrupt

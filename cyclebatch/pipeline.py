@@ -17,7 +17,7 @@ import numpy as np
 from . import storage
 from .discover import Job, plan
 from .engine import Pending, Translator
-from .errors import CycleBatchError
+from .errors import CycleBatchError, raise_if_interrupted
 from .fileio import location_problem, sweep_dead_temps
 from .images import DEFAULT_MAX_PIXELS, Picture, read_image, write_image
 
@@ -287,6 +287,7 @@ class _Loop:
 
     def flush(self, key: tuple) -> None:
         """Send a group to the device, then hand the previous batch's results to the writers."""
+        raise_if_interrupted()
         batch = self.groups.pop(key)
         try:
             pending = self.t.submit([pic.rgb for _, pic in batch])

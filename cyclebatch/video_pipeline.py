@@ -22,7 +22,7 @@ from typing import Callable, Optional
 from .video_device import DevicePath
 from .video_sinks import VideoSink
 from .video_sources import Frame, VideoSource
-from .errors import CycleBatchError
+from .errors import CycleBatchError, raise_if_interrupted
 
 
 class _Stop(Exception):
@@ -155,6 +155,7 @@ def run_pipeline(source, sinks: list, translator, *, shared_stats: bool = False,
                                else translator.translate_batch(images))
                     outs = [Frame(o, f.pts, source=f.rgb if keep_input else None) for o, f in zip(results, batch)]
                 _put(out_q, outs, stop)
+                raise_if_interrupted()
                 done += len(batch)
                 if progress:
                     progress(done, source.total)
