@@ -54,6 +54,8 @@ def test_ray_run_equals_a_local_run_and_survives_a_killed_actor(cluster, tmp_pat
     marker = tmp_path / "killed.txt"
     # The first actor in its 2nd batch kills its process once half of that batch is written, once.
     monkeypatch.setenv(rayrun.KILL_HOOK, f"2:{marker}")
+    timeline = tmp_path / "timeline.tsv"
+    monkeypatch.setenv(rayrun.TIMELINE, str(timeline))
     s, facts = rayrun.translate_paths_ray([str(src)], tmp_path / "ray", tiny_generator(), FP32, RunOptions(),
                                           rows_per_task=8)
     assert marker.exists(), "no actor was killed: the test tested nothing"
@@ -72,6 +74,12 @@ def test_ray_run_equals_a_local_run_and_survives_a_killed_actor(cluster, tmp_pat
         path, inode = line.split("\t")
         assert os.stat(path).st_ino == int(inode), f"{path} was rewritten"
     assert facts["actors"] >= 1 and facts["cpus_per_actor"] >= 1
+    # The start-up timeline: the driver's moments and, from inside the actors, theirs.
+    moments = [line.split("\t") for line in timeline.read_text().splitlines()]
+    said = {what for _, who, what in moments}
+    assert {"run called", "planned", "translator built", "first batch begins", "finished"} <= said, said
+    assert any(who.startswith("actor ") for _, who, _ in moments)
+    monkeypatch.delenv(rayrun.TIMELINE)
 
     again, _ = rayrun.translate_paths_ray([str(src)], tmp_path / "ray", tiny_generator(), FP32, RunOptions())
     assert (again.translated, again.skipped, again.failed) == (0, 48, 1)
