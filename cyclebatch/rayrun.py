@@ -314,17 +314,23 @@ def _stream(ray, jobs: list[Job], model, translator_kwargs, opts, reporter, summ
     kwargs = dict(translator_kwargs)
     if gpus and kwargs.get("device", "auto") in ("auto", "cpu"):
         kwargs["device"] = "cuda"  # Ray sets CUDA_VISIBLE_DEVICES: the actor's GPU is its cuda:0
+    # One block per task and one call per block, at most `rows` images each: the actor's pipeline fills
+    # and drains once per task, results come back (and a restarted actor redoes) a task at a time. (Blocks
+    # of several calls returned their results only at the block's end, and an uneven split left calls of
+    # one or two images.)
     ds = ray.data.from_items([{"src": str(j.src), "dst": str(j.dst)} for j in jobs],
-                             override_num_blocks=max(1, min(len(jobs) // rows, 4 * actors)))
+                             override_num_blocks=max(1, -(-len(jobs) // rows)))
     model_ref = ray.put(model)  # held here for the whole run: a restarted actor reads it again
     mark("dataset made, model in the object store")
-    ds = ds.map_batches(Worker, batch_size=rows, batch_format="numpy",
+    ds = ds.map_batches(Worker, batch_size=None, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus, num_gpus=gpus or None,
                         fn_constructor_kwargs={"model": model_ref, "translator_kwargs": kwargs, "opts": opts,
                                                "threads": cpus, "hook": os.environ.get(KILL_HOOK, ""),
                                                "timeline": os.environ.get(TIMELINE, "")})
     first = True
-    for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
+    # No prefetching: with it Ray Data hands over a task's results only once the next task's are in, so
+    # the counts (and the progress bar) lagged one task behind the actors.
+    for out in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
         if first:
             mark(f"first results back ({len(out['src'])} images)")
             first = False

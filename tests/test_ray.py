@@ -103,7 +103,12 @@ def test_cli_ray_summary_and_exit_code_match_the_local_run(cluster, tmp_path):
     assert b["report"] == str(tmp_path / "b" / "report.html") and ray_out.pop("report.html")
     thumbs = [k for k in ray_out if k.startswith(".cyclebatch-report/")]
     assert len(thumbs) == 2 * 6
-    assert outputs(tmp_path / "a") == {k: v for k, v in ray_out.items() if k not in thumbs}
+    ray_out = {k: v for k, v in ray_out.items() if k not in thumbs}
+    assert sorted(outputs(tmp_path / "a")) == sorted(ray_out)
+    # Bitwise against a local run at the actor's fixed thread count: the CLI's own local run lowers its
+    # thread count while other processes take cores (cpuload.py), which changes the rounding of its sums.
+    translate_paths([str(src)], tmp_path / "c", Translator(tiny_generator(), **FP32))
+    assert outputs(tmp_path / "c") == ray_out
 
 
 def test_ray_reads_and_writes_object_storage(cluster, tmp_path):
