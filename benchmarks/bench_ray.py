@@ -1,11 +1,12 @@
 """`run --ray` on a local 2-CPU Ray cluster against a local `run`, on the same small images.
 
-    python benchmarks/bench_ray.py [--n 200] [--size 128] [--model vintage] [--precision auto] [--cpus 2]
+    python benchmarks/bench_ray.py [--n 200] [--size 128] [--model vintage] [--precision auto] [--cpus 2] [--timeline]
 
 Prints, for both: images/s over the whole run (the Ray figure includes starting the actors and loading
 the model in them) and in the steady state (from the first finished image to the last), the ratio
 ray/local of each (goal >= 0.85), the cluster's start-up time on its own, whether the outputs are
-bitwise equal, the CPU's features and the load average before and after.
+bitwise equal, the CPU's features and the load average before and after. --timeline: also the Ray run's
+start, moment by moment, from the driver and from inside the actors (rayrun.TIMELINE).
 """
 
 from __future__ import annotations
@@ -57,6 +58,17 @@ def make_photos(folder: Path, size: int, n: int) -> None:
         im.crop((left, top, left + s, top + s)).resize((size, size), Image.BICUBIC).save(folder / f"{i:03d}.jpg", quality=92)
 
 
+def print_timeline(text: str) -> None:
+    """Seconds from the Ray run's call, and each step's own seconds (since the step before it)."""
+    rows = sorted((float(t), who, what) for t, who, what in (line.split("\t") for line in text.splitlines() if line))
+    t0 = next(t for t, _, what in rows if what == "run called")
+    print("Ray start-up timeline (s from translate_paths_ray's call; step = since the line before):")
+    before = t0
+    for t, who, what in rows:
+        print(f"  {t - t0:6.2f}  step {t - before:5.2f}  {who:12s} {what}")
+        before = t
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200)
@@ -64,6 +76,7 @@ def main() -> None:
     ap.add_argument("--model", default="vintage")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster")
+    ap.add_argument("--timeline", action="store_true", help="print the Ray run's start-up, moment by moment")
     args = ap.parse_args()
     import ray
 
@@ -86,20 +99,26 @@ def main() -> None:
         how = rayrun.connect(num_cpus=args.cpus)
         cluster_start = time.perf_counter() - begun
         ray_clock = Clock()
+        if args.timeline:
+            os.environ[rayrun.TIMELINE] = str(d / "timeline.tsv")
         remote, facts = rayrun.translate_paths_ray([str(d / "in")], d / "ray", model, kwargs, RunOptions(), ray_clock)
         ray.shutdown()
+        timeline = (d / "timeline.tsv").read_text() if args.timeline else ""
         same = all((d / "ray" / p.name).read_bytes() == p.read_bytes() for p in (d / "local").iterdir())
 
     assert local.translated == remote.translated == args.n, (local, remote)
     lw, rw = local.images_per_second, remote.images_per_second
     ls, rs = local_clock.steady(), ray_clock.steady()
     print(f"model {name}, {args.n} images of {args.size}x{args.size}, precision {t.precision}, batch {batch}")
-    print(f"Ray cluster start ({how}): {cluster_start:.1f} s (not in the figures below)")
+    print(f"Ray cluster start ({how}, Ray Data's helper actors included): {cluster_start:.1f} s (not in the "
+          f"figures below); the run's own connect and plan: {facts['startup_seconds']:.2f} s (not in them either)")
     print(f"Ray pool: {facts['actors']} actor(s) x {facts['cpus_per_actor']} CPU(s)")
     print(f"whole run   : local {lw:.2f} images/s ({local.seconds:.1f} s), ray {rw:.2f} images/s "
           f"({remote.seconds:.1f} s, actor start included); ray/local = {rw / lw:.3f}")
     print(f"steady state: local {ls:.2f} images/s, ray {rs:.2f} images/s; ray/local = {rs / ls if ls else 0:.3f}")
     print(f"outputs bitwise equal: {same}")
+    if timeline:
+        print_timeline(timeline)
     print(f"# load average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -36,6 +36,18 @@ from .pipeline import OutputUnwritable, Reporter, RunOptions, Summary, _Loop, fi
 # is written, the other writes still in flight, after noting the files it wrote in MARKER; once per
 # MARKER (the fault test needs a real process death mid-batch).
 KILL_HOOK = "CYCLEBATCH_TEST_KILL_ACTOR_AFTER"
+# A file that the driver and the actors append their start-up moments to ("epoch seconds<TAB>who<TAB>what";
+# time.time() is one clock for every process on a machine): `benchmarks/bench_ray.py --timeline`.
+TIMELINE = "CYCLEBATCH_RAY_TIMELINE"
+_LOADED = time.time()  # this module's import finished (in an actor: torch and the engine imported)
+
+
+def mark(what: str, who: str = "driver", path: Optional[str] = None, at: Optional[float] = None) -> None:
+    """Note a moment (`at`, default now) of the run's start in the timeline file, if there is one."""
+    path = os.environ.get(TIMELINE, "") if path is None else path
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{at or time.time():.4f}\t{who}\t{what}\n")
 
 
 def _ray():
@@ -60,19 +72,49 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> st
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines would cut the CLI's output
     if ray.is_initialized():
         return "already connected"
-    kw = dict(runtime_env=runtime_env(), logging_level=logging.WARNING, log_to_driver=True,
-              include_dashboard=False)
+    kw = dict(logging_level=logging.WARNING, log_to_driver=True, include_dashboard=False)
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, **kw)
+        ray.init(address=address, runtime_env=runtime_env(), **kw)
         return f"joined {address}"
     try:
-        ray.init(address="auto", **kw)
+        ray.init(address="auto", runtime_env=runtime_env(), **kw)
         return "joined the running local cluster"
     except (ConnectionError, RuntimeError):
         pass
-    ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kw)
+    # A cluster started here inherits this process's environment, so its workers get the PYTHONPATH from
+    # that and the job needs no runtime_env: a job with one gets workers of its own, and the workers Ray
+    # starts with the cluster (idle, Ray imported) could not serve it.
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = runtime_env()["env_vars"]["PYTHONPATH"]
+    try:
+        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kw)
+    finally:
+        if before is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = before
+    data_services(ray)  # part of bringing a cluster up: see data_services
     return f"started a local cluster ({num_cpus or os.cpu_count()} CPUs)"
+
+
+def data_services(ray) -> None:
+    """Start Ray Data's cluster-wide helper actors now, if the cluster lacks them, and wait until they run.
+
+    They (statistics, actor locations, autoscaling coordinator) are detached actors that a cluster's first
+    Ray Data job makes: each a new worker process importing Ray Data, 1.5 s of CPU apiece. Made by the run
+    itself they start at the same moment as the first translating actor, which imports torch on the same
+    cores (on 2 cores its start went from about 3 s to 6-8 s); made beforehand, the actor has the cores to
+    itself. On a cluster that has them already this is one lookup each."""
+    try:
+        from ray.data._internal.cluster_autoscaler import get_or_create_autoscaling_coordinator
+        from ray.data._internal.execution.node_trackers import get_or_create_actor_location_tracker
+        from ray.data._internal.stats import get_or_create_stats_actor
+
+        makers = (get_or_create_stats_actor, get_or_create_actor_location_tracker, get_or_create_autoscaling_coordinator)
+        ray.get([make().__ray_ready__.remote() for make in makers])
+    except Exception:  # noqa: BLE001 (Ray Data's private API: another Ray version only loses the head start)
+        logging.getLogger(__name__).debug("Ray Data's helper actors not started ahead", exc_info=True)
 
 
 class _Counting(_Loop):
@@ -95,10 +137,27 @@ class _Counting(_Loop):
                 _die(self.marker, self.written)  # test hook: mid-batch, other writes still in flight
 
 
+def _process_marks(path: str, who: str) -> None:
+    """This process's start, the start and the end of its cyclebatch import, now (the constructor)."""
+    from . import IMPORT_STARTED
+
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # start time, clock ticks after boot
+        mark("worker process started", who, path,
+             time.time() - time.clock_gettime(time.CLOCK_BOOTTIME) + ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        pass  # not Linux
+    mark("cyclebatch import begins", who, path, IMPORT_STARTED)
+    mark("cyclebatch imported (torch included)", who, path, _LOADED)
+    mark("actor constructor called", who, path)
+
+
 class Worker:
     """One Ray actor: one Translator, kept loaded for every batch it is given."""
 
-    def __init__(self, model, translator_kwargs: dict, opts: RunOptions, threads: int, hook: str = ""):
+    def __init__(self, model, translator_kwargs: dict, opts: RunOptions, threads: int, hook: str = "",
+                 timeline: str = ""):
         import warnings
 
         import torch
@@ -107,12 +166,17 @@ class Worker:
 
         from .engine import Translator
 
+        self.timeline, self.who = timeline, f"actor {os.getpid()}"
+        if timeline:
+            _process_marks(timeline, self.who)
         if isinstance(model, ray.ObjectRef):  # shared once through the object store, not once per actor
             model = ray.get(model)
+        mark("model received", self.who, timeline)
         # As many threads as a local run on a node of this size: the kernels' reductions split by thread
         # count, so this is what makes the outputs bitwise equal to a local run's.
         torch.set_num_threads(max(1, threads))
         self.t = Translator(model, **translator_kwargs)
+        mark("translator built", self.who, timeline)
         self.opts, self.hook, self.batches = opts, hook, 0
         # Only a restarted actor can meet outputs of its own earlier life: only it pays for the checks.
         with warnings.catch_warnings():
@@ -120,6 +184,8 @@ class Worker:
             self.reborn = ray.get_runtime_context().was_current_actor_reconstructed
 
     def __call__(self, batch: dict) -> dict:
+        if not self.batches:
+            mark("first batch begins", self.who, self.timeline)
         jobs = [Job(storage.as_location(s), storage.as_location(d)) for s, d in zip(batch["src"], batch["dst"])]
         summary = Summary()
         already = {str(j.src): self._done_before(j) for j in jobs}
@@ -134,6 +200,8 @@ class Worker:
             loop.run(todo)
         except OutputUnwritable as e:
             stopped = str(e)
+        if self.batches == 1:
+            mark(f"first batch done ({len(jobs)} images)", self.who, self.timeline)
         reasons = dict(summary.failures)
         src = [str(j.src) for j in jobs]
         return {
@@ -189,8 +257,12 @@ def translate_paths_ray(inputs: Sequence[str], output: "str | Path", model, tran
     opts = opts or RunOptions()
     reporter = reporter or Reporter()
     begun = time.perf_counter()
+    mark("run called")
     how = connect(address)
+    data_services(ray)
+    mark("connected (and Ray Data's helper actors up)")
     output, work, opts, summary = prepare(inputs, output, replace(opts, shard=(0, 1)), reporter)
+    mark("planned")
     cpus, actors = _pool_size(ray, gpus, cpus, actors)
     actors = max(1, min(actors, len(work.jobs) or 1))
     facts = {"cluster": how, "actors": actors, "gpus_per_actor": gpus, "cpus_per_actor": cpus,
@@ -206,6 +278,7 @@ def translate_paths_ray(inputs: Sequence[str], output: "str | Path", model, tran
         raise
     finally:
         summary.seconds = time.perf_counter() - started
+        mark("finished")
         reporter.stop()
     if isinstance(output, Path):
         sweep_dead_temps(output)  # what a killed actor was writing when it died (its retry wrote the file)
@@ -241,14 +314,26 @@ def _stream(ray, jobs: list[Job], model, translator_kwargs, opts, reporter, summ
     kwargs = dict(translator_kwargs)
     if gpus and kwargs.get("device", "auto") in ("auto", "cpu"):
         kwargs["device"] = "cuda"  # Ray sets CUDA_VISIBLE_DEVICES: the actor's GPU is its cuda:0
+    # One block per task and one call per block, at most `rows` images each: the actor's pipeline fills
+    # and drains once per task, results come back (and a restarted actor redoes) a task at a time. (Blocks
+    # of several calls returned their results only at the block's end, and an uneven split left calls of
+    # one or two images.)
     ds = ray.data.from_items([{"src": str(j.src), "dst": str(j.dst)} for j in jobs],
-                             override_num_blocks=max(1, min(len(jobs) // rows, 4 * actors)))
+                             override_num_blocks=max(1, -(-len(jobs) // rows)))
     model_ref = ray.put(model)  # held here for the whole run: a restarted actor reads it again
-    ds = ds.map_batches(Worker, batch_size=rows, batch_format="numpy",
+    mark("dataset made, model in the object store")
+    ds = ds.map_batches(Worker, batch_size=None, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus, num_gpus=gpus or None,
                         fn_constructor_kwargs={"model": model_ref, "translator_kwargs": kwargs, "opts": opts,
-                                               "threads": cpus, "hook": os.environ.get(KILL_HOOK, "")})
-    for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                                               "threads": cpus, "hook": os.environ.get(KILL_HOOK, ""),
+                                               "timeline": os.environ.get(TIMELINE, "")})
+    first = True
+    # No prefetching: with it Ray Data hands over a task's results only once the next task's are in, so
+    # the counts (and the progress bar) lagged one task behind the actors.
+    for out in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
+        if first:
+            mark(f"first results back ({len(out['src'])} images)")
+            first = False
         for src, ok, mp, reason, stopped in zip(out["src"], out["ok"], out["mp"], out["reason"], out["stopped"]):
             if ok:
                 summary.translated += 1
