@@ -85,7 +85,7 @@ class OpenVINOBackend:
         return self.converted
 
     def _convert(self):
-        from .export import portable_copy
+        from .export_graph import portable_copy
 
         net = portable_copy(self.model)
         try:

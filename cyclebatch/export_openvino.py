@@ -80,7 +80,7 @@ def atomic_ir(path: str | Path) -> Iterator[Path]:
 def export_openvino(net: nn.Module, path: str | Path, *, fp16: bool = False,
                     metadata: Optional[dict] = None) -> None:
     """Write `path` (.xml) and its .bin with dynamic batch, height and width (no verification)."""
-    from .export import INPUT, OUTPUT, PixelGraph, contract, portable_copy
+    from .export_graph import INPUT, OUTPUT, PixelGraph, contract, portable_copy
 
     ov = _openvino()
     graph = PixelGraph(portable_copy(net)).eval()

@@ -134,7 +134,7 @@ def rewrite_for_tflite(net: nn.Module) -> nn.Module:
 
 
 class NHWCGraph(nn.Module):
-    """The TFLite contract around export.PixelGraph: one NHWC [0, 1] image in, the same shape out."""
+    """The TFLite contract around export_graph.PixelGraph: one NHWC [0, 1] image in, the same shape out."""
 
     def __init__(self, graph: nn.Module):
         super().__init__()
@@ -148,7 +148,7 @@ class NHWCGraph(nn.Module):
 
 def tflite_graph(net: nn.Module) -> NHWCGraph:
     """What gets converted: a copy of the generator with portable layers, inside the NHWC pixel contract."""
-    from .export import PixelGraph, portable_copy
+    from .export_graph import PixelGraph, portable_copy
 
     return NHWCGraph(PixelGraph(rewrite_for_tflite(portable_copy(net)))).eval()
 
@@ -219,7 +219,7 @@ def calibration_images(folder: str | Path, size: tuple[int, int]) -> tuple[list[
     """Up to CALIBRATION_IMAGES images of `folder` (recursive), fitted to size as [1, H, W, 3] float [0, 1];
     and how many unreadable images were skipped."""
     from .discover import expand
-    from .export import fit
+    from .export_graph import fit
     from .images import read_image
 
     folder = Path(folder)
@@ -286,7 +286,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 def export_tflite(net: nn.Module, path: str | Path, *, size: tuple[int, int], precision: str = "fp32",
                   calibrate: Optional[str | Path] = None, metadata: Optional[dict] = None) -> None:
     """Write the TFLite file (no verification; see export.export). precision: fp32, fp16 or int8."""
-    from .export import contract
+    from .export_graph import contract
 
     calibration = calibration_images(calibrate, size)[0] if calibrate else None
     model = convert(net, size)

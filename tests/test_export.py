@@ -20,7 +20,7 @@ SHAPES = [(2, 3, 37, 50), (1, 3, 64, 48), (1, 3, 5, 7)]
 
 
 def reference(net, x: np.ndarray) -> np.ndarray:
-    """The generator on [0, 1] pixels, written independently of export.PixelGraph."""
+    """The generator on [0, 1] pixels, written independently of export_graph.PixelGraph."""
     t = torch.from_numpy(x) * 2 - 1
     padded, (h, w) = pad_to_multiple(t, 4)
     with torch.no_grad():
