@@ -92,16 +92,10 @@ def kernels() -> Optional[ctypes.CDLL]:
         log.debug("native kernels unavailable (%s): Winograd transforms run in torch", detail.strip()[:300])
         return None
     p, i, l = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
-    for name in ("winograd_in2_f32", "winograd_in4_f32", "winograd_in2_bf16", "winograd_in4_bf16"):
-        getattr(lib, name).argtypes = [p, p, i, i, i, i, l, l, l, i]
-        getattr(lib, name).restype = None
-    for name in ("winograd_out2_f32", "winograd_out4_f32", "winograd_out2_bf16", "winograd_out4_bf16"):
-        getattr(lib, name).argtypes = [p, p, p, i, i, i, i, l, l, l, i]
-        getattr(lib, name).restype = None
     for m in (2, 4):
         for dtype in ("f32", "bf16"):
-            getattr(lib, f"winograd_in{m}_fused_{dtype}").argtypes = [p, p, i, i, i, i, i, i, i, l, l, l, p, p, i, i]
-            getattr(lib, f"winograd_out{m}_fused_{dtype}").argtypes = [p, p, i, i, i, i, i, i, i, l, l, l, p, i]
+            getattr(lib, f"winograd_in{m}_{dtype}").argtypes = [p, p, i, i, i, i, i, i, i, l, l, l, p, p, i, i, i]
+            getattr(lib, f"winograd_out{m}_{dtype}").argtypes = [p, p, p, i, i, i, i, i, i, i, l, l, l, p, i]
     for dtype in ("f32", "bf16"):
         getattr(lib, f"norm_add_{dtype}").argtypes = [p, p, p, p, p, i, i, i, i, p, p, p, i]
     for name in ("narrow_conv1_f32", "narrow_conv3_f32", "narrow_conv1_bf16", "narrow_conv3_bf16"):

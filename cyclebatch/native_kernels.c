@@ -1,11 +1,12 @@
 /* CPU kernels that torch has no fast path for (native.py builds and loads this file).
 
-   1. Winograd tile transforms for winograd.py, fused with the gather and the scatter.
+   1. Winograd tile transforms for winograd.py, fused with the gather and the scatter, and for a whole
+      residual block with its padding, InstanceNorms, ReLU and residual sum (below).
 
    The torch path gathers every (m+2)^2 input tile into a copy, transforms it with a dense Kronecker
    matmul and scatters the output tiles with a permuted copy: three passes over memory and 36 (F2: 16)
    multiplies per value where the transform needs a few adds. Here one pass reads each tile from the
-   padded NHWC input and writes its transform; one pass reads the products and writes output pixels.
+   NHWC input and writes its transform; one pass reads the products and writes output pixels.
    Arithmetic is fp32 whatever the storage (bf16 is rounded to nearest even once, on store), as
    oneDNN's matmul does, so results match the torch path to rounding.
 
@@ -17,6 +18,7 @@
    Threads: OpenMP, linked against the libgomp.so.1 torch has already loaded, so these loops run on
    torch's own thread pool; the caller passes torch's thread count (it changes under load). Channels are processed VL at a time (C % VL == 0). */
 
+#include <omp.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -78,68 +80,6 @@ static inline void at4(vf o[4], const vf p[6]) {
     o[3] = p[1] - p[2] + 8 * p[3] - 8 * p[4] + p[5];
 }
 
-/* Input: x is the padded input of one band, NHWC with channels contiguous (element strides sn, sh, sw);
-   tile (i, r, t) of the band starts at row r*M, column t*M of image i. v is [A*A][tiles][C], tiles
-   ordered (image, tile row, tile column) as winograd.py's bmm expects. */
-#define INPUT(NAME, T, S, M, A, BT)                                                                  \
-    void NAME(const T *x, T *v, int n, int rows, int tw, int c, long sn, long sh, long sw,         \
-              int threads) {                                                                        \
-        long tiles = (long)n * rows * tw;                                                           \
-        _Pragma("omp parallel for schedule(static) num_threads(threads)")                           \
-        for (long t = 0; t < tiles; t++) {                                                          \
-            long img = t / ((long)rows * tw), r = (t / tw) % rows, col = t % tw;                    \
-            const T *base = x + img * sn + r * M * sh + col * M * sw;                               \
-            for (int cb = 0; cb < c; cb += VL) {                                                    \
-                vf d[A], e[A][A], o[A];                                                             \
-                for (int j = 0; j < A; j++) { /* B^T down each column of the tile */                \
-                    for (int i = 0; i < A; i++) d[i] = load_##S(base + i * sh + j * sw + cb);      \
-                    BT(o, d);                                                                       \
-                    for (int i = 0; i < A; i++) e[i][j] = o[i];                                     \
-                }                                                                                   \
-                for (int i = 0; i < A; i++) { /* then along each row */                             \
-                    BT(o, e[i]);                                                                    \
-                    for (int j = 0; j < A; j++)                                                     \
-                        store_##S(v + ((long)(i * A + j) * tiles + t) * c + cb, o[j]);              \
-                }                                                                                   \
-            }                                                                                       \
-        }                                                                                           \
-    }
-
-/* Output: p is [A*A][tiles][K], out the band's first output row, NHWC (element strides on, oh, ow);
-   bias (fp32, may be NULL) is added to every output pixel. */
-#define OUTPUT(NAME, T, S, M, A, AT)                                                                 \
-    void NAME(const T *p, T *out, const float *bias, int n, int rows, int tw, int k, long on,       \
-              long oh, long ow, int threads) {                                                      \
-        long tiles = (long)n * rows * tw;                                                           \
-        _Pragma("omp parallel for schedule(static) num_threads(threads)")                           \
-        for (long t = 0; t < tiles; t++) {                                                          \
-            long img = t / ((long)rows * tw), r = (t / tw) % rows, col = t % tw;                    \
-            T *base = out + img * on + r * M * oh + col * M * ow;                                   \
-            for (int kb = 0; kb < k; kb += VL) {                                                    \
-                vf q[A], e[M][A], o[A], b = {0};                                                    \
-                if (bias) b = load_f32(bias + kb);                                                  \
-                for (int j = 0; j < A; j++) {                                                       \
-                    for (int i = 0; i < A; i++)                                                     \
-                        q[i] = load_##S(p + ((long)(i * A + j) * tiles + t) * k + kb);              \
-                    AT(o, q);                                                                       \
-                    for (int i = 0; i < M; i++) e[i][j] = o[i];                                     \
-                }                                                                                   \
-                for (int i = 0; i < M; i++) {                                                       \
-                    AT(o, e[i]);                                                                    \
-                    for (int j = 0; j < M; j++) store_##S(base + i * oh + j * ow + kb, o[j] + b);   \
-                }                                                                                   \
-            }                                                                                       \
-        }                                                                                           \
-    }
-
-INPUT(winograd_in2_f32, float, f32, 2, 4, bt2)
-INPUT(winograd_in4_f32, float, f32, 4, 6, bt4)
-INPUT(winograd_in2_bf16, uint16_t, bf16, 2, 4, bt2)
-INPUT(winograd_in4_bf16, uint16_t, bf16, 4, 6, bt4)
-OUTPUT(winograd_out2_f32, float, f32, 2, 4, at2)
-OUTPUT(winograd_out4_f32, float, f32, 4, 6, at4)
-OUTPUT(winograd_out2_bf16, uint16_t, bf16, 2, 4, at2)
-OUTPUT(winograd_out4_bf16, uint16_t, bf16, 4, 6, at4)
 
 static inline float hsum(vf x) {
     float s = 0;
@@ -197,32 +137,37 @@ NARROW(narrow_conv3_f32, float, f32, 3)
 NARROW(narrow_conv1_bf16, uint16_t, bf16, 1)
 NARROW(narrow_conv3_bf16, uint16_t, bf16, 3)
 
-/* 3. A whole residual block of the trunk (winograd.py WinogradResnetBlock): pad, conv, norm, ReLU, pad, conv,
-   norm, add, as two fused transforms per convolution and one final pass. The input transform reads the
-   unpadded activation with reflected coordinates (ReflectionPad2d(1)) and, for the second convolution,
-   applies the first InstanceNorm as a per-image, per-channel scale and shift and the ReLU as it loads; the
-   output transform sums each channel's values and squares (fp32 within a tile, double across tiles, per
-   thread) for the InstanceNorm after it, over the image's own pixels only. */
-#include <omp.h>
+/* The Winograd transforms. For a whole residual block (winograd.py WinogradResnetBlock: pad, conv, norm,
+   ReLU, pad, conv, norm, add) the input transform reads the unpadded activation through reflected
+   coordinates (pad 1: ReflectionPad2d(1)) and, for the second convolution, applies the first InstanceNorm
+   as a per-image, per-channel scale and shift and the ReLU as it loads; the output transform sums each
+   channel's values and squares (fp32 within a tile, double across tiles, per thread) for the InstanceNorm
+   after it, over the image's own pixels only. A lone convolution (pad 0, no norm, no sums) reads an
+   already padded input. Rows and columns past the padded image (whole tiles) read as zeros: their outputs
+   are cropped, and zeros keep the rounding of the valid ones as small as the torch path's. */
 
 static inline long reflect(long q, long len) {
     if (q < 0) q = -q;
     if (q >= len) q = 2 * len - 2 - q;
-    return q < 0 ? 0 : (q >= len ? len - 1 : q); /* past the image (whole-tile padding): any pixel, cropped */
+    return q < 0 ? 0 : (q >= len ? len - 1 : q);
 }
 
-/* x: unpadded NHWC (n, h, w, c) at element strides sn, sh, sw; the band's tiles start at padded row row0. */
-#define INPUT_FUSED(NAME, T, S, M, A, BT)                                                            \
+/* x: NHWC (n, h, w, c) at element strides sn, sh, sw, padded by `pad` as it is read; the band's tiles
+   start at padded row row0. v is [A*A][tiles][C], tiles ordered (image, tile row, tile column) as
+   winograd.py's bmm expects; scale and shift (per image and channel) and relu are optional. */
+#define INPUT(NAME, T, S, M, A, BT)                                                                  \
     void NAME(const T *x, T *v, int n, int rows, int tw, int c, int h, int w, int row0, long sn,   \
-              long sh, long sw, const float *scale, const float *shift, int relu, int threads) {    \
+              long sh, long sw, const float *scale, const float *shift, int relu, int pad,          \
+              int threads) {                                                                        \
         long tiles = (long)n * rows * tw;                                                           \
         _Pragma("omp parallel for schedule(static) num_threads(threads)")                           \
         for (long t = 0; t < tiles; t++) {                                                          \
             long img = t / ((long)rows * tw), r = (t / tw) % rows, col = t % tw;                    \
             long ys[A], xs[A];                                                                      \
             for (int i = 0; i < A; i++) {                                                           \
-                ys[i] = reflect(row0 + r * M + i - 1, h) * sh;                                      \
-                xs[i] = reflect(col * M + i - 1, w) * sw;                                           \
+                long y = row0 + r * M + i, u = col * M + i; /* past the padded image: zeros */      \
+                ys[i] = y < h + 2 * pad ? reflect(y - pad, h) * sh : -1;                            \
+                xs[i] = u < w + 2 * pad ? reflect(u - pad, w) * sw : -1;                            \
             }                                                                                       \
             const T *base = x + img * sn;                                                           \
             for (int cb = 0; cb < c; cb += VL) {                                                    \
@@ -233,9 +178,12 @@ static inline long reflect(long q, long len) {
                 }                                                                                   \
                 for (int j = 0; j < A; j++) {                                                       \
                     for (int i = 0; i < A; i++) {                                                   \
-                        vf q = load_##S(base + ys[i] + xs[j] + cb);                                 \
-                        if (scale) q = q * sc + sf;                                                 \
-                        if (relu) q = (vf)((vu)q & ~(vu)(q < (vf){0})); /* NaN stays NaN */          \
+                        vf q = {0};                                                                 \
+                        if (ys[i] >= 0 && xs[j] >= 0) {                                             \
+                            q = load_##S(base + ys[i] + xs[j] + cb);                                \
+                            if (scale) q = q * sc + sf;                                             \
+                            if (relu) q = (vf)((vu)q & ~(vu)(q < (vf){0})); /* NaN stays NaN */      \
+                        }                                                                           \
                         d[i] = q;                                                                   \
                     }                                                                               \
                     BT(o, d);                                                                       \
@@ -250,14 +198,15 @@ static inline long reflect(long q, long len) {
         }                                                                                           \
     }
 
-/* out: the band's first output row (absolute row row0 of an image h x w); stats: [threads][n][2][k]. */
-#define OUTPUT_FUSED(NAME, T, S, M, A, AT)                                                           \
-    void NAME(const T *p, T *out, int n, int rows, int tw, int k, int h, int w, int row0, long on,  \
-              long oh, long ow, double *stats, int threads) {                                       \
+/* p: [A*A][tiles][K]; out: the band's first output row (absolute row row0 of an image h x w), NHWC at
+   element strides on, oh, ow; bias (fp32) and stats ([threads][n][2][k] doubles) are optional. */
+#define OUTPUT(NAME, T, S, M, A, AT)                                                                 \
+    void NAME(const T *p, T *out, const float *bias, int n, int rows, int tw, int k, int h, int w,  \
+              int row0, long on, long oh, long ow, double *stats, int threads) {                    \
         long tiles = (long)n * rows * tw;                                                           \
         _Pragma("omp parallel num_threads(threads)")                                                \
         {                                                                                           \
-            double *mine = stats + (long)omp_get_thread_num() * n * 2 * k;                         \
+            double *mine = stats ? stats + (long)omp_get_thread_num() * n * 2 * k : 0;             \
             _Pragma("omp for schedule(static)")                                                     \
             for (long t = 0; t < tiles; t++) {                                                      \
                 long img = t / ((long)rows * tw), r = (t / tw) % rows, col = t % tw;                \
@@ -266,7 +215,8 @@ static inline long reflect(long q, long len) {
                 hm = hm < M ? hm : M;                                                               \
                 wm = wm < M ? wm : M;                                                               \
                 for (int kb = 0; kb < k; kb += VL) {                                                \
-                    vf q[A], e[M][A], o[A], s = {0}, ss = {0};                                      \
+                    vf q[A], e[M][A], o[A], s = {0}, ss = {0}, b = {0};                             \
+                    if (bias) b = load_f32(bias + kb);                                              \
                     for (int j = 0; j < A; j++) {                                                   \
                         for (int i = 0; i < A; i++)                                                 \
                             q[i] = load_##S(p + ((long)(i * A + j) * tiles + t) * k + kb);          \
@@ -276,17 +226,19 @@ static inline long reflect(long q, long len) {
                     for (int i = 0; i < M; i++) {                                                   \
                         AT(o, e[i]);                                                                \
                         for (int j = 0; j < M; j++) {                                               \
-                            store_##S(base + i * oh + j * ow + kb, o[j]);                           \
+                            store_##S(base + i * oh + j * ow + kb, o[j] + b);                       \
                             if (i < hm && j < wm) {                                                 \
                                 s += o[j];                                                          \
                                 ss += o[j] * o[j];                                                  \
                             }                                                                       \
                         }                                                                           \
                     }                                                                               \
-                    double *acc = mine + (img * 2) * k + kb;                                        \
-                    for (int l = 0; l < VL; l++) {                                                  \
-                        acc[l] += s[l];                                                             \
-                        acc[k + l] += ss[l];                                                        \
+                    if (mine) {                                                                     \
+                        double *acc = mine + (img * 2) * k + kb;                                    \
+                        for (int l = 0; l < VL; l++) {                                              \
+                            acc[l] += s[l];                                                         \
+                            acc[k + l] += ss[l];                                                    \
+                        }                                                                           \
                     }                                                                               \
                 }                                                                                   \
             }                                                                                       \
@@ -311,13 +263,13 @@ static inline long reflect(long q, long len) {
         }                                                                                           \
     }
 
-INPUT_FUSED(winograd_in2_fused_f32, float, f32, 2, 4, bt2)
-INPUT_FUSED(winograd_in4_fused_f32, float, f32, 4, 6, bt4)
-INPUT_FUSED(winograd_in2_fused_bf16, uint16_t, bf16, 2, 4, bt2)
-INPUT_FUSED(winograd_in4_fused_bf16, uint16_t, bf16, 4, 6, bt4)
-OUTPUT_FUSED(winograd_out2_fused_f32, float, f32, 2, 4, at2)
-OUTPUT_FUSED(winograd_out4_fused_f32, float, f32, 4, 6, at4)
-OUTPUT_FUSED(winograd_out2_fused_bf16, uint16_t, bf16, 2, 4, at2)
-OUTPUT_FUSED(winograd_out4_fused_bf16, uint16_t, bf16, 4, 6, at4)
+INPUT(winograd_in2_f32, float, f32, 2, 4, bt2)
+INPUT(winograd_in4_f32, float, f32, 4, 6, bt4)
+INPUT(winograd_in2_bf16, uint16_t, bf16, 2, 4, bt2)
+INPUT(winograd_in4_bf16, uint16_t, bf16, 4, 6, bt4)
+OUTPUT(winograd_out2_f32, float, f32, 2, 4, at2)
+OUTPUT(winograd_out4_f32, float, f32, 4, 6, at4)
+OUTPUT(winograd_out2_bf16, uint16_t, bf16, 2, 4, at2)
+OUTPUT(winograd_out4_bf16, uint16_t, bf16, 4, 6, at4)
 NORM_ADD(norm_add_f32, float, f32)
 NORM_ADD(norm_add_bf16, uint16_t, bf16)

@@ -76,12 +76,12 @@ class WinogradConv3x3(nn.Module):
         h, w, m, a = hp - 2, wp - 2, self.m, self.a
         th, tw = -(-h // m), -(-w // m)
         x = x.to(self.u.dtype).contiguous(memory_format=torch.channels_last)
-        if th * m != h or tw * m != w:  # whole tiles only; the extra rows and columns are cropped below
-            x = F.pad(x, (0, tw * m - w, 0, th * m - h)).contiguous(memory_format=torch.channels_last)
         k = self.u.shape[2]
+        lib = self._native(c, k)
+        if lib is None and (th * m != h or tw * m != w):  # whole tiles; the extra rows and columns are cropped
+            x = F.pad(x, (0, tw * m - w, 0, th * m - h)).contiguous(memory_format=torch.channels_last)
         out = x.new_empty((n, th * m, tw * m, k))
-        lib = self._native(c, k)  # bands of tile rows (BAND_BYTES): the whole image at once leaves the cache
-        rows = _band_rows(x.dtype, th, a * a * n * tw * max(c, k) * x.element_size())
+        rows = _band_rows(x.dtype, th, a * a * n * tw * max(c, k) * x.element_size())  # bands stay in cache
         for r in range(0, th, rows):
             b = min(rows, th - r)
             if lib is not None:
@@ -113,11 +113,11 @@ class WinogradConv3x3(nn.Module):
         for r in range(0, th, rows):
             b = min(rows, th - r)
             v = x.new_empty((a * a, n * b * tw, c))
-            getattr(lib, f"winograd_in{m}_fused_{suffix}")(x.data_ptr(), v.data_ptr(), n, b, tw, c, h, w, r * m,
-                                                           sn, sh, sw, scale, shift, int(norm is not None), threads)
+            getattr(lib, f"winograd_in{m}_{suffix}")(x.data_ptr(), v.data_ptr(), n, b, tw, c, h, w, r * m, sn, sh, sw,
+                                                     scale, shift, int(norm is not None), 1, threads)
             prod = torch.bmm(v, self.u)
-            getattr(lib, f"winograd_out{m}_fused_{suffix}")(prod.data_ptr(), out.data_ptr() + r * m * oh * size, n, b,
-                                                            tw, k, h, w, r * m, on, oh, ow, stats.data_ptr(), threads)
+            getattr(lib, f"winograd_out{m}_{suffix}")(prod.data_ptr(), out.data_ptr() + r * m * oh * size, 0, n, b, tw,
+                                                      k, h, w, r * m, on, oh, ow, stats.data_ptr(), threads)
         return out.permute(0, 3, 1, 2)[:, :, :h, :w], stats.sum(0)
 
     def _native(self, c: int, k: int):
@@ -129,21 +129,21 @@ class WinogradConv3x3(nn.Module):
         return kernels()
 
     def _band_native(self, lib, x: torch.Tensor, out: torch.Tensor, r: int, b: int) -> None:
-        """Tile rows r..r+b: the C kernels gather and transform in one pass and transform and place in another."""
-        n, c, _, _ = x.shape
+        """Tile rows r..r+b of padded x: the C kernels gather and transform in one pass (rows and columns
+        past x, for whole tiles, read as zeros) and transform and place in another."""
+        n, c, hp, wp = x.shape
         m, a, k, tw = self.m, self.a, self.u.shape[2], out.shape[2] // self.m
         sn, _, sh, sw = x.stride()
         suffix = "f32" if x.dtype == torch.float32 else "bf16"
         threads = torch.get_num_threads()
-        size = x.element_size()
         v = x.new_empty((a * a, n * b * tw, c))
-        getattr(lib, f"winograd_in{m}_{suffix}")(x.data_ptr() + r * m * sh * size, v.data_ptr(),
-                                                 n, b, tw, c, sn, sh, sw, threads)
+        getattr(lib, f"winograd_in{m}_{suffix}")(x.data_ptr(), v.data_ptr(), n, b, tw, c, hp, wp, r * m, sn, sh, sw,
+                                                 0, 0, 0, 0, threads)
         prod = torch.bmm(v, self.u)  # [a*a, tiles, K]
         on, oh, ow, _ = out.stride()
         bias = 0 if self.bias32 is None else self.bias32.data_ptr()
-        getattr(lib, f"winograd_out{m}_{suffix}")(prod.data_ptr(), out.data_ptr() + r * m * oh * size, bias,
-                                                  n, b, tw, k, on, oh, ow, threads)
+        getattr(lib, f"winograd_out{m}_{suffix}")(prod.data_ptr(), out.data_ptr() + r * m * oh * x.element_size(), bias,
+                                                  n, b, tw, k, out.shape[1], out.shape[2], r * m, on, oh, ow, 0, threads)
 
     def _band_torch(self, x: torch.Tensor, out: torch.Tensor, r: int, b: int) -> None:
         """Tile rows r..r+b with torch ops: gather by a strided view, transform by a Kronecker matmul."""
