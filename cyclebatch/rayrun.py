@@ -16,8 +16,10 @@ rewritten, atomically and with the same bytes.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -185,7 +187,8 @@ class Worker:
 
     def __call__(self, batch: dict) -> dict:
         if not self.batches:
-            mark("first batch begins", self.who, self.timeline)
+            main = threading.current_thread() is threading.main_thread()
+            mark(f"first batch begins ({'main thread' if main else 'not the main thread'})", self.who, self.timeline)
         jobs = [Job(storage.as_location(s), storage.as_location(d)) for s, d in zip(batch["src"], batch["dst"])]
         summary = Summary()
         already = {str(j.src): self._done_before(j) for j in jobs}
@@ -305,6 +308,18 @@ def _pool_size(ray, gpus: float, cpus: Optional[int], actors: Optional[int]) -> 
     return cpus, actors or max(1, int(sum(n.get("CPU", 0) for n in nodes) // cpus))
 
 
+def _pool(ray, actors: int):
+    """A fixed pool whose calls run on each actor's main thread. By default Ray Data runs a class's calls on
+    a helper thread, and torch's OpenMP kernels started from a thread other than the process's first run
+    slower there: measured on 2 cores, a 128 px forward 30 vs 20 ms at 137% vs 200% CPU, a small bf16 batched
+    matmul 3x, an elementwise add 1.2x (tests/test_ray.py checks the thread through the timeline). A Ray
+    Data without the switch (older than about end-2025) keeps them on the helper thread."""
+    strategy = ray.data.ActorPoolStrategy
+    if "enable_true_multi_threading" in inspect.signature(strategy).parameters:
+        return strategy(size=actors, enable_true_multi_threading=True)  # one call at a time per actor all the same
+    return strategy(size=actors)
+
+
 def _stream(ray, jobs: list[Job], model, translator_kwargs, opts, reporter, summary, gpus, cpus, actors,
             rows) -> None:
     ctx = ray.data.DataContext.get_current()
@@ -322,8 +337,8 @@ def _stream(ray, jobs: list[Job], model, translator_kwargs, opts, reporter, summ
                              override_num_blocks=max(1, -(-len(jobs) // rows)))
     model_ref = ray.put(model)  # held here for the whole run: a restarted actor reads it again
     mark("dataset made, model in the object store")
-    ds = ds.map_batches(Worker, batch_size=None, batch_format="numpy",
-                        compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus, num_gpus=gpus or None,
+    ds = ds.map_batches(Worker, batch_size=None, batch_format="numpy", compute=_pool(ray, actors),
+                        num_cpus=cpus, num_gpus=gpus or None,
                         fn_constructor_kwargs={"model": model_ref, "translator_kwargs": kwargs, "opts": opts,
                                                "threads": cpus, "hook": os.environ.get(KILL_HOOK, ""),
                                                "timeline": os.environ.get(TIMELINE, "")})
