@@ -1,6 +1,6 @@
 """`run --ray` on a local 2-CPU Ray cluster against a local `run`, on the same small images.
 
-    python benchmarks/bench_ray.py [--n 200] [--size 128] [--model vintage] [--precision auto] [--cpus 2] [--timeline]
+    python benchmarks/bench_ray.py [--n 200] [--size 128] [--model vintage] [--precision auto] [--cpus 2] [--rows 32] [--timeline]
 
 Prints, for both: images/s over the whole run (the Ray figure includes starting the actors and loading
 the model in them) and in the steady state (from the first finished image to the last), the ratio
@@ -76,6 +76,7 @@ def main() -> None:
     ap.add_argument("--model", default="vintage")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster")
+    ap.add_argument("--rows", type=int, default=32, help="images per Ray task (the CLI: 32, or 4 batches)")
     ap.add_argument("--timeline", action="store_true", help="print the Ray run's start-up, moment by moment")
     args = ap.parse_args()
     import ray
@@ -101,7 +102,8 @@ def main() -> None:
         ray_clock = Clock()
         if args.timeline:
             os.environ[rayrun.TIMELINE] = str(d / "timeline.tsv")
-        remote, facts = rayrun.translate_paths_ray([str(d / "in")], d / "ray", model, kwargs, RunOptions(), ray_clock)
+        remote, facts = rayrun.translate_paths_ray([str(d / "in")], d / "ray", model, kwargs, RunOptions(), ray_clock,
+                                                   rows_per_task=args.rows)
         ray.shutdown()
         timeline = (d / "timeline.tsv").read_text() if args.timeline else ""
         same = all((d / "ray" / p.name).read_bytes() == p.read_bytes() for p in (d / "local").iterdir())
@@ -112,7 +114,7 @@ def main() -> None:
     print(f"model {name}, {args.n} images of {args.size}x{args.size}, precision {t.precision}, batch {batch}")
     print(f"Ray cluster start ({how}, Ray Data's helper actors included): {cluster_start:.1f} s (not in the "
           f"figures below); the run's own connect and plan: {facts['startup_seconds']:.2f} s (not in them either)")
-    print(f"Ray pool: {facts['actors']} actor(s) x {facts['cpus_per_actor']} CPU(s)")
+    print(f"Ray pool: {facts['actors']} actor(s) x {facts['cpus_per_actor']} CPU(s), {args.rows} images per task")
     print(f"whole run   : local {lw:.2f} images/s ({local.seconds:.1f} s), ray {rw:.2f} images/s "
           f"({remote.seconds:.1f} s, actor start included); ray/local = {rw / lw:.3f}")
     print(f"steady state: local {ls:.2f} images/s, ray {rs:.2f} images/s; ray/local = {rs / ls if ls else 0:.3f}")

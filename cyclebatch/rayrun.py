@@ -69,11 +69,16 @@ def runtime_env() -> dict:
 
 
 def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> str:
-    """Join `address` (or RAY_ADDRESS), else a running local cluster, else start one; say which."""
+    """Join `address` (or RAY_ADDRESS), else a running local cluster, else start one; say which. Returns once
+    Ray Data's helper actors run too (see data_services)."""
     ray = _ray()
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines would cut the CLI's output
-    if ray.is_initialized():
-        return "already connected"
+    how = "already connected" if ray.is_initialized() else _init(ray, address, num_cpus)
+    data_services(ray)
+    return how
+
+
+def _init(ray, address: Optional[str], num_cpus: Optional[int]) -> str:
     kw = dict(logging_level=logging.WARNING, log_to_driver=True, include_dashboard=False)
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
@@ -96,7 +101,6 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> st
             del os.environ["PYTHONPATH"]
         else:
             os.environ["PYTHONPATH"] = before
-    data_services(ray)  # part of bringing a cluster up: see data_services
     return f"started a local cluster ({num_cpus or os.cpu_count()} CPUs)"
 
 
@@ -262,7 +266,6 @@ def translate_paths_ray(inputs: Sequence[str], output: "str | Path", model, tran
     begun = time.perf_counter()
     mark("run called")
     how = connect(address)
-    data_services(ray)
     mark("connected (and Ray Data's helper actors up)")
     output, work, opts, summary = prepare(inputs, output, replace(opts, shard=(0, 1)), reporter)
     mark("planned")
