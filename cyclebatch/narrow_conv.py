@@ -15,13 +15,18 @@ from .networks import ResnetGenerator
 OUTPUTS = (1, 3)  # the output channel counts native_kernels.c is built for (grey and colour)
 
 
+def replaceable(conv: nn.Module) -> bool:
+    """An unpadded, stride-1, dense `nn.Conv2d` with 1 or 3 outputs: what the C loop computes."""
+    return isinstance(conv, nn.Conv2d) and conv.out_channels in OUTPUTS and conv.stride == (1, 1) \
+        and conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1
+
+
 class NarrowConv(nn.Module):
-    """A drop-in for an unpadded, stride-1 `nn.Conv2d` with 1 or 3 output channels, at inference."""
+    """A drop-in for a `replaceable` convolution, at inference."""
 
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
-        if conv.out_channels not in OUTPUTS or conv.stride != (1, 1) or conv.padding != (0, 0) \
-                or conv.dilation != (1, 1) or conv.groups != 1:
+        if not replaceable(conv):
             raise ValueError("NarrowConv replaces only unpadded stride-1 convolutions with 1 or 3 outputs")
         self.conv = conv
         # [kh * kw * out, in] fp32: the C loop reads one output's weights for a tap as a run of channels
@@ -62,9 +67,7 @@ def use_narrow_conv(model: ResnetGenerator) -> ResnetGenerator:
         return model
     layers = model.model
     i = max((i for i, m in enumerate(layers) if isinstance(m, nn.Conv2d)), default=None)
-    conv = None if i is None else layers[i]
-    if conv is not None and conv.out_channels in OUTPUTS and conv.stride == (1, 1) and conv.padding == (0, 0) \
-            and conv.dilation == (1, 1) and conv.groups == 1:
-        layers[i] = NarrowConv(conv)
+    if i is not None and replaceable(layers[i]):
+        layers[i] = NarrowConv(layers[i])
     return model
 

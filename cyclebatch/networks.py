@@ -44,12 +44,19 @@ class InstanceNorm(nn.InstanceNorm2d):
             return self._channels_last_with(x, mean, var)
         # One scale and shift computed in fp32 and rounded once to x's dtype, as the fused kernel does;
         # rounding at every step in bf16 costs accuracy (measured closer to fp32 this way than the fused path).
-        scale = torch.rsqrt(var.float() + self.eps)
-        shift = -mean.float() * scale
-        if self.affine:
-            w, b = self.weight.float().view(1, -1, 1, 1), self.bias.float().view(1, -1, 1, 1)
-            scale, shift = scale * w, shift * w + b
+        scale, shift = self.scale_shift(mean.float(), var.float())
         return torch.addcmul(shift, x, scale).to(x.dtype)
+
+    def scale_shift(self, mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This norm (affine included) as `x * scale + shift`, from per-image statistics [N, C, ...], in
+        their dtype and shape."""
+        scale = torch.rsqrt(var + self.eps)
+        shift = -mean * scale
+        if self.affine:
+            shape = (1, -1) + (1,) * (mean.dim() - 2)
+            w, b = self.weight.to(mean.dtype).view(shape), self.bias.to(mean.dtype).view(shape)
+            scale, shift = scale * w, shift * w + b
+        return scale, shift
 
     def _channels_last(self, x: torch.Tensor) -> torch.Tensor:
         # batch_norm in training mode on each image's [H*W, C] view: statistics and output in one fused

@@ -209,12 +209,7 @@ def _scale_shift(norm: InstanceNorm, sums: torch.Tensor, pixels: int) -> tuple[t
     """InstanceNorm (and its affine) as a per-image, per-channel scale and shift, fp32 [n, C], from float64
     sums and sums of squares."""
     mean = sums[:, 0] / pixels
-    var = (sums[:, 1] / pixels - mean * mean).clamp_min(0)
-    scale = torch.rsqrt(var + norm.eps)
-    shift = -mean * scale
-    if norm.affine:
-        w, b = norm.weight.double(), norm.bias.double()
-        scale, shift = scale * w, shift * w + b
+    scale, shift = norm.scale_shift(mean, (sums[:, 1] / pixels - mean * mean).clamp_min(0))
     return scale.float().contiguous(), shift.float().contiguous()
 
 
