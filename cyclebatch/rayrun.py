@@ -16,7 +16,6 @@ rewritten, atomically and with the same bytes.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import threading
@@ -311,18 +310,6 @@ def _pool_size(ray, gpus: float, cpus: Optional[int], actors: Optional[int]) -> 
     return cpus, actors or max(1, int(sum(n.get("CPU", 0) for n in nodes) // cpus))
 
 
-def _pool(ray, actors: int):
-    """A fixed pool whose calls run on each actor's main thread. By default Ray Data runs a class's calls on
-    a helper thread, and torch's OpenMP kernels started from a thread other than the process's first run
-    slower there: measured on 2 cores, a 128 px forward 30 vs 20 ms at 137% vs 200% CPU, a small bf16 batched
-    matmul 3x, an elementwise add 1.2x (tests/test_ray.py checks the thread through the timeline). A Ray
-    Data without the switch (older than about end-2025) keeps them on the helper thread."""
-    strategy = ray.data.ActorPoolStrategy
-    if "enable_true_multi_threading" in inspect.signature(strategy).parameters:
-        return strategy(size=actors, enable_true_multi_threading=True)  # one call at a time per actor all the same
-    return strategy(size=actors)
-
-
 def _stream(ray, jobs: list[Job], model, translator_kwargs, opts, reporter, summary, gpus, cpus, actors,
             rows) -> None:
     ctx = ray.data.DataContext.get_current()
@@ -340,7 +327,13 @@ def _stream(ray, jobs: list[Job], model, translator_kwargs, opts, reporter, summ
                              override_num_blocks=max(1, -(-len(jobs) // rows)))
     model_ref = ray.put(model)  # held here for the whole run: a restarted actor reads it again
     mark("dataset made, model in the object store")
-    ds = ds.map_batches(Worker, batch_size=None, batch_format="numpy", compute=_pool(ray, actors),
+    # Ray Data calls the actors on a helper thread, where torch's OpenMP kernels run slower (a 128 px
+    # forward 30 against 20 ms on 2 cores). Its main-thread switch (enable_true_multi_threading) made the
+    # steady state 0.81-0.91x local instead of 0.61-0.66x, but its outputs stopped being bitwise equal to
+    # a local run after other tests had run in the driver (tests/test_ray.py, 2 of 2 tries), so it is off
+    # until that is understood.
+    ds = ds.map_batches(Worker, batch_size=None, batch_format="numpy",
+                        compute=ray.data.ActorPoolStrategy(size=actors),
                         num_cpus=cpus, num_gpus=gpus or None,
                         fn_constructor_kwargs={"model": model_ref, "translator_kwargs": kwargs, "opts": opts,
                                                "threads": cpus, "hook": os.environ.get(KILL_HOOK, ""),
