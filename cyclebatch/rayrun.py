@@ -329,7 +329,7 @@ def _stream(ray, jobs: list[Job], model, translator_kwargs, opts, reporter, summ
     mark("dataset made, model in the object store")
     # Ray Data calls the actors on a helper thread, where torch's OpenMP kernels run slower (a 128 px
     # forward 30 against 20 ms on 2 cores). Its main-thread switch (enable_true_multi_threading) made the
-    # steady state 0.81-0.91x local instead of 0.61-0.66x, but its outputs stopped being bitwise equal to
+    # steady state 0.77-0.91x local instead of 0.61-0.66x, but its outputs stopped being bitwise equal to
     # a local run after other tests had run in the driver (tests/test_ray.py, 2 of 2 tries), so it is off
     # until that is understood.
     ds = ds.map_batches(Worker, batch_size=None, batch_format="numpy",
