@@ -35,7 +35,7 @@ NICE_COMPETES = _autogroup()
 
 
 def _jiffies() -> Optional[tuple[int, int]]:
-    """(busy time of all CPUs that competes with us, this process's CPU time), in clock ticks."""
+    """(busy time of all CPUs that competes with us, this process's CPU time and its children's), in clock ticks."""
     try:
         with open("/proc/stat") as f:
             cpu = f.readline().split()
@@ -45,7 +45,9 @@ def _jiffies() -> Optional[tuple[int, int]]:
         return None
     user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in cpu[1:8])
     steal = int(cpu[8]) if len(cpu) > 8 else 0
-    own = int(fields[11]) + int(fields[12])  # utime, stime
+    # utime, stime and the reaped children's cutime, cstime: a compiler or encoder we ran is our own work
+    # (the native kernels' first build once took a `run` down to one thread, changing its fp32 rounding).
+    own = sum(int(v) for v in fields[11:15])
     return user + system + irq + softirq + steal + (nice if NICE_COMPETES else 0), own
 
 

@@ -15,6 +15,7 @@ import collections
 import contextlib
 import copy
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol, Sequence
 
@@ -136,8 +137,9 @@ class Translator:
         backend: what runs full-frame passes: "torch" (this engine's own path), "openvino" or "auto" (the
         faster on this CPU, per shape class; backends.py). Tiles and shared video statistics run on torch.
         adapt_threads: on CPU, run fewer torch threads while other processes keep cores busy (cpuload.py;
-        `run` turns it on). Off by default: it sets the process-wide thread count, and a changed count
-        changes the order of floating-point sums (outputs then differ run to run by rounding)."""
+        `run` turns it on). Off by default, and off where OMP_NUM_THREADS is set (the user pinned the count):
+        it sets the process-wide thread count, and a changed count changes the order of floating-point sums
+        (fp32 outputs then differ run to run by one level in a few pixels)."""
         from .tiling import STATS_MODES
 
         # BatchNorm statistics mode (a converted copy, or the model itself); U-Nets never tile.
@@ -190,7 +192,7 @@ class Translator:
         self._forward = torch.compile(self.model, dynamic=False) if compile else self.model
         self.compiled = compile
         self.governor = None
-        if adapt_threads and self.device.type == "cpu":
+        if adapt_threads and self.device.type == "cpu" and not os.environ.get("OMP_NUM_THREADS"):
             from .cpuload import ThreadGovernor
 
             self.governor = ThreadGovernor()

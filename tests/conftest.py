@@ -47,8 +47,14 @@ def cyclebatch_home(tmp_path, monkeypatch, native_builds):
     return home
 
 
+PINNED_THREADS = os.environ.get("OMP_NUM_THREADS") or str(torch.get_num_threads())
+
+
 def run_cli(*args, cwd=None, env=None, timeout=300):
     """Run `python -m cyclebatch ...` as a user would, returning the CompletedProcess."""
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", **(env or {})}
+    # A pinned thread count: `run` otherwise follows other processes' load (cpuload.py), and a changed count
+    # changes fp32 rounding, which tests comparing two processes' outputs bit for bit would see as a flake.
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", "OMP_NUM_THREADS": PINNED_THREADS,
+                **(env or {})}
     return subprocess.run([sys.executable, "-m", "cyclebatch", *map(str, args)], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)

@@ -2,6 +2,9 @@
 tiles and shared statistics staying on torch (and saying so), and the torch threads that follow the load."""
 
 import json
+import os
+import resource
+import subprocess
 import sys
 
 import numpy as np
@@ -163,6 +166,30 @@ def test_torch_threads_follow_the_cores_other_processes_leave(monkeypatch):
         assert g.changes == 2
     finally:
         torch.set_num_threads(saved)
+
+
+def test_our_own_children_are_not_other_processes():
+    """A compiler or encoder this process ran (and reaped) is our work: the native kernels' first build,
+    counted as another process's, once took a `run` down to one thread mid-way."""
+    from cyclebatch.cpuload import _jiffies
+
+    before = _jiffies()
+    child_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([sys.executable, "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.5: pass"],
+                   check=True)
+    child_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    after = _jiffies()
+    child_ticks = ((child_after.ru_utime + child_after.ru_stime) - (child_before.ru_utime + child_before.ru_stime)) \
+        * os.sysconf("SC_CLK_TCK")
+    assert child_ticks >= 40
+    assert after[1] - before[1] >= child_ticks - 2  # the child's time is in our own count (to a tick each way)
+
+
+def test_pinned_thread_count_turns_the_governor_off(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert Translator(tiny_generator(0), device="cpu", precision="fp32", adapt_threads=True).governor is not None
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert Translator(tiny_generator(0), device="cpu", precision="fp32", adapt_threads=True).governor is None
 
 
 class _Timed:
