@@ -142,6 +142,11 @@ class _Counting(_Loop):
                 _die(self.marker, self.written)  # test hook: mid-batch, other writes still in flight
 
 
+def _thread() -> str:
+    return "the main thread" if threading.current_thread() is threading.main_thread() else \
+        f"thread {threading.current_thread().name}"
+
+
 def _process_marks(path: str, who: str) -> None:
     """This process's start, the start and the end of its cyclebatch import, now (the constructor)."""
     from . import IMPORT_STARTED
@@ -165,33 +170,44 @@ class Worker:
                  timeline: str = ""):
         import warnings
 
-        import torch
-
         import ray
-
-        from .engine import Translator
 
         self.timeline, self.who = timeline, f"actor {os.getpid()}"
         if timeline:
             _process_marks(timeline, self.who)
-        if isinstance(model, ray.ObjectRef):  # shared once through the object store, not once per actor
-            model = ray.get(model)
-        mark("model received", self.who, timeline)
-        # As many threads as a local run on a node of this size: the kernels' reductions split by thread
-        # count, so this is what makes the outputs bitwise equal to a local run's.
-        torch.set_num_threads(max(1, threads))
-        self.t = Translator(model, **translator_kwargs)
-        mark("translator built", self.who, timeline)
+        self.model, self.translator_kwargs, self.threads = model, translator_kwargs, threads
+        self.t = None  # built by the first call (_translator)
         self.opts, self.hook, self.batches = opts, hook, 0
         # Only a restarted actor can meet outputs of its own earlier life: only it pays for the checks.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.reborn = ray.get_runtime_context().was_current_actor_reconstructed
 
+    def _translator(self):
+        """The Translator, built by the thread that runs the calls. Ray Data constructs an actor on its main
+        thread and calls it on a helper thread: torch work on both gives libgomp two thread teams, more
+        threads than cores, and then its idle threads sleep instead of spinning at every operator's end
+        (a 128 px forward 80 against 66 ms, 161% against 199% CPU on 2 cores). Built here, one team."""
+        if self.t is None:
+            import torch
+
+            import ray
+
+            from .engine import Translator
+
+            model = ray.get(self.model) if isinstance(self.model, ray.ObjectRef) else self.model
+            mark("model received", self.who, self.timeline)
+            # As many threads as a local run on a node of this size: the kernels' reductions split by thread
+            # count, so this is what makes the outputs bitwise equal to a local run's.
+            torch.set_num_threads(max(1, self.threads))
+            self.t = Translator(model, **self.translator_kwargs)
+            mark(f"translator built (on {_thread()})", self.who, self.timeline)
+        return self.t
+
     def __call__(self, batch: dict) -> dict:
         if not self.batches:
-            main = threading.current_thread() is threading.main_thread()
-            mark(f"first batch begins ({'main thread' if main else 'not the main thread'})", self.who, self.timeline)
+            mark(f"first batch begins (on {_thread()})", self.who, self.timeline)
+        translator = self._translator()
         jobs = [Job(storage.as_location(s), storage.as_location(d)) for s, d in zip(batch["src"], batch["dst"])]
         summary = Summary()
         already = {str(j.src): self._done_before(j) for j in jobs}
@@ -199,7 +215,7 @@ class Worker:
         todo = [j for j in jobs if str(j.src) not in already]
         self.batches += 1
         marker = self._due_to_die()
-        loop = _Counting(self.t, self.opts, Reporter(), summary, die_after=max(1, len(todo) // 2) if marker else 0,
+        loop = _Counting(translator, self.opts, Reporter(), summary, die_after=max(1, len(todo) // 2) if marker else 0,
                          marker=marker)
         stopped = ""
         try:
@@ -327,11 +343,9 @@ def _stream(ray, jobs: list[Job], model, translator_kwargs, opts, reporter, summ
                              override_num_blocks=max(1, -(-len(jobs) // rows)))
     model_ref = ray.put(model)  # held here for the whole run: a restarted actor reads it again
     mark("dataset made, model in the object store")
-    # Ray Data calls the actors on a helper thread, where torch's OpenMP kernels run slower (a 128 px
-    # forward 30 against 20 ms on 2 cores). Its main-thread switch (enable_true_multi_threading) made the
-    # steady state 0.77-0.91x local instead of 0.61-0.66x, but its outputs stopped being bitwise equal to
-    # a local run after other tests had run in the driver (tests/test_ray.py, 2 of 2 tries), so it is off
-    # until that is understood.
+    # Ray Data calls the actors on a helper thread; Worker builds its Translator there (see _translator).
+    # Its main-thread switch (enable_true_multi_threading) is not used: with it, outputs once differed from
+    # a local run's in one image of 48 (tests/test_ray.py after other tests, on a Xeon; not understood).
     ds = ds.map_batches(Worker, batch_size=None, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(size=actors),
                         num_cpus=cpus, num_gpus=gpus or None,
