@@ -207,7 +207,14 @@ class Worker:
     def __call__(self, batch: dict) -> dict:
         if not self.batches:
             mark(f"first batch begins (on {_thread()})", self.who, self.timeline)
-        translator = self._translator()
+        src = [str(s) for s in batch["src"]]
+        try:
+            translator = self._translator()
+        except CycleBatchError as e:  # a setting this actor cannot run (Ray would carry only its traceback)
+            return {"src": np.array(src, dtype=object), "ok": np.zeros(len(src), bool), "mp": np.zeros(len(src)),
+                    "reason": np.array([""] * len(src), dtype=object),
+                    "stopped": np.array([""] * len(src), dtype=object),
+                    "error": np.array([str(e)] * len(src), dtype=object)}
         jobs = [Job(storage.as_location(s), storage.as_location(d)) for s, d in zip(batch["src"], batch["dst"])]
         summary = Summary()
         already = {str(j.src): self._done_before(j) for j in jobs}
@@ -225,13 +232,13 @@ class Worker:
         if self.batches == 1:
             mark(f"first batch done ({len(jobs)} images)", self.who, self.timeline)
         reasons = dict(summary.failures)
-        src = [str(j.src) for j in jobs]
         return {
             "src": np.array(src, dtype=object),
             "ok": np.array([s in loop.done or s in already for s in src]),
             "mp": np.array([loop.done.get(s, already.get(s, 0.0)) for s in src], dtype=np.float64),
             "reason": np.array([reasons.get(s, "") for s in src], dtype=object),
             "stopped": np.array([stopped] * len(src), dtype=object),
+            "error": np.array([""] * len(src), dtype=object),
         }
 
     def _done_before(self, job: Job) -> Optional[float]:
@@ -359,6 +366,8 @@ def _stream(ray, jobs: list[Job], model, translator_kwargs, opts, reporter, summ
         if first:
             mark(f"first results back ({len(out['src'])} images)")
             first = False
+        if out["error"][0]:
+            raise CycleBatchError(str(out["error"][0]))
         for src, ok, mp, reason, stopped in zip(out["src"], out["ok"], out["mp"], out["reason"], out["stopped"]):
             if ok:
                 summary.translated += 1

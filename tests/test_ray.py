@@ -119,6 +119,23 @@ def test_cli_ray_summary_and_exit_code_match_the_local_run(cluster, tmp_path):
     assert outputs(tmp_path / "c") == ray_out
 
 
+def test_a_setting_the_actors_cannot_run_is_the_local_runs_one_line_error(cluster, tmp_path):
+    """The actors build their Translator on their first call: its error comes back as the local run's line
+    and exit code, not as Ray's traceback of a failed task, and nothing is written."""
+    src = tmp_path / "in"
+    make_images(src, 3)
+    model = tmp_path / "tiny.pth"
+    torch.save(tiny_generator().state_dict(), model)
+    common = ["-m", model, "--device", "cpu", "--backend", "warp"]
+    r_local = run_cli("run", src, "-o", tmp_path / "a", *common)
+    r_ray = run_cli("run", src, "-o", tmp_path / "b", *common, "--ray", env={"RAY_ADDRESS": cluster})
+    local_line = r_local.stderr.strip().splitlines()[-1]
+    assert "unknown backend 'warp'" in local_line
+    assert r_ray.returncode == r_local.returncode != 0 and r_ray.stderr.strip().splitlines()[-1] == local_line
+    assert "Traceback" not in r_ray.stderr
+    assert not (tmp_path / "b").exists() or not outputs(tmp_path / "b")
+
+
 def test_ray_reads_and_writes_object_storage(cluster, tmp_path):
     s3fs = pytest.importorskip("s3fs")
     from s3local import options, s3_server
