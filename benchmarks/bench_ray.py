@@ -1,18 +1,21 @@
 """`run --ray` on a local 2-CPU Ray cluster against a local `run`, on the same small images.
 
-    python benchmarks/bench_ray.py [--n 200] [--size 128] [--model vintage] [--precision auto] [--cpus 2] [--rows 32] [--timeline]
+    python benchmarks/bench_ray.py [--n 200] [--size 128] [--model vintage] [--precision auto] [--cpus 2] [--rows 32]
+                                   [--repeat 1] [--timeline]
 
 Prints, for both: images/s over the whole run (the Ray figure includes starting the actors and loading
 the model in them) and in the steady state (from the first finished image to the last), the ratio
 ray/local of each (goal >= 0.85), the cluster's start-up time on its own, whether the outputs are
 bitwise equal, the CPU's features and the load average before and after. --timeline: also the Ray run's
-start, moment by moment, from the driver and from inside the actors (rayrun.TIMELINE).
+start, moment by moment, from the driver and from inside the actors (rayrun.TIMELINE). --repeat K: K such
+pairs, each with a cluster of its own, and the medians of their ratios (this host's speed drifts by the minute).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -69,25 +72,12 @@ def print_timeline(text: str) -> None:
         before = t
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=200)
-    ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--model", default="vintage")
-    ap.add_argument("--precision", default="auto")
-    ap.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster")
-    ap.add_argument("--rows", type=int, default=32, help="images per Ray task (the CLI: 32, or 4 batches)")
-    ap.add_argument("--timeline", action="store_true", help="print the Ray run's start-up, moment by moment")
-    args = ap.parse_args()
+def once(args, model, kwargs: dict) -> dict:
+    """One local run, then a local cluster started, one Ray run on it, and the cluster stopped."""
     import ray
 
     from cyclebatch import rayrun
 
-    print(f"# {cpu_description()}")
-    print(f"# load average before: {os.getloadavg()[0]:.2f}; torch {torch.__version__}, ray {ray.__version__}, "
-          f"{torch.get_num_threads()} torch threads locally")
-    model, name = model_or_random(args.model)
-    kwargs = {"device": "cpu", "precision": args.precision}
     with tempfile.TemporaryDirectory(prefix="bench-ray-") as d:
         d = Path(d)
         make_photos(d / "in", args.size, args.n)
@@ -107,20 +97,59 @@ def main() -> None:
         ray.shutdown()
         timeline = (d / "timeline.tsv").read_text() if args.timeline else ""
         same = all((d / "ray" / p.name).read_bytes() == p.read_bytes() for p in (d / "local").iterdir())
-
     assert local.translated == remote.translated == args.n, (local, remote)
-    lw, rw = local.images_per_second, remote.images_per_second
-    ls, rs = local_clock.steady(), ray_clock.steady()
-    print(f"model {name}, {args.n} images of {args.size}x{args.size}, precision {t.precision}, batch {batch}")
-    print(f"Ray cluster start ({how}, Ray Data's helper actors included): {cluster_start:.1f} s (not in the "
-          f"figures below); the run's own connect and plan: {facts['startup_seconds']:.2f} s (not in them either)")
-    print(f"Ray pool: {facts['actors']} actor(s) x {facts['cpus_per_actor']} CPU(s), {args.rows} images per task")
-    print(f"whole run   : local {lw:.2f} images/s ({local.seconds:.1f} s), ray {rw:.2f} images/s "
-          f"({remote.seconds:.1f} s, actor start included); ray/local = {rw / lw:.3f}")
-    print(f"steady state: local {ls:.2f} images/s, ray {rs:.2f} images/s; ray/local = {rs / ls if ls else 0:.3f}")
-    print(f"outputs bitwise equal: {same}")
-    if timeline:
-        print_timeline(timeline)
+    return {"local": local, "remote": remote, "facts": facts, "how": how, "cluster_start": cluster_start,
+            "precision": t.precision, "batch": batch, "same": same, "timeline": timeline,
+            "local_steady": local_clock.steady(), "ray_steady": ray_clock.steady()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--model", default="vintage")
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster")
+    ap.add_argument("--rows", type=int, default=32, help="images per Ray task (the CLI: 32, or 4 batches)")
+    ap.add_argument("--repeat", type=int, default=1, help="local-then-Ray pairs, each with its own cluster; "
+                                                          "the medians of their ratios close the output")
+    ap.add_argument("--timeline", action="store_true", help="print the Ray run's start-up, moment by moment")
+    args = ap.parse_args()
+    import ray
+
+    print(f"# {cpu_description()}")
+    print(f"# load average before: {os.getloadavg()[0]:.2f}; torch {torch.__version__}, ray {ray.__version__}, "
+          f"{torch.get_num_threads()} torch threads locally")
+    model, name = model_or_random(args.model)
+    kwargs = {"device": "cpu", "precision": args.precision}
+    whole, steady = [], []
+    for rep in range(args.repeat):
+        r = once(args, model, kwargs)
+        local, remote, facts = r["local"], r["remote"], r["facts"]
+        lw, rw = local.images_per_second, remote.images_per_second
+        ls, rs = r["local_steady"], r["ray_steady"]
+        whole.append(rw / lw)
+        steady.append(rs / ls if ls else 0.0)
+        if rep == 0:
+            print(f"model {name}, {args.n} images of {args.size}x{args.size}, precision {r['precision']}, "
+                  f"batch {r['batch']}")
+            print(f"Ray pool: {facts['actors']} actor(s) x {facts['cpus_per_actor']} CPU(s), {args.rows} images "
+                  f"per task")
+        if args.repeat > 1:
+            print(f"-- pair {rep + 1} of {args.repeat}")
+        print(f"Ray cluster start ({r['how']}, Ray Data's helper actors included): {r['cluster_start']:.1f} s (not "
+              f"in the figures below); the run's own connect and plan: {facts['startup_seconds']:.2f} s (not in them "
+              f"either)")
+        print(f"whole run   : local {lw:.2f} images/s ({local.seconds:.1f} s), ray {rw:.2f} images/s "
+              f"({remote.seconds:.1f} s, actor start included); ray/local = {whole[-1]:.3f}")
+        print(f"steady state: local {ls:.2f} images/s, ray {rs:.2f} images/s; ray/local = {steady[-1]:.3f}")
+        print(f"outputs bitwise equal: {r['same']}")
+        if r["timeline"]:
+            print_timeline(r["timeline"])
+    if args.repeat > 1:
+        print(f"median of {args.repeat} pairs: whole run ray/local = {statistics.median(whole):.3f} "
+              f"(range {min(whole):.3f}-{max(whole):.3f}), steady state {statistics.median(steady):.3f} "
+              f"(range {min(steady):.3f}-{max(steady):.3f}); goal >= 0.85")
     print(f"# load average after: {os.getloadavg()[0]:.2f}")
 
 
