@@ -17,12 +17,27 @@ ray = pytest.importorskip("ray")
 from cyclebatch import rayrun  # noqa: E402
 
 FP32 = {"device": "cpu", "precision": "fp32"}
+CLUSTER_CPUS = 2  # the test cluster's: its one CPU actor runs this many torch threads
+
+
+def local_translator() -> Translator:
+    """The local run to compare with, at the actor's thread count: a changed count changes fp32 rounding,
+    and this process's own count is the machine's cores (2 on CI, more elsewhere)."""
+    torch.set_num_threads(CLUSTER_CPUS)
+    return Translator(tiny_generator(), **FP32)
+
+
+@pytest.fixture(autouse=True)
+def _threads_restored():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
 def cluster():
     """One local 2-CPU cluster for every test here, shut down at the end."""
-    rayrun.connect(num_cpus=2)
+    rayrun.connect(num_cpus=CLUSTER_CPUS)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -48,7 +63,7 @@ def outputs(root):
 def test_ray_run_equals_a_local_run_and_survives_a_killed_actor(cluster, tmp_path, monkeypatch):
     src = tmp_path / "in"
     make_images(src, 48)
-    local = translate_paths([str(src)], tmp_path / "local", Translator(tiny_generator(), **FP32))
+    local = translate_paths([str(src)], tmp_path / "local", local_translator())
     assert (local.translated, local.failed) == (48, 1)
 
     marker = tmp_path / "killed.txt"
@@ -113,9 +128,8 @@ def test_cli_ray_summary_and_exit_code_match_the_local_run(cluster, tmp_path):
     assert len(thumbs) == 2 * 6
     ray_out = {k: v for k, v in ray_out.items() if k not in thumbs}
     assert sorted(outputs(tmp_path / "a")) == sorted(ray_out)
-    # Bitwise against a local run at the actor's fixed thread count: the CLI's own local run lowers its
-    # thread count while other processes take cores (cpuload.py), which changes the rounding of its sums.
-    translate_paths([str(src)], tmp_path / "c", Translator(tiny_generator(), **FP32))
+    # Bitwise against an in-process local run at the actor's thread count (the CLI's runs the machine's).
+    translate_paths([str(src)], tmp_path / "c", local_translator())
     assert outputs(tmp_path / "c") == ray_out
 
 
@@ -142,7 +156,7 @@ def test_ray_reads_and_writes_object_storage(cluster, tmp_path):
 
     src = tmp_path / "in"
     make_images(src, 8)
-    local = translate_paths([str(src)], tmp_path / "local", Translator(tiny_generator(), **FP32))
+    local = translate_paths([str(src)], tmp_path / "local", local_translator())
     with s3_server() as endpoint:
         fs = s3fs.S3FileSystem(**options(endpoint))
         fs.mkdir("photos")
