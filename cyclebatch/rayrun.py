@@ -72,6 +72,10 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> st
     Ray Data's helper actors run too (see data_services)."""
     ray = _ray()
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines would cut the CLI's output
+    # Two notices about what cyclebatch chose, printed on every run: Ray Data's progress bars are off (the
+    # CLI has its own) and a cluster started here has token authentication (it lives as long as the run).
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     how = "already connected" if ray.is_initialized() else _init(ray, address, num_cpus)
     data_services(ray)
     return how

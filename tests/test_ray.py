@@ -117,6 +117,7 @@ def test_cli_ray_summary_and_exit_code_match_the_local_run(cluster, tmp_path):
     r_local = run_cli("run", src, "-o", tmp_path / "a", *common)
     r_ray = run_cli("run", src, "-o", tmp_path / "b", *common, "--ray", "--report", env={"RAY_ADDRESS": cluster})
     assert r_local.returncode == r_ray.returncode == 1, r_ray.stderr[-2000:]
+    assert "Progress bars disabled" not in r_ray.stderr  # Ray Data's notice of a choice the CLI made
     a, b = json.loads(r_local.stdout), json.loads(r_ray.stdout)
     for key in ("translated", "skipped", "failed", "failures", "not_done", "stopped"):
         assert a[key] == b[key], key
