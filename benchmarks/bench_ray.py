@@ -1,7 +1,7 @@
 """`run --ray` on a local 2-CPU Ray cluster against a local `run`, on the same small images.
 
-    python benchmarks/bench_ray.py [--n 200] [--size 128] [--model vintage] [--precision auto] [--cpus 2] [--rows 32]
-                                   [--repeat 1] [--timeline]
+    python benchmarks/bench_ray.py [--n 200] [--size 128] [--model vintage] [--precision auto] [--cpus 2] [--actor-cpus N]
+                                   [--rows 32] [--repeat 1] [--timeline]
 
 Prints, for both: images/s over the whole run (the Ray figure includes starting the actors and loading
 the model in them) and in the steady state (from the first finished image to the last), the ratio
@@ -93,7 +93,7 @@ def once(args, model, kwargs: dict) -> dict:
         if args.timeline:
             os.environ[rayrun.TIMELINE] = str(d / "timeline.tsv")
         remote, facts = rayrun.translate_paths_ray([str(d / "in")], d / "ray", model, kwargs, RunOptions(), ray_clock,
-                                                   rows_per_task=args.rows)
+                                                   cpus=args.actor_cpus, rows_per_task=args.rows)
         ray.shutdown()
         timeline = (d / "timeline.tsv").read_text() if args.timeline else ""
         same = all((d / "ray" / p.name).read_bytes() == p.read_bytes() for p in (d / "local").iterdir())
@@ -110,6 +110,8 @@ def main() -> None:
     ap.add_argument("--model", default="vintage")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster")
+    ap.add_argument("--actor-cpus", type=int, default=None, help="CPUs (threads) per actor, as --ray-cpus (default: "
+                                                                     "a node's cores, one actor)")
     ap.add_argument("--rows", type=int, default=32, help="images per Ray task (the CLI: 32, or 4 batches)")
     ap.add_argument("--repeat", type=int, default=1, help="local-then-Ray pairs, each with its own cluster; "
                                                           "the medians of their ratios close the output")
