@@ -79,7 +79,7 @@ def run(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     storage_options: Optional[str] = typer.Option(None, "--storage-options", help=STORAGE_HELP),
     use_ray: bool = typer.Option(False, "--ray", help="Run on a Ray cluster (pip install cyclebatch[ray]): --ray-address, RAY_ADDRESS, a running local one, or a new local one."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (default: RAY_ADDRESS)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (default: RAY_ADDRESS); 'local': a new local cluster, even where one runs."),
     ray_gpus: float = typer.Option(0.0, "--ray-gpus", min=0.0, help="GPUs per Ray actor (0.5: two actors share a GPU); 0: CPU actors."),
     ray_cpus: Optional[int] = typer.Option(None, "--ray-cpus", min=1, help="CPUs (threads) per Ray actor; default: a node's cores for CPU actors, 1 for GPU actors."),
     report: bool = typer.Option(False, "--report", help="Write OUT/report.html: input|output thumbnails, failures, timings, settings."),

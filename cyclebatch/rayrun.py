@@ -68,8 +68,8 @@ def runtime_env() -> dict:
 
 
 def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> str:
-    """Join `address` (or RAY_ADDRESS), else a running local cluster, else start one; say which. Returns once
-    Ray Data's helper actors run too (see data_services)."""
+    """Join `address` (or RAY_ADDRESS), else a running local cluster, else start one ("local": always start
+    one); say which. Returns once Ray Data's helper actors run too (see data_services)."""
     ray = _ray()
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines would cut the CLI's output
     # Two notices about what cyclebatch chose, printed on every run: Ray Data's progress bars are off (the
@@ -84,21 +84,22 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> st
 def _init(ray, address: Optional[str], num_cpus: Optional[int]) -> str:
     kw = dict(logging_level=logging.WARNING, log_to_driver=True, include_dashboard=False)
     address = address or os.environ.get("RAY_ADDRESS")
-    if address:
+    if address and address != "local":  # "local", as in Ray: a new cluster of this run's own
         ray.init(address=address, runtime_env=runtime_env(), **kw)
         return f"joined {address}"
-    try:
-        ray.init(address="auto", runtime_env=runtime_env(), **kw)
-        return "joined the running local cluster"
-    except (ConnectionError, RuntimeError):
-        pass
+    if not address:
+        try:
+            ray.init(address="auto", runtime_env=runtime_env(), **kw)
+            return "joined the running local cluster"
+        except (ConnectionError, RuntimeError):
+            pass
     # A cluster started here inherits this process's environment, so its workers get the PYTHONPATH from
     # that and the job needs no runtime_env: a job with one gets workers of its own, and the workers Ray
     # starts with the cluster (idle, Ray imported) could not serve it.
     before = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = runtime_env()["env_vars"]["PYTHONPATH"]
     try:
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kw)
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **kw)
     finally:
         if before is None:
             del os.environ["PYTHONPATH"]

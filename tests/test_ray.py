@@ -36,8 +36,9 @@ def _threads_restored():
 
 @pytest.fixture(scope="module")
 def cluster():
-    """One local 2-CPU cluster for every test here, shut down at the end."""
-    rayrun.connect(num_cpus=CLUSTER_CPUS)
+    """One local 2-CPU cluster of the tests' own for every test here (not one that already runs on this
+    machine), shut down at the end."""
+    assert rayrun.connect("local", num_cpus=CLUSTER_CPUS).startswith("started a local cluster")
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
