@@ -152,6 +152,15 @@ def _thread() -> str:
         f"thread {threading.current_thread().name}"
 
 
+def _rows(src: list, ok: list, mp: list, reason: list, stopped: str = "", error: str = "") -> dict:
+    """A task's answer to the driver, a row per image: the batch-wide `stopped` (the output takes no more
+    files) and `error` (the actor cannot run at all) repeated on each."""
+    n = len(src)
+    return {"src": np.array(src, dtype=object), "ok": np.array(ok, dtype=bool), "mp": np.array(mp, dtype=np.float64),
+            "reason": np.array(reason, dtype=object), "stopped": np.array([stopped] * n, dtype=object),
+            "error": np.array([error] * n, dtype=object)}
+
+
 def _process_marks(path: str, who: str) -> None:
     """This process's start, the start and the end of its cyclebatch import, now (the constructor)."""
     from . import IMPORT_STARTED
@@ -216,10 +225,7 @@ class Worker:
         try:
             translator = self._translator()
         except CycleBatchError as e:  # a setting this actor cannot run (Ray would carry only its traceback)
-            return {"src": np.array(src, dtype=object), "ok": np.zeros(len(src), bool), "mp": np.zeros(len(src)),
-                    "reason": np.array([""] * len(src), dtype=object),
-                    "stopped": np.array([""] * len(src), dtype=object),
-                    "error": np.array([str(e)] * len(src), dtype=object)}
+            return _rows(src, [False] * len(src), [0.0] * len(src), [""] * len(src), error=str(e))
         jobs = [Job(storage.as_location(s), storage.as_location(d)) for s, d in zip(batch["src"], batch["dst"])]
         summary = Summary()
         already = {str(j.src): self._done_before(j) for j in jobs}
@@ -237,14 +243,9 @@ class Worker:
         if self.batches == 1:
             mark(f"first batch done ({len(jobs)} images)", self.who, self.timeline)
         reasons = dict(summary.failures)
-        return {
-            "src": np.array(src, dtype=object),
-            "ok": np.array([s in loop.done or s in already for s in src]),
-            "mp": np.array([loop.done.get(s, already.get(s, 0.0)) for s in src], dtype=np.float64),
-            "reason": np.array([reasons.get(s, "") for s in src], dtype=object),
-            "stopped": np.array([stopped] * len(src), dtype=object),
-            "error": np.array([""] * len(src), dtype=object),
-        }
+        return _rows(src, [s in loop.done or s in already for s in src],
+                     [loop.done.get(s, already.get(s, 0.0)) for s in src], [reasons.get(s, "") for s in src],
+                     stopped=stopped)
 
     def _done_before(self, job: Job) -> Optional[float]:
         """The megapixels of an output that an earlier life of this task wrote; None when there is none."""
