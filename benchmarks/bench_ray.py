@@ -5,8 +5,9 @@
 
 Prints, for both: images/s over the whole run (the Ray figure includes starting the actors and loading
 the model in them) and in the steady state (from the first finished image to the last), the ratio
-ray/local of each (goal >= 0.85), the cluster's start-up time on its own, whether the outputs are
-bitwise equal, the CPU's features and the load average before and after. --timeline: also the Ray run's
+ray/local of each (goal >= 0.85), the cluster's start-up time on its own, who used the cores in each
+steady state (per kind of process: this one, the actors, Ray Data's helper actors, Ray's daemons),
+whether the outputs are bitwise equal, the CPU's features and the load average before and after. --timeline: also the Ray run's
 start, moment by moment, from the driver and from inside the actors (rayrun.TIMELINE). --repeat K: K such
 pairs, each with a cluster of its own, and the medians of their ratios (this host's speed drifts by the minute).
 """
@@ -32,19 +33,66 @@ from cyclebatch.engine import Translator  # noqa: E402
 from cyclebatch.pipeline import Reporter, RunOptions, translate_paths  # noqa: E402
 
 
+def cpu_seconds() -> dict:
+    """{pid: (what it is, CPU seconds so far)} for every process on this machine (Linux /proc)."""
+    tick, me, out = os.sysconf("SC_CLK_TCK"), os.getpid(), {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone meanwhile
+        if int(pid) == me:
+            what = "this process (local run / Ray driver)"
+        elif "MapWorker" in cmd:
+            what = "the translating actor(s)"
+        elif cmd.startswith("ray::") and "Agent" not in cmd:
+            what = "Ray Data's helper actors"
+        elif "/ray/" in cmd or cmd.startswith(("ray::", "/usr/bin/python3 -m ray")) or "-m ray." in cmd:
+            what = "Ray's daemons (raylet, GCS, agents)"
+        else:
+            what = "everything else"
+        out[int(pid)] = (what, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def cpu_shares(before: dict, after: dict, seconds: float) -> dict:
+    """Percent of one core each kind of process used between two cpu_seconds() snapshots."""
+    shares: dict = {}
+    for pid, (what, t) in after.items():
+        shares[what] = shares.get(what, 0.0) + (t - before.get(pid, (what, 0.0))[1]) / seconds * 100
+    return dict(sorted(shares.items(), key=lambda kv: -kv[1]))
+
+
 class Clock(Reporter):
     """Times the first and the last finished images (the steady state lies between them). Ray hands results
-    back a task (32 images) at a time, so everything reported with the first one counts as "first"."""
+    back a task (32 images) at a time, so everything reported with the first one counts as "first". Also
+    takes every process's CPU time at the first and the last finished image: who used the cores meanwhile."""
 
     def start(self, total: int, skipped: int) -> None:
         self.first, self.last, self.n, self.n_first = None, None, 0, 0
+        self.cpu_first, self.cpu_last = {}, {}
 
     def advance(self, n: int = 1) -> None:
         now = time.perf_counter()
         if self.first is None or now - self.first < 1e-3:
+            if self.first is None:
+                self.cpu_first = cpu_seconds()
             self.first = self.first or now
             self.n_first += n
         self.last, self.n = now, self.n + n
+
+    def stop(self) -> None:
+        self.cpu_last = cpu_seconds()
+
+    def shares(self) -> str:
+        """'who: % of one core, ...' over the steady state."""
+        if not self.cpu_first or not self.last or self.last <= self.first:
+            return "n/a"
+        shares = cpu_shares(self.cpu_first, self.cpu_last, self.last - self.first)
+        return ", ".join(f"{what} {pct:.1f}" for what, pct in shares.items() if pct >= 0.05)
 
     def steady(self) -> float:
         """Images/s after the first finished results (model loading and warm-up left out)."""
@@ -100,7 +148,8 @@ def once(args, model, kwargs: dict) -> dict:
     assert local.translated == remote.translated == args.n, (local, remote)
     return {"local": local, "remote": remote, "facts": facts, "how": how, "cluster_start": cluster_start,
             "precision": t.precision, "batch": batch, "same": same, "timeline": timeline,
-            "local_steady": local_clock.steady(), "ray_steady": ray_clock.steady()}
+            "local_steady": local_clock.steady(), "ray_steady": ray_clock.steady(),
+            "local_cpu": local_clock.shares(), "ray_cpu": ray_clock.shares()}
 
 
 def main() -> None:
@@ -145,6 +194,8 @@ def main() -> None:
         print(f"whole run   : local {lw:.2f} images/s ({local.seconds:.1f} s), ray {rw:.2f} images/s "
               f"({remote.seconds:.1f} s, actor start included); ray/local = {whole[-1]:.3f}")
         print(f"steady state: local {ls:.2f} images/s, ray {rs:.2f} images/s; ray/local = {steady[-1]:.3f}")
+        print(f"CPU in the steady state, % of one core ({os.cpu_count()} cores): local run: {r['local_cpu']}")
+        print(f"                                         Ray run: {r['ray_cpu']}")
         print(f"outputs bitwise equal: {r['same']}")
         if r["timeline"]:
             print_timeline(r["timeline"])

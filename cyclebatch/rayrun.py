@@ -219,8 +219,7 @@ class Worker:
         return self.t
 
     def __call__(self, batch: dict) -> dict:
-        if not self.batches:
-            mark(f"first batch begins (on {_thread()})", self.who, self.timeline)
+        mark(f"batch {self.batches + 1} begins (on {_thread()})", self.who, self.timeline)
         src = [str(s) for s in batch["src"]]
         try:
             translator = self._translator()
@@ -240,8 +239,7 @@ class Worker:
             loop.run(todo)
         except OutputUnwritable as e:
             stopped = str(e)
-        if self.batches == 1:
-            mark(f"first batch done ({len(jobs)} images)", self.who, self.timeline)
+        mark(f"batch {self.batches} done ({len(jobs)} images)", self.who, self.timeline)
         reasons = dict(summary.failures)
         return _rows(src, [s in loop.done or s in already for s in src],
                      [loop.done.get(s, already.get(s, 0.0)) for s in src], [reasons.get(s, "") for s in src],
@@ -365,13 +363,10 @@ def _stream(ray, jobs: list[Job], model, translator_kwargs, opts, reporter, summ
                         fn_constructor_kwargs={"model": model_ref, "translator_kwargs": kwargs, "opts": opts,
                                                "threads": cpus, "hook": os.environ.get(KILL_HOOK, ""),
                                                "timeline": os.environ.get(TIMELINE, "")})
-    first = True
     # No prefetching: with it Ray Data hands over a task's results only once the next task's are in, so
     # the counts (and the progress bar) lagged one task behind the actors.
     for out in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
-        if first:
-            mark(f"first results back ({len(out['src'])} images)")
-            first = False
+        mark(f"results back ({len(out['src'])} images)")
         if out["error"][0]:
             raise CycleBatchError(str(out["error"][0]))
         for src, ok, mp, reason, stopped in zip(out["src"], out["ok"], out["mp"], out["reason"], out["stopped"]):
