@@ -23,15 +23,27 @@ class _ProgressReporter:
         self.progress = None if quiet else Progress(
             "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
             "[cyan]{task.fields[rate]}", TimeRemainingColumn(), console=err, transient=True)
-        self.started = 0.0
+        self.started, self.task = 0.0, None
+
+    def status(self, text: str) -> None:
+        if self.progress is None:
+            return
+        if self.task is None:  # before the count is known: a bar without a total
+            self.progress.start()
+            self.task = self.progress.add_task(text, total=None, rate="")
+        else:
+            self.progress.update(self.task, description=text)
 
     def start(self, total: int, skipped: int) -> None:
         import time
 
         self.started = time.perf_counter()
         if self.progress is not None:
-            self.progress.start()
-            self.task = self.progress.add_task("translating", total=total, rate="")
+            if self.task is None:
+                self.progress.start()
+                self.task = self.progress.add_task("translating", total=total, rate="")
+            else:
+                self.progress.update(self.task, total=total)
         if skipped and not self.quiet:
             err.print(f"skipping {skipped} image(s) whose output exists (--overwrite to redo them)")
 

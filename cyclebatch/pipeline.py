@@ -89,6 +89,9 @@ class Summary:
 class Reporter:
     """What the pipeline tells the outside world; the CLI subclasses it with a progress bar."""
 
+    def status(self, text: str) -> None:
+        """What the run is doing while no image moves yet (a Ray run: its cluster, its actors starting)."""
+
     def start(self, total: int, skipped: int) -> None: ...
 
     def advance(self, n: int = 1) -> None: ...

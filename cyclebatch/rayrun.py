@@ -67,21 +67,23 @@ def runtime_env() -> dict:
     return {"env_vars": {"PYTHONPATH": path}}
 
 
-def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> str:
+def connect(address: Optional[str] = None, num_cpus: Optional[int] = None, say=lambda text: None) -> str:
     """Join `address` (or RAY_ADDRESS), else a running local cluster, else start one ("local": always start
-    one); say which. Returns once Ray Data's helper actors run too (see data_services)."""
+    one); say which. Returns once Ray Data's helper actors run too (see data_services). `say` hears what
+    takes a while before it does."""
     ray = _ray()
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines would cut the CLI's output
     # Two notices about what cyclebatch chose, printed on every run: Ray Data's progress bars are off (the
     # CLI has its own) and a cluster started here has token authentication (it lives as long as the run).
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    how = "already connected" if ray.is_initialized() else _init(ray, address, num_cpus)
+    how = "already connected" if ray.is_initialized() else _init(ray, address, num_cpus, say)
+    say("Ray: starting Ray Data's helpers")
     data_services(ray)
     return how
 
 
-def _init(ray, address: Optional[str], num_cpus: Optional[int]) -> str:
+def _init(ray, address: Optional[str], num_cpus: Optional[int], say) -> str:
     kw = dict(logging_level=logging.WARNING, log_to_driver=True, include_dashboard=False)
     address = address or os.environ.get("RAY_ADDRESS")
     if address and address != "local":  # "local", as in Ray: a new cluster of this run's own
@@ -96,6 +98,7 @@ def _init(ray, address: Optional[str], num_cpus: Optional[int]) -> str:
     # A cluster started here inherits this process's environment, so its workers get the PYTHONPATH from
     # that and the job needs no runtime_env: a job with one gets workers of its own, and the workers Ray
     # starts with the cluster (idle, Ray imported) could not serve it.
+    say("Ray: starting a local cluster")
     before = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = runtime_env()["env_vars"]["PYTHONPATH"]
     try:
@@ -291,7 +294,8 @@ def translate_paths_ray(inputs: Sequence[str], output: "str | Path", model, tran
     reporter = reporter or Reporter()
     begun = time.perf_counter()
     mark("run called")
-    how = connect(address)
+    reporter.status("Ray: connecting")
+    how = connect(address, say=reporter.status)
     mark("connected (and Ray Data's helper actors up)")
     output, work, opts, summary = prepare(inputs, output, replace(opts, shard=(0, 1)), reporter)
     mark("planned")
@@ -300,6 +304,7 @@ def translate_paths_ray(inputs: Sequence[str], output: "str | Path", model, tran
     facts = {"cluster": how, "actors": actors, "gpus_per_actor": gpus, "cpus_per_actor": cpus,
              "startup_seconds": round(time.perf_counter() - begun, 3)}
     reporter.start(len(work.jobs), len(work.skipped))
+    reporter.status(f"Ray: starting {actors} actor{'s' if actors > 1 else ''}")
     started = time.perf_counter()
     try:
         if work.jobs:
@@ -367,6 +372,8 @@ def _stream(ray, jobs: list[Job], model, translator_kwargs, opts, reporter, summ
     # the counts (and the progress bar) lagged one task behind the actors.
     for out in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
         mark(f"results back ({len(out['src'])} images)")
+        if not (summary.translated or summary.failed):
+            reporter.status("translating")
         if out["error"][0]:
             raise CycleBatchError(str(out["error"][0]))
         for src, ok, mp, reason, stopped in zip(out["src"], out["ok"], out["mp"], out["reason"], out["stopped"]):

@@ -11,7 +11,7 @@ from conftest import run_cli, tiny_generator
 from cyclebatch.engine import Translator
 from cyclebatch.errors import CycleBatchError
 from cyclebatch.fileio import TMP_MARK
-from cyclebatch.pipeline import RunOptions, translate_paths
+from cyclebatch.pipeline import Reporter, RunOptions, translate_paths
 
 ray = pytest.importorskip("ray")
 from cyclebatch import rayrun  # noqa: E402
@@ -57,6 +57,19 @@ def make_images(root, n, seed=0):
     return files
 
 
+class Heard(Reporter):
+    """Records the statuses a run gives its reporter, and its advances, in order."""
+
+    def __init__(self):
+        self.events = []
+
+    def status(self, text: str) -> None:
+        self.events.append(text)
+
+    def advance(self, n: int = 1) -> None:
+        self.events.append("advance")
+
+
 def outputs(root):
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -72,8 +85,9 @@ def test_ray_run_equals_a_local_run_and_survives_a_killed_actor(cluster, tmp_pat
     monkeypatch.setenv(rayrun.KILL_HOOK, f"2:{marker}")
     timeline = tmp_path / "timeline.tsv"
     monkeypatch.setenv(rayrun.TIMELINE, str(timeline))
+    heard = Heard()
     s, facts = rayrun.translate_paths_ray([str(src)], tmp_path / "ray", tiny_generator(), FP32, RunOptions(),
-                                          rows_per_task=8)
+                                          heard, rows_per_task=8)
     assert marker.exists(), "no actor was killed: the test tested nothing"
     assert (s.translated, s.failed, s.skipped, s.stopped) == (48, 1, 0, None)
     assert s.failures == local.failures  # same file, same reason
@@ -102,6 +116,12 @@ def test_ray_run_equals_a_local_run_and_survives_a_killed_actor(cluster, tmp_pat
             threads.setdefault(who, []).append(what.split(" (on ", 1)[1][:-1])
     assert threads and all(len(t) >= 2 and len(set(t)) == 1 for t in threads.values()), threads
     assert any(who.startswith("actor ") for _, who, _ in moments)
+    # What the progress bar says while no image moves: the actors starting, until the first results.
+    said = [e for e in heard.events if e != "advance"]
+    assert said[0] == "Ray: connecting" and "translating" in said, heard.events
+    assert said.index(f"Ray: starting {facts['actors']} actor{'s' if facts['actors'] > 1 else ''}") \
+        < said.index("translating"), said
+    assert heard.events.index("translating") < heard.events.index("advance") and heard.events.count("translating") == 1
     monkeypatch.delenv(rayrun.TIMELINE)
 
     again, _ = rayrun.translate_paths_ray([str(src)], tmp_path / "ray", tiny_generator(), FP32, RunOptions())
