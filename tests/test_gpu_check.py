@@ -32,6 +32,11 @@ def quick(tmp_path_factory):
     return json.loads(out.read_text()), p.stdout
 
 
+def db(value) -> float:
+    """A PSNR from the JSON: identical pictures are written as the string "inf" (JSON has no infinity)."""
+    return float("inf") if value == "inf" else value
+
+
 def section(doc: dict, name: str) -> dict:
     e = doc["sections"][name]
     assert e["status"] == "ok", f"{name}: {e.get('reason') or e.get('error')}\n{e.get('traceback', '')}"
@@ -120,7 +125,7 @@ def test_forced_out_of_memory_recovered(quick):
     assert batch["identical_to_unforced"]
     single = oom["single image"]
     assert single["all_back"] and single["out_of_memory"] >= 1 and single["tiled_images"] == 1
-    assert single["vs_unforced"]["psnr_db"] > 35
+    assert db(single["vs_unforced"]["psnr_db"]) > 35  # "inf" when identical (seen on an AVX2-only CPU, fp32)
 
 
 def test_tiling_against_full_frame(quick):
@@ -128,7 +133,7 @@ def test_tiling_against_full_frame(quick):
     t = section(doc, "tiling")
     assert t["tiled"]["plan"]["tile"] == 64 and t["tiled"]["seconds"] > 0
     assert t["full"]["fell_back_to_tiles"] is False
-    assert t["tiled_vs_full"]["psnr_db"] > 35
+    assert db(t["tiled_vs_full"]["psnr_db"]) > 35
 
 
 def test_training_steps(quick):
