@@ -270,3 +270,18 @@ def test_killed_run_leaves_no_partial_outputs_and_resumes(tmp_path):
     r = run_cli("run", src, "-o", out, "-m", model_file, "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["skipped"] == len(finished)
     assert sorted(p.name for p in out.iterdir()) == [f"{i:02d}.png" for i in range(40)]  # temp files swept
+
+
+def test_help_and_the_public_api_import_torch_only_when_used():
+    # `cyclebatch --help` and a mistyped option answer at once: the package imports its API lazily.
+    code = ("import sys, cyclebatch.cli; before = 'torch' in sys.modules; "
+            "from cyclebatch import load_generator, ResnetGenerator, CycleBatchError; "
+            "print(before, 'torch' in sys.modules, ResnetGenerator.__module__)")
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                       capture_output=True, text=True)
+    assert r.stdout.split() == ["False", "True", "cyclebatch.networks"], r.stderr
+    r = run_cli("--help")
+    assert r.returncode == 0 and "run" in r.stdout and "export" in r.stdout
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        import cyclebatch
+        cyclebatch.nope
