@@ -233,8 +233,7 @@ def export_cmd(model: str = typer.Argument(..., help="Any model the registry can
                no_verify: bool = typer.Option(False, "--no-verify", help="Skip running the file against PyTorch."),
                overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output.")) -> None:
     """Export a generator for ONNX runtimes, LibTorch, LiteRT (phones) or OpenVINO; verified against PyTorch on a real photo."""
-    from .export import OPSET, export, format_of, parse_size
-    from .registry import load_generator
+    from .export_options import format_of, parse_size
 
     try:
         fmt = format_of(dst)
@@ -259,6 +258,9 @@ def export_cmd(model: str = typer.Argument(..., help="Any model the registry can
     for p in (dst, dst.with_suffix(".bin")) if fmt == "openvino" else (dst,):
         if p.exists() and not overwrite:
             fail(f"{p}: exists; pass --overwrite to replace it")
+    from .export import OPSET, export
+    from .registry import load_generator
+
     net = load_generator(model, direction)
     r = export(net, dst, precision=precision or ("fp16" if fp16 else "fp32"), quantize=quantize, calibrate=calibrate,
                size=fixed, opset=opset or OPSET, check=not no_verify, overwrite=overwrite, source=model)

@@ -24,10 +24,10 @@ import torch
 from . import __version__
 from .errors import CycleBatchError
 from .fileio import atomic_path
-from .export_graph import INPUT, MIN_SIZE, OUTPUT, PixelGraph, contract, fit, min_size
+from .export_graph import INPUT, OUTPUT, PixelGraph, contract, fit, min_size
+from .export_options import MIN_SIZE, format_of
 from .networks import ResnetGenerator
 
-FORMATS = {".onnx": "onnx", ".pt": "torchscript", ".tflite": "tflite", ".xml": "openvino"}
 RUNTIMES = {"onnx": "ONNX Runtime", "torchscript": "TorchScript", "tflite": "LiteRT", "openvino": "OpenVINO"}
 # Opset 17 is the newest that TensorRT 8.6 (JetPack 5, DeepStream 6), OpenCV's DNN module and ONNX Runtime
 # >= 1.12 all run; nothing in this graph gains from a newer one.
@@ -72,14 +72,6 @@ class ExportResult:
     @property
     def bytes(self) -> int:
         return sum(p.stat().st_size for p in self.files or (self.path,))
-
-
-def format_of(path: str | Path) -> str:
-    fmt = FORMATS.get(Path(path).suffix.lower())
-    if fmt is None:
-        raise CycleBatchError(f"{path}: the output must end in .onnx (ONNX), .pt (TorchScript), "
-                              f".tflite (TFLite / LiteRT) or .xml (OpenVINO IR)")
-    return fmt
 
 
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
@@ -340,18 +332,6 @@ def verify(path: str | Path, net: ResnetGenerator, *, precision: str = "fp32",
 
 
 # ---------------------------------------------------------------- the one call
-
-def parse_size(text: str) -> tuple[int, int]:
-    """"512" or "384x256" (width x height) -> (height, width)."""
-    parts = text.lower().replace(" ", "").split("x")
-    try:
-        w, h = (int(parts[0]), int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
-    except (ValueError, IndexError):
-        w = h = -1
-    if len(parts) > 2 or min(w, h) < MIN_SIZE:
-        raise CycleBatchError(f"--size {text}: give N or WxH, each at least {MIN_SIZE}")
-    return h, w
-
 
 def default_size(net: ResnetGenerator) -> tuple[int, int]:
     """A fixed-size export's (height, width): the model's training size from its metadata, else 256."""

@@ -16,10 +16,10 @@ from torch import nn
 
 from . import __version__
 from .errors import CycleBatchError
+from .export_options import MIN_SIZE
 from .networks import ResnetGenerator
 
 INPUT, OUTPUT = "image", "translated"
-MIN_SIZE = 5  # reflect padding needs a side > 3; padded to 8, the 1/4-resolution trunk keeps 2 px
 
 
 class PixelGraph(nn.Module):

@@ -282,6 +282,13 @@ def test_help_and_the_public_api_import_torch_only_when_used():
     assert r.stdout.split() == ["False", "True", "cyclebatch.networks"], r.stderr
     r = run_cli("--help")
     assert r.returncode == 0 and "run" in r.stdout and "export" in r.stdout
+    # export checks its options before it imports the exporters (and torch).
+    code = ("import sys; from cyclebatch.cli import main; "
+            "sys.argv = ['cyclebatch', 'export', 'm.pth', 'm.tflite', '--quantize', 'int4']\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    print(e.code, 'torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                       capture_output=True, text=True)
+    assert r.stdout.split() == ["2", "False"] and "only int8" in r.stderr, (r.stdout, r.stderr)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         import cyclebatch
         cyclebatch.nope
