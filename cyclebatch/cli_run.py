@@ -98,11 +98,8 @@ def run(
 ) -> None:
     """Translate a folder of images: batched, size-preserving, resumable, and safe for your files."""
     from .discover import check_output_location, parse_shard
-    from .distributed import gather, setup
-    from .engine import Translator
-    from .pipeline import RunOptions, Summary, translate_paths
-    from .registry import load_generator
 
+    # The options are checked before torch is imported (2-3 s): a mistyped one answers at once.
     if direction not in ("AtoB", "BtoA"):
         fail(f"--direction must be AtoB or BtoA, not '{direction}'", 2)
     if ext is not None:
@@ -127,6 +124,11 @@ def run(
     _sigterm_as_interrupt()
     if use_ray and shard:
         fail("--shard and --ray do not mix: Ray balances the whole file list over its actors by itself", 2)
+    from .distributed import gather, setup
+    from .engine import Translator
+    from .pipeline import RunOptions, Summary, translate_paths
+    from .registry import load_generator
+
     if use_ray:
         _run_ray(inputs, out_dir, model, direction, json_out, quiet, ray_address, ray_gpus, ray_cpus, report,
                  dict(device=device, precision=precision, compile=compile, batch_size=batch_size, tile=tile,
