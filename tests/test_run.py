@@ -273,8 +273,9 @@ def test_killed_run_leaves_no_partial_outputs_and_resumes(tmp_path):
 
 
 def test_help_and_the_public_api_import_torch_only_when_used():
-    # `cyclebatch --help` and a mistyped option answer at once: the package imports its API lazily.
-    code = ("import sys, cyclebatch.cli; before = 'torch' in sys.modules; "
+    # `cyclebatch --help`, `runs status` and a mistyped option answer at once: the packages import their
+    # APIs lazily.
+    code = ("import sys, cyclebatch.cli, cyclebatch.train.status; before = 'torch' in sys.modules; "
             "from cyclebatch import load_generator, ResnetGenerator, CycleBatchError; "
             "print(before, 'torch' in sys.modules, ResnetGenerator.__module__)")
     r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)},
