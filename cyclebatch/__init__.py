@@ -18,11 +18,20 @@ _API = {
 __all__ = sorted(_API)
 
 
-def __getattr__(name: str):
-    if name not in _API:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
+def lazy_api(package: str, api: dict):
+    """A package's module __getattr__ (PEP 562) that imports each name of `api` ({name: submodule}) from its
+    submodule on first use, then keeps it in the package."""
+    def __getattr__(name: str):
+        if name not in api:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        import importlib
+        import sys
 
-    value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
-    globals()[name] = value
-    return value
+        value = getattr(importlib.import_module(f".{api[name]}", package), name)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    return __getattr__
+
+
+__getattr__ = lazy_api(__name__, _API)

@@ -40,10 +40,8 @@ class _ProgressReporter:
         self.started = time.perf_counter()
         if self.progress is not None:
             if self.task is None:
-                self.progress.start()
-                self.task = self.progress.add_task("translating", total=total, rate="")
-            else:
-                self.progress.update(self.task, total=total)
+                self.status("translating")
+            self.progress.update(self.task, total=total)
         if skipped and not self.quiet:
             err.print(f"skipping {skipped} image(s) whose output exists (--overwrite to redo them)")
 

@@ -9,17 +9,10 @@ board.py       TensorBoard events                          status.py      status
 page.py        report.html (the shared htmlpage module)
 """
 
+from .. import lazy_api
+
 # Imported on first use, as in the package above: `cyclebatch runs status` reads status.py alone, without
 # torch and the trainer (4 s against 0.5 s on a small machine).
 _API = {"TrainConfig": "config", "TrainResult": "trainer", "load_checkpoint": "trainer", "train": "trainer"}
 __all__ = sorted(_API)
-
-
-def __getattr__(name: str):
-    if name not in _API:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_api(__name__, _API)
