@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import glob
+import hashlib
 import os
 import shutil
+import socket
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -15,10 +19,30 @@ from typing import Iterator
 TMP_MARK = ".cyclebatch-tmp-"
 
 
+# A temporary whose writer cannot be proven dead (another host, container or boot wrote it, or a name from
+# before writers were identified) is swept only when nothing has touched it for this long.
+FOREIGN_TEMP_AGE_S = 24 * 3600
+
+
+@functools.lru_cache(maxsize=1)
+def writer_identity() -> str:
+    """Where a pid means this process: the host, its boot and the PID namespace, hashed to 8 hex digits.
+    A pid is only checked for liveness when the temporary was written under the same identity: a folder
+    shared by containers or hosts (NFS, job arrays) holds other writers' pids that mean nothing here."""
+    parts = [socket.gethostname()]
+    for read in (lambda: Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+                 lambda: os.readlink("/proc/self/ns/pid")):
+        try:
+            parts.append(read())
+        except OSError:
+            parts.append("?")
+    return hashlib.sha1("\0".join(parts).encode()).hexdigest()[:8]
+
+
 def temp_name(path: Path) -> Path:
-    # The writer's pid lets a later run tell a dead run's leftovers from a live writer's file;
+    # The writer's pid and identity let a later run tell a dead run's leftovers from a live writer's file;
     # the real suffix stays last because encoders (PIL, OpenCV, PyAV) pick the format from it.
-    return path.with_name(f"{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}")
+    return path.with_name(f"{TMP_MARK}{os.getpid()}@{writer_identity()}-{uuid.uuid4().hex[:8]}-{path.name}")
 
 
 @contextlib.contextmanager
@@ -76,17 +100,34 @@ def sweep_dead_temps_of(path: Path) -> int:
 
 
 def _remove_if_dead(p: Path) -> bool:
+    owner = p.name[len(TMP_MARK):].split("-", 1)[0]
+    pid_text, _, identity = owner.partition("@")
     try:
-        pid = int(p.name[len(TMP_MARK):].split("-", 1)[0])
+        pid = int(pid_text)
     except ValueError:
         return False
-    if pid == os.getpid() or _alive(pid):
-        return False
+    if identity == writer_identity():
+        if pid == os.getpid() or _alive(pid):
+            return False
+    elif not _untouched_for(p, FOREIGN_TEMP_AGE_S):
+        return False  # another host's or container's writer, maybe alive: only age can prove it gone
     try:
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     except OSError:
         return False
     return True
+
+
+def _untouched_for(p: Path, seconds: float) -> bool:
+    """True when neither `p` nor (for a folder) anything directly in it changed in the last `seconds`."""
+    try:
+        latest = p.lstat().st_mtime
+        if p.is_dir() and not p.is_symlink():
+            for q in p.iterdir():
+                latest = max(latest, q.lstat().st_mtime)
+    except OSError:
+        return False
+    return time.time() - latest > seconds
 
 
 def _alive(pid: int) -> bool:

@@ -377,20 +377,21 @@ def test_cli_interrupt_says_so_and_leaves_nothing(tmp_path, sig):
 
 
 def test_leftovers_of_a_killed_run_on_the_same_output_are_swept(tmp_path):
-    from cyclebatch.fileio import TMP_MARK
+    from cyclebatch.fileio import TMP_MARK, writer_identity
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a pid that no longer runs
     synth(tmp_path / "in.mp4", n=6, audio=False)
     out = tmp_path / "o"
     out.mkdir()
-    mine_file = out / f"{TMP_MARK}{dead.pid}-0123abcd-out.mp4"  # SIGKILL mid-encode left this
+    me = writer_identity()  # written on this host, in this PID namespace: a dead pid is provably dead
+    mine_file = out / f"{TMP_MARK}{dead.pid}@{me}-0123abcd-out.mp4"  # SIGKILL mid-encode left this
     mine_file.write_bytes(b"half a video")
-    mine_dir = out / f"{TMP_MARK}{dead.pid}-0123abcd-frames"  # and this, mid frame folder
+    mine_dir = out / f"{TMP_MARK}{dead.pid}@{me}-0123abcd-frames"  # and this, mid frame folder
     mine_dir.mkdir()
     (mine_dir / "000000.png").write_bytes(b"x")
-    live = out / f"{TMP_MARK}{os.getpid()}-0123abcd-out.mp4"  # a writer still running: not ours to remove
-    other = out / f"{TMP_MARK}{dead.pid}-0123abcd-other.mp4"  # another output's leftovers: left for its own run
+    live = out / f"{TMP_MARK}{os.getpid()}@{me}-0123abcd-out.mp4"  # a writer still running: not ours to remove
+    other = out / f"{TMP_MARK}{dead.pid}@{me}-0123abcd-other.mp4"  # another output's leftovers: left for its own run
     user = out / "notes-out.mp4"
     for p in (live, other, user):
         p.write_bytes(b"keep")
