@@ -40,7 +40,16 @@ def read_tensors(path: str | Path) -> tuple[object, dict]:
     # By name too: torch.load would pass a damaged .safetensors file on to a loader whose errors escape.
     if _looks_like_safetensors(head, size) or (path.suffix == ".safetensors" and not head.startswith(b"PK")):
         return _read_safetensors(path, head, size)
+    if head.startswith(b"\x80") and not head.startswith(_LEGACY_TORCH_HEAD):
+        # pickle.dump output, not torch.save's (a zip archive, or the legacy format's magic number first):
+        # torch's restricted unpickler would only warn about the protocol and ask for a bug report.
+        raise CycleBatchError(f"{path}: a plain Python pickle, not a PyTorch checkpoint (torch.save) or "
+                              "safetensors file; cyclebatch never unpickles it, as a pickle can carry code")
     return _read_pth(path), {}
+
+
+# What torch.save's legacy (pre-1.6, non-zip) format starts with: the pickled magic number 0x1950a86a20f9469cfc6c.
+_LEGACY_TORCH_HEAD = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 
 
 def _looks_like_safetensors(head: bytes, size: int) -> bool:
@@ -85,9 +94,14 @@ def _read_safetensors(path: Path, head: bytes, size: int) -> tuple[Tensors, dict
 def _read_pth(path: Path) -> object:
     import pickle
 
+    import warnings
+
     try:
-        # weights_only=True: tensors and plain containers only; no pickled code ever runs.
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # weights_only=True: tensors and plain containers only; no pickled code ever runs. Its warnings
+        # (pickle protocols, "please file an issue") are torch's notes to itself, not the user's business.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         m = re.search(r"GLOBAL ([\w.]+)", str(e))
         if m:
@@ -249,6 +263,7 @@ def build_generator(sd: Tensors, path: Path | str = "checkpoint", metadata: Opti
     if config.norm != "batch":  # what the official loader deletes: InstanceNorm buffers of old PyTorch
         sd = {k: v for k, v in sd.items() if not k.endswith(_RUNNING)}
     sd = {k: v.float() for k, v in sd.items()}
+    _check_shapes(sd, net.state_dict(), config.name, path)
     result = net.load_state_dict(sd, strict=False)
     bad = [f"missing {k}" for k in result.missing_keys] + [f"unexpected {k}" for k in result.unexpected_keys]
     if bad:
@@ -256,6 +271,18 @@ def build_generator(sd: Tensors, path: Path | str = "checkpoint", metadata: Opti
                               f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''})")
     net.metadata = dict(metadata or {})
     return net.eval().requires_grad_(False)
+
+
+def _check_shapes(sd: Tensors, expected: Tensors, name: str, path: Path | str) -> None:
+    """A tensor of the wrong shape (a damaged or hand-edited file, or another architecture's tensor under an
+    official key) as one line: load_state_dict would raise a many-line RuntimeError."""
+    bad = [(k, tuple(v.shape), tuple(expected[k].shape)) for k, v in sd.items()
+           if k in expected and v.shape != expected[k].shape]
+    if bad:
+        k, got, want = bad[0]
+        more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+        raise CycleBatchError(f"{path}: tensor {k} has shape {list(got)} where a {name} generator needs "
+                              f"{list(want)}{more}")
 
 
 def load_file(path: str | Path, direction: Optional[str] = None) -> Generator:
@@ -275,7 +302,7 @@ def load_file(path: str | Path, direction: Optional[str] = None) -> Generator:
 
 def save_generator(net: Generator, path: str | Path, metadata: Optional[dict] = None) -> Path:
     """Write safetensors weights with the architecture and `metadata` as JSON in the header."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from .fileio import atomic_path
 
@@ -283,6 +310,7 @@ def save_generator(net: Generator, path: str | Path, metadata: Optional[dict] = 
     meta = {k: v for k, v in {**net.metadata, **(metadata or {})}.items() if k != "source"}
     meta.update(format=FORMAT, format_version=FORMAT_VERSION, architecture=net.config.to_dict())
     tensors = {k: v.detach().float().contiguous().cpu() for k, v in net.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"cyclebatch": json.dumps(meta, sort_keys=True)})
+    data = save(tensors, metadata={"cyclebatch": json.dumps(meta, sort_keys=True)})
+    with atomic_path(path) as tmp:  # written by Python: a full disk is an OSError, not a SafetensorError
+        tmp.write_bytes(data)
     return path

@@ -10,7 +10,8 @@ import typer
 from rich.table import Table
 
 from . import __version__
-from .cli_common import BATCHNORM_HELP, MEMORY_HELP, TILE_HELP, _sigterm_as_interrupt, err, fail, note, out, parse_bytes
+from .cli_common import (BATCHNORM_HELP, MEMORY_HELP, TILE_HELP, _sigterm_as_interrupt, check_output_file, err,
+                         error_line, fail, note, out, parse_bytes, plain, writing)
 from .cli_run import run
 from .errors import CycleBatchError
 
@@ -56,7 +57,8 @@ def models_list() -> None:
         table.add_row(name, w.translates, w.source, "yes" if p.exists() else "no", _fmt_size(size))
     for name, path, kind in local_models():
         size = path.stat().st_size if path.is_file() else None
-        table.add_row(name, "AtoB and BtoA" if kind == "run" else "-", f"{kind}: {path}", "local", _fmt_size(size))
+        table.add_row(plain(name), "AtoB and BtoA" if kind == "run" else "-", f"{kind}: {plain(path)}", "local",
+                      _fmt_size(size))
     out.print(table)
 
 
@@ -70,15 +72,15 @@ def models_download(names: List[str] = typer.Argument(..., help="Zoo names or al
     for name in names:
         w = lookup(name)
         if w is None:
-            err.print(f"[bold red]error:[/] '{name}' is not a zoo name (see `cyclebatch models list`)")
+            error_line(f"'{name}' is not a zoo name (see `cyclebatch models list`)")
             failed += 1
             continue
         try:
             path = ensure_cached(w, quiet=quiet)
             if not quiet:
-                out.print(f"{w.name}: {path}")
+                out.print(f"{w.name}: {plain(path)}", highlight=False)
         except CycleBatchError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            error_line(str(e))
             failed += 1
     raise typer.Exit(1 if failed else 0)
 
@@ -93,12 +95,12 @@ def models_info(model: str = typer.Argument(..., help="Zoo name, run name, folde
     net = load_generator(model, direction)
     n = sum(p.numel() for p in net.parameters())
     table = Table(show_header=False, box=None)
-    table.add_row("file", str(path))
+    table.add_row("file", plain(path))
     table.add_row("architecture", net.config.describe())
     table.add_row("parameters", f"{n:,} ({n / 1e6:.3f} M)")
     for k, v in sorted(net.metadata.items()):
         if k not in ("architecture", "format", "format_version", "source"):
-            table.add_row(k, str(v))
+            table.add_row(plain(k), plain(v))
     out.print(table)
 
 
@@ -113,12 +115,12 @@ def models_convert(src: str = typer.Argument(..., help="Any readable model: name
 
     if dst.suffix != ".safetensors":
         fail(f"{dst}: the output must end in .safetensors", 2)
-    if dst.exists() and not overwrite:
-        fail(f"{dst}: exists; pass --overwrite to replace it")
+    check_output_file(dst, overwrite)
     net = load_generator(src, direction)
     meta = {"direction": net.metadata.get("direction", direction), "converted_from": str(net.metadata.get("source", src))}
-    save_generator(net, dst, meta)
-    out.print(f"wrote {dst} ({net.config.name})")
+    with writing(dst):
+        save_generator(net, dst, meta)
+    out.print(f"wrote {plain(dst)} ({net.config.name})", highlight=False)
 
 
 # ---------------------------------------------------------------- run
@@ -181,11 +183,12 @@ def train_cmd(
         save_every=save_every, device=device, precision=precision, workers=workers, max_iterations=max_iters,
         resume=resume, progress=not quiet,
     )
-    result = train(config, log=lambda msg: err.print(msg, highlight=False, soft_wrap=True),
-                   warn=lambda msg: err.print(f"[yellow]warning:[/] {msg}", highlight=False, soft_wrap=True))
+    result = train(config, log=lambda msg: err.print(plain(msg), highlight=False, soft_wrap=True),
+                   warn=lambda msg: err.print(f"[yellow]warning:[/] {plain(msg)}", highlight=False, soft_wrap=True))
     state = "finished" if result.finished else "stopped"
-    err.print(f"{state} after {result.epoch} epochs, {result.iteration} iterations; generators in {result.run_dir} "
-              f"(load with: {result.run_dir.name if runs_dir == Path('runs') else result.run_dir})", highlight=False)
+    load_as = result.run_dir.name if runs_dir == Path("runs") else result.run_dir
+    err.print(f"{state} after {_count(result.epoch, 'epoch')}, {_count(result.iteration, 'iteration')}; generators in "
+              f"{plain(result.run_dir)} (load with: {plain(load_as)})", highlight=False)
     if result.interrupted:
         raise typer.Exit(130)
 
@@ -210,7 +213,7 @@ def runs_status(run: str = typer.Argument(..., help="Run name (under --runs-dir)
     if as_json:
         out.print_json(json.dumps(doc))
     else:
-        out.print("\n".join(describe(doc)), highlight=False, soft_wrap=True)
+        out.print("\n".join(plain(line) for line in describe(doc)), highlight=False, soft_wrap=True)
 
 # ---------------------------------------------------------------- export
 
@@ -256,21 +259,22 @@ def export_cmd(model: str = typer.Argument(..., help="Any model the registry can
     except CycleBatchError as e:
         fail(str(e), 2)
     for p in (dst, dst.with_suffix(".bin")) if fmt == "openvino" else (dst,):
-        if p.exists() and not overwrite:
-            fail(f"{p}: exists; pass --overwrite to replace it")
+        check_output_file(p, overwrite)
     from .export import OPSET, export
     from .registry import load_generator
 
     net = load_generator(model, direction)
-    r = export(net, dst, precision=precision or ("fp16" if fp16 else "fp32"), quantize=quantize, calibrate=calibrate,
-               size=fixed, opset=opset or OPSET, check=not no_verify, overwrite=overwrite, source=model)
+    with writing(dst):
+        r = export(net, dst, precision=precision or ("fp16" if fp16 else "fp32"), quantize=quantize,
+                   calibrate=calibrate, size=fixed, opset=opset or OPSET, check=not no_verify, overwrite=overwrite,
+                   source=model)
     notes = [net.config.name, f"{r.precision} {r.quantization}".strip()]
     if r.opset:
         notes.append(f"opset {r.opset}")
     if r.size:
         notes.append(f"input 1x{r.size[0]}x{r.size[1]}x3 NHWC")
     files = " + ".join(p.name for p in r.files[1:])
-    out.print(f"wrote {dst}{f' (+ {files})' if files else ''} ({', '.join(notes)}, {r.bytes / 1e6:.1f} MB, "
+    out.print(f"wrote {plain(dst)}{f' (+ {plain(files)})' if files else ''} ({', '.join(notes)}, {r.bytes / 1e6:.1f} MB, "
               f"{r.seconds:.1f} s)", highlight=False, soft_wrap=True)
     if r.verified:
         floor = f" (floor {r.floor:g} dB)" if r.floor is not None else ""
@@ -333,7 +337,7 @@ def video(src: Path = typer.Argument(..., help="Input video, or a folder of fram
         fail("--upscale brings a --max-size or --scale output back to the input's size; give one of them")
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[fps]} frames/s"), TextColumn("{task.fields[expected]}"),
-                   TimeRemainingColumn(), console=err, disable=quiet, transient=True)
+                   TimeRemainingColumn(), console=err, disable=quiet or not err.is_terminal, transient=True)
     t0 = [0.0]
 
     def progress(done: int, total: Optional[int]) -> None:
@@ -369,6 +373,10 @@ def video(src: Path = typer.Argument(..., help="Input video, or a folder of fram
                   highlight=False)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _duration(seconds: float) -> str:
     s = int(round(seconds))
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
@@ -377,10 +385,13 @@ def _duration(seconds: float) -> str:
 # ---------------------------------------------------------------- entry point
 
 def main() -> None:
+    if not err.is_terminal:
+        # Typer boxes usage errors in a panel hard-wrapped at 80 columns; a log gets Click's plain lines.
+        import typer.rich_utils
+
+        typer.rich_utils.rich_format_error = lambda e: e.show()
     try:
         app(standalone_mode=True)
     except CycleBatchError as e:
-        from rich.markup import escape  # "pip install 'cyclebatch[openvino]'" is not markup
-
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        error_line(str(e))  # escaped: "pip install 'cyclebatch[openvino]'" is not markup
         sys.exit(1)

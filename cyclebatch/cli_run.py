@@ -9,7 +9,8 @@ from typing import List, Optional
 import typer
 
 from .cli_common import (BACKEND_HELP, BATCHNORM_HELP, MEMORY_HELP, PRECISION_HELP, STATS_HELP, STORAGE_HELP,
-                         TILE_HELP, _sigterm_as_interrupt, err, fail, note, out, parse_bytes)
+                         TILE_HELP, _sigterm_as_interrupt, err, error_line, fail, note, out, parse_bytes, plain,
+                         quoted)
 from .errors import CycleBatchError
 
 
@@ -20,7 +21,8 @@ class _ProgressReporter:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
         self.quiet = quiet
-        self.progress = None if quiet else Progress(
+        # Not on a terminal (a log, a pipe): a bar there is noise (and its last frame, a stray blank line).
+        self.progress = None if quiet or not err.is_terminal else Progress(
             "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
             "[cyan]{task.fields[rate]}", TimeRemainingColumn(), console=err, transient=True)
         self.started, self.task = 0.0, None
@@ -54,7 +56,7 @@ class _ProgressReporter:
             self.progress.update(self.task, advance=n, rate=f"{rate:.2f} img/s")
 
     def failure(self, path: str, reason: str) -> None:
-        err.print(f"[bold red]error:[/] {path}: {reason}", highlight=False, soft_wrap=True)
+        error_line(f"{quoted(path)}: {reason}")
 
     def stop(self) -> None:
         if self.progress is not None:
@@ -65,7 +67,7 @@ class _ProgressReporter:
 def run(
     inputs: List[str] = typer.Argument(..., help="Image files, folders (recursive) or globs ('photos/**/*.jpg')."),
     model: str = typer.Option("vintage", "--model", "-m", help="Zoo name, run name, folder or checkpoint file."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="Output folder or URL (s3://bucket/out/); the input tree is mirrored in it. [default: out]"),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Output folder or URL (s3://bucket/out/); the input tree is mirrored in it. \\[default: out]"),
     direction: str = typer.Option("AtoB", "--direction", "-d", help="AtoB or BtoA, for models holding both generators."),
     ext: Optional[str] = typer.Option(None, "--ext", help="Output format (jpg, png, webp, tif, bmp); default: the input's."),
     quality: int = typer.Option(95, "--quality", min=1, max=100, help="JPEG / WebP quality."),
@@ -73,7 +75,7 @@ def run(
     side_by_side: bool = typer.Option(False, "--side-by-side", help="Write input|output comparisons."),
     max_size: Optional[int] = typer.Option(None, "--max-size", min=4, help="Working resolution: longest side at most this (output at that size)."),
     scale: Optional[float] = typer.Option(None, "--scale", min=0.01, max=8.0, help="Working resolution as a factor (output at that size)."),
-    max_pixels: int = typer.Option(400_000_000, "--max-pixels", help="Refuse images over this many pixels (read from the header)."),
+    max_pixels: int = typer.Option(400_000_000, "--max-pixels", min=1, help="Refuse images over this many pixels (read from the header)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps."),
     precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Images per forward pass; default from free memory."),
@@ -88,7 +90,7 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary; errors only."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     storage_options: Optional[str] = typer.Option(None, "--storage-options", help=STORAGE_HELP),
-    use_ray: bool = typer.Option(False, "--ray", help="Run on a Ray cluster (pip install cyclebatch[ray]): --ray-address, RAY_ADDRESS, a running local one, or a new local one."),
+    use_ray: bool = typer.Option(False, "--ray", help="Run on a Ray cluster (pip install 'cyclebatch\\[ray]'): --ray-address, RAY_ADDRESS, a running local one, or a new local one."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (default: RAY_ADDRESS); 'local': a new local cluster, even where one runs."),
     ray_gpus: float = typer.Option(0.0, "--ray-gpus", min=0.0, help="GPUs per Ray actor (0.5: two actors share a GPU); 0: CPU actors."),
     ray_cpus: Optional[int] = typer.Option(None, "--ray-cpus", min=1, help="CPUs (threads) per Ray actor; default: a node's cores for CPU actors, 1 for GPU actors."),
@@ -116,9 +118,14 @@ def run(
         fs_options = parse_options(storage_options)
     except CycleBatchError as e:
         fail(str(e), 2)
+    memory = parse_bytes(max_memory)
     out_dir = as_location(output) if output is not None else Path("out")
     if isinstance(out_dir, Path):
-        check_output_location(inputs, out_dir, explicit=output is not None)
+        try:
+            check_output_location(inputs, out_dir, explicit=output is not None)
+        except CycleBatchError as e:
+            fail(str(e), 2)
+    _check_inputs_exist(inputs)
     _sigterm_as_interrupt()
     if use_ray and shard:
         fail("--shard and --ray do not mix: Ray balances the whole file list over its actors by itself", 2)
@@ -130,7 +137,7 @@ def run(
     if use_ray:
         _run_ray(inputs, out_dir, model, direction, json_out, quiet, ray_address, ray_gpus, ray_cpus, report,
                  dict(device=device, precision=precision, compile=compile, batch_size=batch_size, tile=tile,
-                      max_memory=parse_bytes(max_memory), tile_stats=tile_stats, batchnorm=batchnorm,
+                      max_memory=memory, tile_stats=tile_stats, batchnorm=batchnorm,
                       backend=backend),
                  RunOptions(ext=ext, quality=quality, overwrite=overwrite, side_by_side=side_by_side,
                             max_pixels=max_pixels, max_size=max_size, scale=scale, workers=workers,
@@ -146,7 +153,7 @@ def run(
         fail("--report covers a whole run: use it with a plain or a --ray run, not with --shard or torchrun", 2)
     translator = Translator(load_generator(model, direction, quiet=quiet or json_out), device, precision,
                             compile=compile, batch_size=batch_size, tile=tile,
-                            max_memory=parse_bytes(max_memory), tile_stats=tile_stats, batchnorm=batchnorm,
+                            max_memory=memory, tile_stats=tile_stats, batchnorm=batchnorm,
                             notify=note, backend=backend, adapt_threads=True)
     opts = RunOptions(ext=ext, quality=quality, overwrite=overwrite, side_by_side=side_by_side,
                       max_pixels=max_pixels, max_size=max_size, scale=scale, shard=rank_shard, workers=workers,
@@ -168,6 +175,22 @@ def run(
             f"{translator.device} {translator.precision}{_backends_note(total.backends)}")
 
 
+def _check_inputs_exist(inputs: List[str]) -> None:
+    """When no input exists, say so before the model loads (seconds): a mistyped folder answers at once.
+    Where only some are missing, the run goes on and reports them with the other failures."""
+    import glob
+    import os
+
+    from .storage import as_location
+
+    missing = [i for i in inputs if isinstance(as_location(i), Path) and not glob.has_magic(i)
+               and not os.path.lexists(os.path.expanduser(i))]
+    if missing and len(missing) == len(inputs):
+        for item in missing:
+            error_line(f"{quoted(item)}: no such file or folder")
+        raise typer.Exit(1)
+
+
 def _finish(total, out_dir, report: bool, json_out: bool, quiet: bool, facts: dict, where: str) -> None:
     """The end of a run, local or Ray: the summary (or --json), the report's place, the exit code."""
     import json
@@ -177,11 +200,12 @@ def _finish(total, out_dir, report: bool, json_out: bool, quiet: bool, facts: di
     elif not quiet:
         err.print(f"translated {total.translated}, skipped {total.skipped}, failed {total.failed} "
                   f"in {total.seconds:.1f} s ({total.images_per_second:.2f} images/s, "
-                  f"{total.megapixels / max(total.seconds, 1e-9):.2f} MP/s) on {where} -> {out_dir}")
+                  f"{total.megapixels / max(total.seconds, 1e-9):.2f} MP/s) on {plain(where)} -> {plain(out_dir)}",
+                  highlight=False)
         if report:
-            err.print(f"report: {_report_key(out_dir, report)['report']}", highlight=False)
+            err.print(f"report: {plain(_report_key(out_dir, report)['report'])}", highlight=False)
     if total.stopped:
-        err.print(f"[bold red]error:[/] {total.stopped} ({total.not_done} images not translated)", highlight=False)
+        error_line(f"{total.stopped} ({total.not_done} images not translated)")
     raise typer.Exit(0 if total.failed == 0 and not total.stopped else 1)
 
 

@@ -183,7 +183,14 @@ def parse_shard(text: Optional[str]) -> Optional[tuple[int, int]]:
 
 
 def check_output_location(inputs: Sequence[str], output: Path, explicit: bool) -> None:
-    """Refuse to write into an input folder unless the user named the output explicitly."""
+    """Refuse an output folder that is a file (or lies under one), and writing into an input folder unless
+    the user named the output explicitly."""
+    for p in (output, *output.parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                where = "is a file" if p == output else f"lies under {p}, which is a file"
+                raise CycleBatchError(f"output folder {output} {where}; name a folder with -o")
+            break
     if explicit:
         return
     out = output.expanduser().resolve()

@@ -362,6 +362,9 @@ class Translator:
         shape, dtype = images[0].shape, images[0].dtype
         if any(im.shape != shape or im.dtype != dtype for im in images):
             raise ValueError("translate_batch needs images of one size and dtype (batch by size first)")
+        if min(shape[:2]) < self.model.min_side:
+            raise CycleBatchError(f"{shape[1]}x{shape[0]} is too small for this model: each side must be at least "
+                                  f"{self.model.min_side} px")
 
         def tiled(rest: Sequence[np.ndarray]) -> tuple:
             outs = []

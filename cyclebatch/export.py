@@ -10,6 +10,7 @@ Every export is checked by running the file on a real photo against PyTorch befo
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import time
@@ -161,7 +162,8 @@ def export_onnx(net: ResnetGenerator, path: str | Path, *, fp16: bool = False, o
                 dim.dim_param = name
     onnx.helper.set_model_props(model, metadata or contract(net, fp16=fp16))
     onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    # Serialised here and written by Python: a full disk is then an OSError, not a library's own error type.
+    Path(path).write_bytes(model.SerializeToString())
 
 
 def export_torchscript(net: ResnetGenerator, path: str | Path, *, fp16: bool = False,
@@ -174,8 +176,10 @@ def export_torchscript(net: ResnetGenerator, path: str | Path, *, fp16: bool = F
         side = max(64, net.size_multiple)  # the generator itself sees padded sizes only
         graph.net = torch.jit.trace(graph.net, torch.rand(1, 3, side, side, dtype=dtype), check_trace=False)
         scripted = torch.jit.script(graph)
-        torch.jit.save(scripted, str(path),
+        buffer = io.BytesIO()  # torch's file writer aborts the process when the disk fills: write the bytes here
+        torch.jit.save(scripted, buffer,
                        _extra_files={"cyclebatch.json": json.dumps(metadata or contract(net, fp16=fp16))})
+    Path(path).write_bytes(buffer.getvalue())
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

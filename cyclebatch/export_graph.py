@@ -44,7 +44,7 @@ class PixelGraph(nn.Module):
 
 def min_size(net: nn.Module) -> int:
     """Smallest H and W the file takes: reflect padding must be shorter than the side (U-Nets)."""
-    return max(MIN_SIZE, net.size_multiple // 2 + 1)
+    return max(MIN_SIZE, net.min_side)
 
 
 def contract(net: ResnetGenerator, *, fp16: bool = False, source: str = "", precision: Optional[str] = None,

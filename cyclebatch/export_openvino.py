@@ -11,7 +11,9 @@ compression; it computes in float32 or bf16 as the device decides). Install with
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Iterator, Optional
@@ -58,7 +60,7 @@ def bin_path(xml: str | Path) -> Path:
 def atomic_ir(path: str | Path) -> Iterator[Path]:
     """Like fileio.atomic_path for the two files of an IR: yields a temporary .xml name (its .bin beside
     it); on success the .bin and then the .xml are renamed into place; on failure both are removed."""
-    from .fileio import temp_name
+    from .fileio import note_free_space, temp_name
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +72,8 @@ def atomic_ir(path: str | Path) -> Iterator[Path]:
                 os.fsync(f.fileno())
         os.replace(bin_path(tmp), bin_path(path))
         os.replace(tmp, path)  # last: an .xml in place means its .bin is too
-    except BaseException:
+    except BaseException as e:
+        note_free_space(e, path)
         for p in (tmp, bin_path(tmp)):
             with contextlib.suppress(OSError):
                 p.unlink()
@@ -100,7 +103,14 @@ def export_openvino(net: nn.Module, path: str | Path, *, fp16: bool = False,
     for key, value in (metadata or contract(net, precision="fp16" if fp16 else "fp32")).items():
         model.set_rt_info(str(value), [RT_INFO, key])
     # compress_to_fp16 defaults to True in save_model: say what was asked.
-    ov.save_model(model, str(path), compress_to_fp16=fp16)
+    try:
+        ov.save_model(model, str(path), compress_to_fp16=fp16)
+    except RuntimeError as e:  # its C++ streams say only "iostream error": tell a full disk from other causes
+        need = sum(p.numel() for p in net.parameters()) * (2 if fp16 else 4)
+        free = shutil.disk_usage(Path(path).parent).free
+        if free < need + 2**20:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
+        raise OSError(errno.EIO, f"OpenVINO could not write the IR ({str(e).splitlines()[0][:120]})") from None
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

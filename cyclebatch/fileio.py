@@ -56,10 +56,23 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        note_free_space(e, path)
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def note_free_space(e: BaseException, dst: Path) -> None:
+    """Remember on the error how much space was free where it failed, before the partial file is removed:
+    what the user needs to know is how full the disk was, not how full it is after the cleanup."""
+    if getattr(e, "free_at_failure", None) is None and as_location_error(e) is not None:
+        with contextlib.suppress(OSError, AttributeError):
+            e.free_at_failure = shutil.disk_usage(_existing(dst.parent)).free
+
+
+def _existing(p: Path) -> Path:
+    return next((q for q in [p, *p.parents] if q.exists()), p)
 
 
 # Write errors that are the location's problem, not one file's: every later write there fails the same way.
@@ -73,12 +86,30 @@ def location_problem(e: BaseException, dst: Path) -> "str | None":
         return None
     what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
             errno.EROFS: "the file system is read-only"}.get(e.errno, "no permission to write there")
-    where = next((p for p in [dst.parent, *dst.parents] if p.exists()), dst.parent)
     try:
-        free = f"; {shutil.disk_usage(where).free / 2**20:,.1f} MiB free there"
+        n = getattr(e, "free_at_failure", None)
+        n = shutil.disk_usage(_existing(dst.parent)).free if n is None else n
+        free = f"; {n / 2**20:,.1f} MiB free there"
     except OSError:
         free = ""
     return f"cannot write {dst}: {what} ({e.strerror}){free}"
+
+
+_ERRNO_TEXTS = {os.strerror(code): code for code in LOCATION_ERRORS}
+
+
+def as_location_error(e: BaseException) -> "OSError | None":
+    """The OSError inside a library's own error type (safetensors, OpenVINO, C++ writers put the C library's
+    'No space left on device' into their message), or None."""
+    if isinstance(e, OSError):
+        return e if e.errno in LOCATION_ERRORS else None
+    text = str(e)
+    for message, code in _ERRNO_TEXTS.items():
+        if message in text:
+            found = OSError(code, message)
+            found.free_at_failure = getattr(e, "free_at_failure", None)
+            return found
+    return None
 
 
 def is_temp(path: Path) -> bool:

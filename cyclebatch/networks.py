@@ -151,6 +151,13 @@ class GeneratorConfig:
         """Input H and W must be multiples of this: every stride-2 stage halves them exactly."""
         return 2 ** self.n_downs if self.family == "unet" else 4
 
+    @property
+    def min_side(self) -> int:
+        """Smallest H and W a pass takes: the first 7x7 conv's reflect pad of 3 needs a side over 3 (5, padded
+        to 8, leaves the 1/4-resolution trunk 2 px), and a U-Net's pad to its multiple must be shorter than
+        the side."""
+        return max(5, self.size_multiple // 2 + 1)
+
     def describe(self) -> str:
         """One line for people: `models info`, export metadata."""
         depth = (f"{self.n_downs} downsamplings" if self.family == "unet" else f"{self.n_blocks} residual blocks")
@@ -194,6 +201,10 @@ class Generator(nn.Module):
     @property
     def size_multiple(self) -> int:
         return self.config.size_multiple
+
+    @property
+    def min_side(self) -> int:
+        return self.config.min_side
 
 
 class ResnetBlock(nn.Module):

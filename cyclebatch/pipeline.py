@@ -320,6 +320,11 @@ class _Loop:
     def one_by_one(self, key: tuple, batch: list, exc: Exception) -> None:
         """A failed batch (the engine already retried out-of-memory ones smaller) is tried image by image,
         so that one bad image costs one file."""
+        if isinstance(exc, CycleBatchError):  # the engine's own refusal (too small): the same for every image
+            hint = " (the working size that --max-size/--scale gave)" if self.opts.max_size or self.opts.scale else ""
+            for job, _ in batch:
+                self.fail(job, f"{exc}{hint}")
+            return
         if len(batch) == 1:
             self.fail(batch[0][0], f"translation failed ({_short(exc)})")
             return

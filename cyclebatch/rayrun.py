@@ -56,7 +56,7 @@ def _ray():
         import ray
         import ray.data  # noqa: F401
     except ImportError:
-        raise CycleBatchError("--ray needs Ray Data: pip install cyclebatch[ray]") from None
+        raise CycleBatchError("--ray needs Ray Data: pip install 'cyclebatch[ray]'") from None
     return ray
 
 

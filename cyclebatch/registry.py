@@ -201,8 +201,20 @@ def _resolve(model: str, direction: str, download: bool, quiet: bool) -> tuple[P
         if (folder / model).is_dir():
             return generator_file_in(folder / model, direction), True
     raise CycleBatchError(
-        f"unknown model '{model}': not a file, a zoo name, or a file in {', '.join(map(str, _search_dirs()))} "
-        f"or a run in {', '.join(map(str, _run_dirs()))} (see `cyclebatch models list`)")
+        f"unknown model '{model}'{_did_you_mean(model)}: not a file, a zoo name, or a file in "
+        f"{', '.join(map(str, _search_dirs()))} or a run in {', '.join(map(str, _run_dirs()))} "
+        "(see `cyclebatch models list`)")
+
+
+def _did_you_mean(model: str) -> str:
+    """' (did you mean vintage?)' for a name close to a zoo name, alias, dropped-in file or run."""
+    import difflib
+
+    names = [n for w in ZOO for n in (w.name, *w.aliases)] + [name for name, _, _ in local_models()]
+    close = difflib.get_close_matches(model.lower(), names, n=1, cutoff=0.75)
+    if not close and "/" not in model:  # a prefix ('horse' for horse2zebra)
+        close = sorted(n for n in names if n.startswith(model.lower()) and len(model) >= 3)[:1]
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def local_models() -> list[tuple[str, Path, str]]:

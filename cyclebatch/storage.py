@@ -25,7 +25,7 @@ _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+)://")
 # Protocols whose writes are single whole-object PUTs: nothing partial is ever visible.
 OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oci", "memory"}
 # The package each protocol needs, for the one-line message when it is missing.
-EXTRAS = {"s3": "pip install cyclebatch[s3]", "s3a": "pip install cyclebatch[s3]",
+EXTRAS = {"s3": "pip install 'cyclebatch[s3]'", "s3a": "pip install 'cyclebatch[s3]'",
           "gs": "pip install gcsfs", "gcs": "pip install gcsfs", "az": "pip install adlfs", "abfs": "pip install adlfs"}
 
 
@@ -66,7 +66,7 @@ def _fs_cached(protocol: str, options_json: str):
     try:
         import fsspec
     except ImportError:
-        raise CycleBatchError(f"{protocol}:// needs fsspec: {EXTRAS.get(protocol, 'pip install cyclebatch[s3]')}") from None
+        raise CycleBatchError(f"{protocol}:// needs fsspec: {EXTRAS.get(protocol, EXTRAS['s3'])}") from None
     try:
         return fsspec.filesystem(protocol, **json.loads(options_json))
     except ImportError:

@@ -122,18 +122,6 @@ def plan_tiles(model: ResnetGenerator, height: int, width: int, budget: int, dty
     return TilePlan(side, context, batch, strip, stats, spill)
 
 
-def parse_memory(text: str) -> int:
-    """'6G', '512M', '2.5GB', '1000000' -> bytes (binary units)."""
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-    try:
-        if t and t[-1] in units:
-            return int(float(t[:-1]) * units[t[-1]])
-        return int(float(t))
-    except ValueError:
-        raise CycleBatchError(f"cannot read memory size '{text}' (use e.g. 6G or 512M)") from None
-
-
 # ---------------------------------------------------------------------------- geometry
 
 @dataclass(frozen=True)

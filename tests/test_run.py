@@ -206,7 +206,7 @@ def test_never_writes_into_the_input_unasked(tmp_path, model_file):
     src = tmp_path / "in"
     make_tree(src)
     r = run_cli("run", ".", "-m", model_file, cwd=src)  # default output ./out would sit inside the input
-    assert r.returncode == 1 and "inside the input" in r.stderr and not (src / "out").exists()
+    assert r.returncode == 2 and "inside the input" in r.stderr and not (src / "out").exists()
     r = run_cli("run", ".", "-m", model_file, "-o", "translated", cwd=src)  # told explicitly: fine
     assert r.returncode == 0, r.stderr
     r = run_cli("run", ".", "-m", model_file, "-o", "translated", "--json", cwd=src)

@@ -6,6 +6,7 @@ import torch
 
 from conftest import PHOTOS, tiny_generator
 from cyclebatch import tiling
+from cyclebatch.cli_common import parse_memory
 from cyclebatch.engine import Translator, estimate_bytes
 from cyclebatch.errors import CycleBatchError
 from cyclebatch.images import read_image
@@ -182,9 +183,12 @@ def test_bad_options_are_one_line_errors():
         Translator(net, device="cpu", tile_stats="thumbnail")
     with pytest.raises(CycleBatchError, match="too small"):
         Translator(net, device="cpu", tile=8)
-    assert tiling.parse_memory("6G") == 6 * 2**30 and tiling.parse_memory("512MiB") == 512 * 2**20
+    assert parse_memory("6G") == 6 * 2**30 and parse_memory("512MiB") == 512 * 2**20
     with pytest.raises(CycleBatchError, match="memory size"):
-        tiling.parse_memory("lots")
+        parse_memory("lots")
+    for bad in ("-5G", "0", "nan", "inf", "-1"):  # each would fail every image later, far from its cause
+        with pytest.raises(CycleBatchError, match="positive"):
+            parse_memory(bad)
 
 
 def test_tiling_puts_back_hooks_it_found():
