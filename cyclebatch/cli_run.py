@@ -195,6 +195,10 @@ def _finish(total, out_dir, report: bool, json_out: bool, quiet: bool, facts: di
     """The end of a run, local or Ray: the summary (or --json), the report's place, the exit code."""
     import json
 
+    if total.ignored and not json_out:
+        kinds = ", ".join(f"{n} {s[1:].upper()}" for s, n in sorted(total.ignored.items()))
+        note(f"left alone in the input folders: {kinds} (formats run does not read; an animated GIF goes "
+             "through `cyclebatch video IN.gif OUT.gif`)")
     if json_out:
         out.print_json(json.dumps({**total.to_dict(), **facts, "output": str(out_dir), **_report_key(out_dir, report)}))
     elif not quiet:

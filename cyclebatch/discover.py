@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import glob
 import os
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Optional, Sequence, Union
 
@@ -32,13 +33,26 @@ class Plan:
     jobs: list[Job]  # to translate
     skipped: list[Job]  # output exists already (a re-run resumes)
     problems: list[tuple[str, str]]  # (input, reason): inputs that name nothing usable
+    ignored: dict = field(default_factory=dict)  # {".gif": 3}: pictures in input folders that run does not read
+
+
+# Picture formats a folder may hold that `run` leaves alone: counted and named once, never silently dropped.
+OTHER_PICTURES = {".gif", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".ico", ".psd", ".svg", ".dng", ".cr2", ".cr3",
+                  ".nef", ".arw", ".raf", ".orf", ".rw2"}
+
+
+def unwritable_reason(suffix: str) -> str:
+    """Why a file named directly cannot keep its own format as the output, and what to do instead."""
+    hint = " (an animated GIF: `cyclebatch video IN.gif OUT.gif` translates every frame)" if suffix.lower() == ".gif" else ""
+    return (f"run does not write '{suffix}' images; pass --ext png (or jpg, webp, tif) for a translated still"
+            f"{hint}")
 
 
 def _is_image(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and not is_temp(p)
 
 
-def _walk(folder: Path, exclude: Optional[Path]) -> list[Path]:
+def _walk(folder: Path, exclude: Optional[Path], ignored: Optional[Counter] = None) -> list[Path]:
     found = []
     for root, dirs, files in os.walk(folder, followlinks=False):
         rootp = Path(root)
@@ -46,6 +60,9 @@ def _walk(folder: Path, exclude: Optional[Path]) -> list[Path]:
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")
                          and (exclude is None or (rootp / d).resolve() != exclude))
         found += [rootp / f for f in sorted(files) if _is_image(rootp / f)]
+        if ignored is not None:
+            ignored.update(s for s in (Path(f).suffix.lower() for f in files if not f.startswith("."))
+                           if s in OTHER_PICTURES)
     return found
 
 
@@ -85,9 +102,10 @@ def _expand_url(item: str, several: bool, options: Optional[dict]) -> tuple[list
         return [], [(item, f"cannot list it ({type(e).__name__}: {e})")]
 
 
-def expand(inputs: Sequence[str], exclude: Optional[Path] = None, options: Optional[dict] = None
-           ) -> tuple[list[tuple[Location, Path]], list[tuple[str, str]]]:
-    """[(source, path relative to the output root)], [(input, problem)]. Several inputs keep apart by name."""
+def expand(inputs: Sequence[str], exclude: Optional[Path] = None, options: Optional[dict] = None,
+           ignored: Optional[Counter] = None) -> tuple[list[tuple[Location, Path]], list[tuple[str, str]]]:
+    """[(source, path relative to the output root)], [(input, problem)]. Several inputs keep apart by name.
+    `ignored` counts, by suffix, the pictures in local folders that run does not read (GIF, HEIC, RAW...)."""
     pairs: list[tuple[Location, Path]] = []
     problems: list[tuple[str, str]] = []
     several = len(inputs) > 1
@@ -100,7 +118,7 @@ def expand(inputs: Sequence[str], exclude: Optional[Path] = None, options: Optio
             continue
         p = loc.expanduser()
         if p.is_dir():
-            files = _walk(p, exclude)
+            files = _walk(p, exclude, ignored)
             if not files:
                 problems.append((item, f"no images found in folder {p} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"))
             prefix = Path(p.resolve().name) if several else Path()
@@ -130,13 +148,17 @@ def plan(inputs: Sequence[str], output: "Path | str", *, ext: Optional[str] = No
     out = storage.as_location(output) if isinstance(output, str) else output
     remote_out = isinstance(out, str)
     out_root = out if remote_out else out.expanduser().resolve()
-    pairs, problems = expand(inputs, exclude=None if remote_out else out_root, options=options)
+    ignored: Counter = Counter()
+    pairs, problems = expand(inputs, exclude=None if remote_out else out_root, options=options, ignored=ignored)
     seen: dict[Location, Location] = {}
     jobs: list[Job] = []
     for src, rel in pairs:
         if _key(src) in seen.values():
             continue  # named twice (a file inside a folder also given): translate once
         suffix = ext if ext else PurePosixPath(str(src)).suffix  # keep the name exactly, case included
+        if suffix.lower() not in IMAGE_SUFFIXES:  # a file named directly (GIF...): say so now, not after translating
+            problems.append((str(src), unwritable_reason(suffix)))
+            continue
         dst = (storage.join(out_root, rel.with_suffix(suffix).as_posix()) if remote_out
                else out_root / rel.with_suffix(suffix))
         if _key(dst) == _key(src):
@@ -153,7 +175,7 @@ def plan(inputs: Sequence[str], output: "Path | str", *, ext: Optional[str] = No
     done = [exists(j.dst) for j in mine]
     todo = [j for j, d in zip(mine, done) if not d]
     skipped = [j for j, d in zip(mine, done) if d]
-    return Plan(todo, skipped, problems if k == 0 else [])
+    return Plan(todo, skipped, problems if k == 0 else [], dict(ignored) if k == 0 else {})
 
 
 def _exists_check(out_root: Location, options: Optional[dict]):

@@ -21,6 +21,12 @@ from .fileio import atomic_path
 Image.MAX_IMAGE_PIXELS = None  # we enforce our own limit from the header, with a clear message
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 DEFAULT_MAX_PIXELS = 400_000_000  # 20000 x 20000: decoding alone takes 1.2 GB at 8 bits
+# The most pixels a byte of each format can carry, with a wide margin over what its compression can reach
+# (measured with Pillow on blank 8000x8000 images: PNG 1-bit 8,163 px/byte (deflate's limit is ~1,032:1),
+# JPEG 85, GIF 1,336, BMP RLE under 256, TIFF deflate 5,518, WebP lossless 25,580). A header claiming
+# more is a damaged or hostile file.
+MAX_PIXELS_PER_BYTE = {"PNG": 20_000, "JPEG": 5_000, "MPO": 5_000, "GIF": 20_000, "BMP": 5_000, "WEBP": 1_000_000}
+DEFAULT_PIXELS_PER_BYTE = 10_000_000  # TIFF (CCITT fax coding of a blank page goes far) and the rest
 
 
 @dataclass
@@ -38,11 +44,17 @@ def probe(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
     """(width, height) as displayed, from the header only; refuses oversize images before decoding."""
     with _open(path) as im:
         w, h = im.size
+        fmt = im.format
         if _orientation(im) in (5, 6, 7, 8):
             w, h = h, w
     if w * h > max_pixels:
         raise CycleBatchError(f"{path}: {w}x{h} is {w * h:,} pixels, over the limit of {max_pixels:,} "
                               "(raise it with --max-pixels)")
+    size = path.stat().st_size
+    if w * h > MAX_PIXELS_PER_BYTE.get(fmt, DEFAULT_PIXELS_PER_BYTE) * size:
+        # Decoding would allocate the whole claimed image (gigabytes) before finding the data missing.
+        raise CycleBatchError(f"{path}: corrupt or truncated image (its header claims {w}x{h}, which {size:,} "
+                              f"bytes of {fmt or 'image data'} cannot hold)")
     return w, h
 
 
@@ -90,6 +102,11 @@ def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
     """Decode with EXIF orientation applied; gray, palette, CMYK, 16-bit and alpha all handled."""
     probe(path, max_pixels)
     im = _open(path)
+    frames = getattr(im, "n_frames", 1) if im.format in ("GIF", "PNG", "WEBP") else 1
+    if frames > 1:  # translating its first frame alone would silently drop the rest
+        how = (f"`cyclebatch video {path.name} OUT.gif` translates every frame" if im.format == "GIF"
+               else "`cyclebatch video` translates every frame of a GIF or video made from it")
+        raise CycleBatchError(f"{path}: an animation ({frames} frames); run translates stills: {how}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -54,6 +54,7 @@ class Summary:
     stopped: Optional[str] = None  # why the run stopped early (the output cannot be written: disk full...)
     not_done: int = 0  # images left untranslated by such a stop
     backends: dict = field(default_factory=dict)  # images per engine backend that ran them (engine.EngineStats)
+    ignored: dict = field(default_factory=dict)  # {".gif": 3}: pictures in input folders run does not read
 
     @property
     def images_per_second(self) -> float:
@@ -83,6 +84,8 @@ class Summary:
             out.not_done += s.not_done
             for k, v in s.backends.items():
                 out.backends[k] = out.backends.get(k, 0) + v
+            for k, v in s.ignored.items():
+                out.ignored[k] = out.ignored.get(k, 0) + v
         return out
 
 
@@ -208,7 +211,7 @@ def prepare(inputs: Sequence[str], output: "str | Path", opts: RunOptions, repor
     work = plan(inputs, output, ext=opts.ext, overwrite=opts.overwrite, shard=opts.shard,
                 options=opts.storage_options)
     opts = io_workers(opts, work.jobs)
-    summary = Summary(skipped=len(work.skipped))
+    summary = Summary(skipped=len(work.skipped), ignored=work.ignored)
     for item, reason in work.problems:
         summary.failed += 1
         summary.failures.append((item, reason))
