@@ -395,3 +395,15 @@ def main() -> None:
     except CycleBatchError as e:
         error_line(str(e))  # escaped: "pip install 'cyclebatch[openvino]'" is not markup
         sys.exit(1)
+    except Exception as e:  # a case no code path foresaw: still one line; the traceback on request
+        import os
+
+        if os.environ.get("CYCLEBATCH_DEBUG"):
+            raise
+        if isinstance(e, OSError) and e.filename:
+            error_line(f"{e.filename}: {e.strerror or e}")
+        else:
+            first = next((line for line in str(e).splitlines() if line.strip()), "")
+            error_line(f"unexpected {type(e).__name__}{f': {first[:200]}' if first else ''} "
+                       "(please report it; CYCLEBATCH_DEBUG=1 shows the traceback)")
+        sys.exit(1)
