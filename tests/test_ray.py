@@ -194,5 +194,5 @@ def test_ray_reads_and_writes_object_storage(cluster, tmp_path):
 
 def test_missing_ray_is_one_line_naming_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
-    with pytest.raises(CycleBatchError, match=r"pip install cyclebatch\[ray\]"):
+    with pytest.raises(CycleBatchError, match=r"pip install 'cyclebatch\[ray\]'"):
         rayrun._ray()
