@@ -186,7 +186,8 @@ def translate_video(src: str | Path, dst: str | Path, translator, *, codec: Opti
         head, _, tail = problem.rpartition("; ")
         if free is not None and tail.endswith("free there"):  # fileio measured after the partial output went
             problem = f"{head}; {free / 2**20:,.1f} MiB free there when the write failed"
-        raise CycleBatchError(f"{problem}; {dst} was not written") from None
+        written = f"{dst} was not written" if compare is None else f"neither {dst} nor {compare} was written"
+        raise CycleBatchError(f"{problem}; {written}") from None
     except Exception as e:
         raise _write_error(e, getattr(e, "cyclebatch_output", dst)) from None
     finally:

@@ -293,7 +293,7 @@ class VideoSink:
         im = Image.fromarray(f.rgb).quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
         pal = np.zeros((256, 4), np.uint8)
         colours = np.asarray(im.getpalette()[:768], np.uint8).reshape(-1, 3)
-        pal[:len(colours), :3], pal[:, 3] = colours, 255
+        pal[:len(colours), 1:], pal[:, 0] = colours, 255  # PyAV takes palette rows as A, R, G, B
         vf = av.VideoFrame.from_ndarray((np.ascontiguousarray(np.asarray(im)), pal), format="pal8")
         vf.pts, vf.time_base = cs, Fraction(1, 100)
         self.out.mux(self.stream.encode(vf))

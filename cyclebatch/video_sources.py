@@ -155,6 +155,10 @@ class VideoSource:
         self.colour: Optional[dict] = None  # the first frame's colour tags, when it carries any
         self.yuv_colour: Optional[tuple[int, bool]] = None  # (matrix, full range) when frames come as yuv
         self.file_end = self._file_end()
+        if start and self.file_end and start > self.file_end - 2 / float(self.rate):
+            c.close()  # said now, before a model is loaded for nothing
+            raise CycleBatchError(f"{path}: --start {start:g} is at or past the video's last frame "
+                                  f"({self.file_end:.2f} s)")
         total = s.frames or (int(self.file_end * self.rate) if self.file_end else 0)
         if duration is not None:
             clip = int(round(duration * self.rate))
@@ -200,7 +204,10 @@ class VideoSource:
                 out_pts = pts - self.offset_pts
                 if last_pts is not None and out_pts <= last_pts:  # broken streams: keep PTS strictly rising
                     out_pts = last_pts + 1
-                last_pts, last_t = out_pts, t + t0
+                # Where the frame ends: its own duration when the stream says (a GIF's last frame can be
+                # long), else one average frame.
+                last_pts = out_pts
+                last_t = t + t0 + (float(f.duration * tb) if f.duration else 1 / float(self.rate))
                 n += 1
                 if self.yuv_colour is not None:  # rotated on the device, after the conversion
                     if f.format.name != first_format:  # a stream that changes format midway: rare
@@ -243,7 +250,7 @@ class VideoSource:
         s = self.stream
         return bool(s.average_rate and s.base_rate and s.average_rate == s.base_rate)
 
-    def _check_complete(self, n: int, last_t: float) -> None:
+    def _check_complete(self, n: int, last_t: float) -> None:  # last_t: where the last frame ends
         """A cut-off file decodes without an error, just fewer frames: compare with what the header promised,
         for the whole file or for the part of it that a clip (start, duration) asked for."""
         s, frame = self.stream, 1 / float(self.rate)
@@ -259,8 +266,8 @@ class VideoSource:
         if clip and self._constant_rate() and n + max(2, want // 50) < want:
             raise CycleBatchError(f"{self.path}: truncated or corrupt: decoded {n} of ~{want} frames of the clip "
                                   f"{self.start:g}-{end:.2f} s")
-        # The last frame starts one frame before the end; 2% of the span allows for rounded durations.
-        if last_t + 2 * frame < self.start + 0.98 * (end - self.start):
+        # last_t is where the last frame ends; one frame and 2% of the span allow for rounded durations.
+        if last_t + frame < self.start + 0.98 * (end - self.start):
             if not clip:
                 raise CycleBatchError(f"{self.path}: truncated or corrupt: the video stops at {last_t:.2f} s "
                                       f"of {end:.2f} s")
