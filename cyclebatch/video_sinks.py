@@ -79,13 +79,27 @@ AUDIO_ENCODERS = {"webm": ("libopus", "libvorbis"), "ogg": ("libopus", "libvorbi
 DEFAULT_AUDIO_ENCODERS = ("aac", "libopus", "libmp3lame", "pcm_s16le")
 
 
-def default_video_encoder(container_format: str, supported: set) -> str:
-    for c in DEFAULT_VIDEO_ENCODERS:
-        import av
+def default_video_encoder(container_format: str) -> str:
+    import av
 
-        if c in av.codecs_available and (c in supported or av.Codec(c, "w").name in supported):
+    for c in DEFAULT_VIDEO_ENCODERS:
+        if c in av.codecs_available and container_takes_video(container_format, c):
             return c
     return "libx264"  # refused below with the container's name
+
+
+def container_takes_video(container_format: str, encoder: str) -> bool:
+    """PyAV's list of the container's codecs, else the muxer itself: the list holds only MPEG-TS's default
+    codecs, not H.264, while a trial header of GIF wants more than a codec name."""
+    import io
+
+    import av
+
+    name = av.Codec(encoder, "w").canonical_name
+    with av.open(io.BytesIO(), "w", format=container_format) as o:
+        if name in o.supported_codecs or encoder in o.supported_codecs:
+            return True
+    return _muxer_takes(container_format, lambda o: o.add_mux_stream(name, width=64, height=64))
 
 
 def _muxer_takes(fmt: str, add) -> bool:
@@ -165,14 +179,14 @@ class VideoSink:
         except (ValueError, av.FFmpegError) as e:
             raise CycleBatchError(f"{self.label}: cannot write this kind of file ({_short(e)})") from None
         if codec is None:
-            codec = default_video_encoder(self.out.format.name, self.out.supported_codecs)
+            codec = default_video_encoder(self.out.format.name)
         try:
             av.Codec(codec, "w")
         except Exception:
             self.out.close()
             raise CycleBatchError(f"{self.label}: this FFmpeg has no '{codec}' video encoder "
                                   f"(available: {', '.join(available_encoders())})") from None
-        if codec not in self.out.supported_codecs and av.Codec(codec, "w").name not in self.out.supported_codecs:
+        if not container_takes_video(self.out.format.name, codec):
             self.out.close()
             raise CycleBatchError(f"{self.label}: the {self.out.format.name} container cannot hold {codec} video")
         try:

@@ -340,3 +340,10 @@ def test_dead_temporaries_beside_the_output_are_swept_at_the_start(tmp_path):
     translate_video(tmp_path / "in.mp4", out / "today.mp4", Identity())
     assert sorted(p.name for p in out.iterdir()) == sorted(["today.mp4", "sub", live.name, "mine.mp4"])
     assert below.exists()
+
+
+def test_without_codec_each_container_gets_a_video_codec_it_holds(tmp_path):
+    synth(tmp_path / "in.mp4", n=4, audio=True)
+    for suffix, codec in ((".webm", "vp9"), (".ts", "h264"), (".gif", "gif"), (".mkv", "h264"), (".avi", "h264")):
+        translate_video(tmp_path / "in.mp4", tmp_path / f"out{suffix}", Identity())
+        assert probe(tmp_path / f"out{suffix}")["codec"] == codec, suffix
