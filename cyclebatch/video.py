@@ -13,9 +13,14 @@ upscale) and temporal.py (the stabiliser itself). Decisions:
   is padded by one replicated edge row/column; nothing is scaled, the picture is not distorted.
 - Colour: the input's matrix, range, primaries and transfer are used for both conversions and tagged on
   the output (untagged input: FFmpeg's BT.601 default, output untagged too).
-- Audio: every audio stream is copied packet by packet when the output container accepts its codec,
-  otherwise re-encoded to AAC.
-- Output: written under a temporary name and renamed at the end (also for a folder of frames).
+- Audio: every audio stream is copied packet by packet when the output container's muxer takes it (tried
+  on a scratch container in memory), otherwise re-encoded to a codec it takes (AAC, Opus for WebM, MP3 or
+  PCM for AVI), or left out with a note (GIF).
+- Output: written under a temporary name and renamed at the end (also for a folder of frames). An
+  existing output is refused before any work (the CLI checks before it loads the model) unless
+  `overwrite`; dead writers' temporaries in the output's folder are swept first.
+- GIF: read like any video (frame delays are timestamps); written with a palette per frame, delays in
+  1/100 s, the input GIF's loop count (a video's GIF loops forever).
 - Temporal consistency (`temporal`): "flow" (default) stabilises the translations after the model along
   the input's optical flow (temporal.py), in the pipeline's finishing thread; "stats" shares InstanceNorm
   statistics across the frames of a shot (stabilize.py), tiled frames included; "off" gives every frame
