@@ -91,6 +91,8 @@ def check_output(out: Path, overwrite: bool = False) -> None:
         return
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise CycleBatchError(f"{out}: exists; pass --overwrite to replace it")
+    if out.exists() and not out.is_file():  # /dev/null, a FIFO: the rename would replace the node itself
+        raise CycleBatchError(f"{out}: not a regular file; a video goes to a new or regular file")
 
 
 def check_video_job(src: str | Path, dst: str | Path, *, compare: Optional[str | Path] = None,
@@ -186,7 +188,7 @@ def translate_video(src: str | Path, dst: str | Path, translator, *, codec: Opti
         out = getattr(e, "cyclebatch_output", dst)
         problem = location_problem(e, out)
         if problem is None:
-            raise _write_error(e, out) from None
+            raise _write_error(e, out, src) from None
         free = getattr(e, "cyclebatch_free", None)
         head, _, tail = problem.rpartition("; ")
         if free is not None and tail.endswith("free there"):  # fileio measured after the partial output went
@@ -194,7 +196,7 @@ def translate_video(src: str | Path, dst: str | Path, translator, *, codec: Opti
         written = f"{dst} was not written" if compare is None else f"neither {dst} nor {compare} was written"
         raise CycleBatchError(f"{problem}; {written}") from None
     except Exception as e:
-        raise _write_error(e, getattr(e, "cyclebatch_output", dst)) from None
+        raise _write_error(e, getattr(e, "cyclebatch_output", dst), src) from None
     finally:
         source.close()
         if finisher is not None:
@@ -206,13 +208,17 @@ def translate_video(src: str | Path, dst: str | Path, translator, *, codec: Opti
                        finisher.max_state_bytes if finisher is not None else 0)
 
 
-def _write_error(e: BaseException, out: Path) -> BaseException:
-    """An encoder's or muxer's refusal mid-write as one line naming the output; anything else unchanged."""
+def _write_error(e: BaseException, out: Path, src: Path) -> BaseException:
+    """FFmpeg's error mid-way as one line naming the file it was about (the input when its reader failed:
+    the audio is demuxed as the video is written); anything else unchanged."""
     import av
 
-    if isinstance(e, av.FFmpegError):
-        return CycleBatchError(f"{out}: cannot write it (FFmpeg: {_short(e)}); nothing was written")
-    return e
+    if not isinstance(e, av.FFmpegError):
+        return e
+    reason = getattr(e, "strerror", None) or _short(e)
+    if getattr(e, "filename", None) and Path(e.filename) == src:
+        return CycleBatchError(f"{src}: cannot read it (FFmpeg: {reason}); {out} was not written")
+    return CycleBatchError(f"{out}: cannot write it (FFmpeg: {reason}); nothing was written")
 
 
 def _open_sink(stack: contextlib.ExitStack, out: Path, source, codec: Optional[str], crf: int, preset: str,

@@ -347,3 +347,12 @@ def test_without_codec_each_container_gets_a_video_codec_it_holds(tmp_path):
     for suffix, codec in ((".webm", "vp9"), (".ts", "h264"), (".gif", "gif"), (".mkv", "h264"), (".avi", "h264")):
         translate_video(tmp_path / "in.mp4", tmp_path / f"out{suffix}", Identity())
         assert probe(tmp_path / f"out{suffix}")["codec"] == codec, suffix
+
+
+def test_overwrite_never_replaces_a_device_or_a_fifo(tmp_path):
+    synth(tmp_path / "in.mp4", n=4, audio=False)
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    with pytest.raises(CycleBatchError, match="not a regular file"):
+        translate_video(tmp_path / "in.mp4", fifo, Identity(), overwrite=True)
+    assert fifo.is_fifo()
