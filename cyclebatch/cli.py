@@ -295,8 +295,9 @@ def video(src: Path = typer.Argument(..., help="Input video, or a folder of fram
           batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Frames per forward pass (default: from memory)."),
           compile: bool = typer.Option(False, "--compile", help="torch.compile the generator: compiled once for "
                                        "the video's frame size (pays off on long videos, on a GPU)."),
-          codec: str = typer.Option("libx264", "--codec", help="Video encoder: libx264, libx265, libvpx-vp9, ..., "
-                                    "or h264_nvenc / hevc_nvenc on an NVIDIA GPU."),
+          codec: Optional[str] = typer.Option(None, "--codec", help="Video encoder: libx264 (default; libvpx-vp9 "
+                                              "for .webm, gif for .gif), libx265, libvpx-vp9, ..., "
+                                              "or h264_nvenc / hevc_nvenc on an NVIDIA GPU."),
           crf: int = typer.Option(18, "--crf", min=0, max=63, help="Quality: lower is better and bigger "
                                   "(NVENC: its constant-quality level cq, 0 = lossless)."),
           preset: str = typer.Option("medium", "--preset", help="x264/x265 speed preset (NVENC: p1..p7, "
@@ -320,21 +321,27 @@ def video(src: Path = typer.Argument(..., help="Input video, or a folder of fram
           tile: Optional[int] = typer.Option(None, "--tile", min=32, help=TILE_HELP),
           max_memory: Optional[str] = typer.Option(None, "--max-memory", help=MEMORY_HELP),
           batchnorm: str = typer.Option("running", "--batchnorm", help=BATCHNORM_HELP),
+          overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output (and --compare "
+                                         "file); the old one stays until the new one is complete."),
           quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
     """Translate every frame of a video; keeps frame timing, audio and rotation. Writes atomically."""
     import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .engine import Translator
-    from .registry import load_generator
-    from .video import translate_video
+    from .video import check_video_job
 
     if no_stabilize and temporal not in (None, "off"):
         fail(f"--no-stabilize is --temporal off; it cannot go with --temporal {temporal}")
     temporal = "off" if no_stabilize else (temporal or "flow")
     if upscale and not (max_size or scale):
         fail("--upscale brings a --max-size or --scale output back to the input's size; give one of them")
+    # The input is a video and no output is in the way: said at once, before the model loads.
+    check_video_job(src, dst, compare=compare, overwrite=overwrite, start=start, duration=duration, fps=fps)
+
+    from .engine import Translator
+    from .registry import load_generator
+    from .video import translate_video
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[fps]} frames/s"), TextColumn("{task.fields[expected]}"),
                    TimeRemainingColumn(), console=err, disable=quiet or not err.is_terminal, transient=True)
@@ -359,7 +366,8 @@ def video(src: Path = typer.Argument(..., help="Input video, or a folder of fram
             t0[0] = time.perf_counter()
             res = translate_video(src, dst, translator, codec=codec, crf=crf, preset=preset, start=start,
                                   duration=duration, fps=fps, temporal=temporal, max_size=max_size, scale=scale,
-                                  upscale=upscale, compare=compare, progress=progress)
+                                  upscale=upscale, compare=compare, progress=progress, overwrite=overwrite,
+                                  notify=note)
     except KeyboardInterrupt:
         fail(f"interrupted: {dst} was not written", 130)
     except (RuntimeError, MemoryError) as e:  # e.g. out of memory: say so in one line, leave no output

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import glob
 import hashlib
 import os
 import shutil
@@ -116,18 +115,13 @@ def is_temp(path: Path) -> bool:
     return path.name.startswith(TMP_MARK)
 
 
-def sweep_dead_temps(folder: Path) -> int:
-    """Remove temporary files left in `folder` (recursively) by writers that are no longer running."""
+def sweep_dead_temps(folder: Path, recursive: bool = True) -> int:
+    """Remove temporary files left in `folder` (and below it, if `recursive`) by writers that are no longer
+    running."""
     if not folder.is_dir():
         return 0
-    return sum(_remove_if_dead(p) for p in folder.rglob(f"{TMP_MARK}*"))
-
-
-def sweep_dead_temps_of(path: Path) -> int:
-    """Remove what dead writers left while writing `path` itself (a file or a folder), and nothing else."""
-    if not path.parent.is_dir():
-        return 0
-    return sum(_remove_if_dead(p) for p in path.parent.glob(f"{TMP_MARK}*-{glob.escape(path.name)}"))
+    found = folder.rglob(f"{TMP_MARK}*") if recursive else folder.glob(f"{TMP_MARK}*")
+    return sum(_remove_if_dead(p) for p in found)
 
 
 def _remove_if_dead(p: Path) -> bool:

@@ -15,7 +15,9 @@ with the video's length; an error in any stage stops the others and is raised fr
 from __future__ import annotations
 
 import contextlib
+import errno
 import queue
+import shutil
 import threading
 from typing import Callable, Optional
 
@@ -102,15 +104,20 @@ def run_pipeline(source, sinks: list, translator, *, shared_stats: bool = False,
             _put(done_q, finish(batch), stop)
 
     def write() -> None:
-        while True:
-            parts = _get(done_q, stop)
-            if parts is _END:
-                for sink in sinks:
-                    sink.close()
-                return
-            for sink, frames in zip(sinks, parts if finish is not None else [parts]):
-                if frames:
-                    sink.write(frames)
+        sink = sinks[0]
+        try:
+            while True:
+                parts = _get(done_q, stop)
+                if parts is _END:
+                    for sink in sinks:
+                        sink.close()
+                    return
+                for sink, frames in zip(sinks, parts if finish is not None else [parts]):
+                    if frames:
+                        sink.write(frames)
+        except Exception as e:
+            _mark_failed_write(e, sink)
+            raise
 
     sharing = shared_stats and hasattr(getattr(translator, "model", None), "norms")  # not for a stand-in model
     stable = StableStats(translator) if sharing else None
@@ -171,6 +178,16 @@ def run_pipeline(source, sinks: list, translator, *, shared_stats: bool = False,
         _stop_all(stop, threads, sinks)
         raise
     return done, (stable.n_cuts if stable is not None else 0)
+
+
+def _mark_failed_write(e: BaseException, sink) -> None:
+    """Tag a write error with the output that failed and, for a full disk or quota, the space free at that
+    moment: the caller's report comes after the partial output is removed, which frees space again."""
+    with contextlib.suppress(Exception):
+        e.cyclebatch_output = getattr(sink, "label", None) or sink.path
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        with contextlib.suppress(Exception):
+            e.cyclebatch_free = shutil.disk_usage(sink.path.parent).free
 
 
 def _stop_all(stop: threading.Event, threads: list, sinks: list) -> None:

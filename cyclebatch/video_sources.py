@@ -57,6 +57,43 @@ def _colour_tags(frame) -> Optional[dict]:
 
 # ---------------------------------------------------------------- sources
 
+# Demuxers of bare codec data (no container) and of single images. FFmpeg guesses them from a few bytes, so
+# random data or a text file can "open" as raw H.263 or MPEG video; a file named like a container that
+# opens as one of these is not a video.
+RAW_FORMATS = {"h261", "h263", "h264", "hevc", "vvc", "m4v", "mpegvideo", "cavsvideo", "dirac", "dnxhd", "vc1",
+               "avs2", "avs3", "mjpeg", "mjpeg_2000", "obu", "evc", "rawvideo", "data", "bin", "tty"}
+CONTAINER_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".gif", ".wmv", ".flv", ".3gp", ".ogv"}
+PROBE_PACKETS = 300  # a real stream gives its first frame within a few dozen packets
+
+
+def _not_a_video(path: Path, container) -> Optional[str]:
+    """Why an opened file is not a video, judged from its container format alone (None: it may be one)."""
+    fmt = container.format.name.split(",")[0]
+    if fmt.endswith("_pipe") or fmt == "image2":
+        return f"{path}: not a video (a single {fmt.replace('_pipe', '').upper()} image; `cyclebatch run` translates images)"
+    if fmt in RAW_FORMATS and path.suffix.lower() in CONTAINER_SUFFIXES:
+        return f"{path}: not a video (no {path.suffix.lower()} container in it; FFmpeg can only guess it is raw {fmt} data)"
+    return None
+
+
+def _first_frame_problem(path: Path) -> Optional[str]:
+    """Decode the first video frame on a container of its own (the real pass starts from scratch): a file
+    whose first frame does not decode is refused at once, before any model is loaded."""
+    import av
+
+    try:
+        with av.open(str(path), metadata_errors="ignore") as c:
+            s = c.streams.video[0]
+            for i, packet in enumerate(c.demux(s)):
+                if packet.size and s.codec_context.decode(packet):
+                    return None
+                if i >= PROBE_PACKETS:
+                    return None  # undecided: the full pass will tell
+            s.codec_context.decode(None)
+    except av.FFmpegError as e:
+        return f"{path}: not a video, or damaged from its start: no frame decodes ({_short(e)})"
+    return None
+
 def _tag_seconds(tag: Optional[str]) -> float:
     """Matroska's per-track DURATION tag, HH:MM:SS.fraction, in seconds (0 when absent or unreadable)."""
     try:
@@ -64,6 +101,19 @@ def _tag_seconds(tag: Optional[str]) -> float:
         return int(h) * 3600 + int(m) * 60 + float(sec)
     except ValueError:
         return 0.0
+
+
+def _gif_loop(path: Path) -> int:
+    """A GIF's loop count as FFmpeg's GIF muxer takes it: 0 forever, N times more, -1 played once (no
+    NETSCAPE extension). FFmpeg's demuxer does not report it; PIL reads it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            loop = im.info.get("loop")
+    except Exception:
+        return 0
+    return -1 if loop is None else int(loop)
 
 
 class VideoSource:
@@ -76,8 +126,14 @@ class VideoSource:
         try:
             self.container = av.open(str(path), metadata_errors="ignore")
         except av.FFmpegError as e:
-            raise CycleBatchError(f"{path}: not a readable video ({_short(e)})") from None
+            # strerror: FFmpeg's reason without the file name it repeats
+            raise CycleBatchError(f"{path}: not a video, or one too damaged to open "
+                                  f"({getattr(e, 'strerror', None) or _short(e)})") from None
         c = self.container
+        problem = _not_a_video(path, c)
+        if problem:
+            c.close()
+            raise CycleBatchError(problem)
         if not c.streams.video:
             kind = "an audio-only file" if c.streams.audio else "a file without streams"
             c.close()
@@ -86,6 +142,10 @@ class VideoSource:
         if s.codec_context is None:
             c.close()
             raise CycleBatchError(f"{path}: cannot decode its video codec (this FFmpeg has no decoder for it)")
+        problem = _first_frame_problem(path)
+        if problem:
+            c.close()
+            raise CycleBatchError(problem)
         s.thread_type = "AUTO"
         self.time_base: Fraction = s.time_base or Fraction(1, 90000)
         self.rate: Fraction = s.average_rate or s.guessed_rate or Fraction(DEFAULT_FOLDER_FPS)
@@ -94,13 +154,21 @@ class VideoSource:
         self.offset_pts = 0  # subtracted from every PTS (clip start)
         self.colour: Optional[dict] = None  # the first frame's colour tags, when it carries any
         self.yuv_colour: Optional[tuple[int, bool]] = None  # (matrix, full range) when frames come as yuv
-        total = s.frames or (int(float(s.duration * s.time_base) * self.rate) if s.duration else 0)
+        self.file_end = self._file_end()
+        if start and self.file_end and start > self.file_end - 2 / float(self.rate):
+            c.close()  # said now, before a model is loaded for nothing
+            raise CycleBatchError(f"{path}: --start {start:g} is at or past the video's last frame "
+                                  f"({self.file_end:.2f} s)")
+        total = s.frames or (int(self.file_end * self.rate) if self.file_end else 0)
         if duration is not None:
-            total = int(round(duration * self.rate))
+            clip = int(round(duration * self.rate))
+            total = min(clip, max(0, total - int(start * self.rate))) if total else clip
         elif start:
             total = max(0, total - int(start * self.rate))
         self.total = total or None
         self.audio_streams = list(c.streams.audio)
+        self.loop = _gif_loop(path) if c.format.name == "gif" else 0
+
 
     def frames(self, yuv: bool = False) -> Iterator[Frame]:
         """yuv: hand out 4:2:0 frames as decoded (no RGB conversion on the CPU) when the stream allows it:
@@ -113,7 +181,7 @@ class VideoSource:
         if self.start:
             self.container.seek(int(self.start / tb) + (s.start_time or 0), stream=s, backward=True)
         end = None if self.duration is None else self.start + self.duration
-        first, n, last_pts = None, 0, None
+        first, n, last_pts, last_t = None, 0, None, 0.0
         t0 = float((s.start_time or 0) * tb)
         try:
             for f in self.container.decode(s):
@@ -136,7 +204,10 @@ class VideoSource:
                 out_pts = pts - self.offset_pts
                 if last_pts is not None and out_pts <= last_pts:  # broken streams: keep PTS strictly rising
                     out_pts = last_pts + 1
+                # Where the frame ends: its own duration when the stream says (a GIF's last frame can be
+                # long), else one average frame.
                 last_pts = out_pts
+                last_t = t + t0 + (float(f.duration * tb) if f.duration else 1 / float(self.rate))
                 n += 1
                 if self.yuv_colour is not None:  # rotated on the device, after the conversion
                     if f.format.name != first_format:  # a stream that changes format midway: rare
@@ -152,20 +223,57 @@ class VideoSource:
             raise CycleBatchError(f"{self.path}: the video is corrupt or truncated after {n} frames "
                                   f"({_short(e)})") from None
         if n == 0:
-            raise CycleBatchError(f"{self.path}: no decodable video frames"
-                                  + (" in the requested clip" if self.start or self.duration else ""))
-        if not (self.start or self.duration):
-            self._check_complete(n, float(last_pts * tb) - t0 if last_pts is not None else 0.0)
+            if self.start or self.duration:
+                if self.file_end and self.start > self.file_end - 2 / float(self.rate):
+                    raise CycleBatchError(f"{self.path}: --start {self.start:g} is at or past the video's last frame "
+                                          f"({self.file_end:.2f} s)")
+                raise CycleBatchError(f"{self.path}: truncated or corrupt: no frame decodes in the clip "
+                                      f"{self.start:g}-{self._clip_end():.2f} s")
+            raise CycleBatchError(f"{self.path}: no decodable video frames")
+        self._check_complete(n, float(last_t) - t0)  # t0 is the stream's start, as the header's duration
 
-    def _check_complete(self, n: int, last_t: float) -> None:
-        """A cut-off file decodes without an error, just fewer frames: compare with what the header promised."""
+    def _file_end(self) -> float:
+        """Seconds of video the header promises (stream duration, Matroska's DURATION tag or frame count);
+        0 when it says nothing."""
         s = self.stream
-        if s.frames and n + max(2, s.frames // 50) < s.frames:
+        if s.duration:
+            return float(s.duration * s.time_base)
+        return _tag_seconds(s.metadata.get("DURATION")) or (s.frames / float(self.rate) if s.frames else 0.0)
+
+    def _clip_end(self) -> float:
+        """Where the requested range ends within the file (the file's end when it asks past it)."""
+        if self.duration is None:
+            return self.file_end
+        return min(self.start + self.duration, self.file_end) if self.file_end else self.start + self.duration
+
+    def _constant_rate(self) -> bool:
+        s = self.stream
+        return bool(s.average_rate and s.base_rate and s.average_rate == s.base_rate)
+
+    def _check_complete(self, n: int, last_t: float) -> None:  # last_t: where the last frame ends
+        """A cut-off file decodes without an error, just fewer frames: compare with what the header promised,
+        for the whole file or for the part of it that a clip (start, duration) asked for."""
+        s, frame = self.stream, 1 / float(self.rate)
+        clip = bool(self.start or self.duration is not None)
+        if not clip and s.frames and n + max(2, s.frames // 50) < s.frames:
             raise CycleBatchError(f"{self.path}: truncated or corrupt: decoded {n} of {s.frames} frames")
-        expected = float(s.duration * s.time_base) if s.duration else _tag_seconds(s.metadata.get("DURATION"))
-        if expected and last_t + 2 / float(self.rate) < 0.98 * expected:
-            raise CycleBatchError(f"{self.path}: truncated or corrupt: the video stops at {last_t:.2f} s "
-                                  f"of {expected:.2f} s")
+        if not self.file_end:
+            return  # the header promises no length: nothing to compare with
+        end = self._clip_end()
+        # At a constant frame rate the span also gives a frame count: a cut inside a group of pictures loses
+        # frames before the last one decoded, which the time alone does not show.
+        want = int(round((end - self.start) * float(self.rate)))
+        if clip and self._constant_rate() and n + max(2, want // 50) < want:
+            raise CycleBatchError(f"{self.path}: truncated or corrupt: decoded {n} of ~{want} frames of the clip "
+                                  f"{self.start:g}-{end:.2f} s")
+        # last_t is where the last frame ends; one frame and 2% of the span allow for rounded durations.
+        if last_t + frame < self.start + 0.98 * (end - self.start):
+            if not clip:
+                raise CycleBatchError(f"{self.path}: truncated or corrupt: the video stops at {last_t:.2f} s "
+                                      f"of {end:.2f} s")
+            want = max(n, want)
+            raise CycleBatchError(f"{self.path}: truncated or corrupt: decoded {n} of ~{want} frames of the clip "
+                                  f"{self.start:g}-{end:.2f} s (the video stops at {last_t:.2f} s)")
 
     @property
     def offset_seconds(self) -> float:
@@ -226,5 +334,5 @@ def open_source(path: Path, start: float = 0.0, duration: Optional[float] = None
     if not os.access(path, os.R_OK):
         raise CycleBatchError(f"{path}: permission denied")
     if path.stat().st_size == 0:
-        raise CycleBatchError(f"{path}: empty file (0 bytes)")
+        raise CycleBatchError(f"{path}: not a video (an empty file, 0 bytes)")
     return VideoSource(path, start, duration)

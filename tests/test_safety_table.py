@@ -137,6 +137,16 @@ def nan_weights(c):
     return cli("models", "info", c.tmp / "nan.pth")
 
 
+def video_output_exists(c):
+    (c.tmp / "out.mp4").write_text("precious")
+    return cli("video", ROOT / "examples" / "clip.mp4", c.tmp / "out.mp4", "-m", c.model)
+
+
+def not_a_video(c):
+    (c.tmp / "noise.mp4").write_bytes(os.urandom(4096))
+    return cli("video", c.tmp / "noise.mp4", c.tmp / "out.mp4", "-m", c.model)
+
+
 def unknown_model(c):
     return cli("models", "info", "vintge")
 
@@ -167,6 +177,12 @@ CHECKS = {
     "out of GPU memory": "test_engine.py::test_a_folder_survives_out_of_memory_with_every_image",
     "download over the size limit": "test_downloads.py::test_an_announced_size_over_the_limit_is_refused_before_reading",
     "an unknown model name": unknown_model,
+    "`video`: the output, the `--compare` file": video_output_exists,
+    "`video`: not a video": not_a_video,
+    "`video`: truncated": "test_video_safety.py::test_cli_truncated_clip_is_one_line_exit_1",
+    "`video`: an audio codec": "test_video_safety.py::test_cli_audio_into_containers_that_cannot_take_it_no_traceback",
+    "`video`: disk full": "test_video_safety.py::test_disk_full_reports_the_space_free_when_the_write_failed",
+    "`video`: killed": "test_video.py::test_cli_interrupt_says_so_and_leaves_nothing",
     "training killed": "test_train_safety.py::test_sigkill_anywhere_even_inside_a_checkpoint_write_resumes_cleanly",
 }
 
