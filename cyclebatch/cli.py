@@ -183,8 +183,7 @@ def train_cmd(
     )
     result = train(config, log=lambda msg: err.print(msg, highlight=False, soft_wrap=True),
                    warn=lambda msg: err.print(f"[yellow]warning:[/] {msg}", highlight=False, soft_wrap=True))
-    state = "finished" if result.finished else "stopped"
-    err.print(f"{state} after {result.epoch} epochs, {result.iteration} iterations; generators in {result.run_dir} "
+    err.print(f"{result.summary()}; generators in {result.run_dir} "
               f"(load with: {result.run_dir.name if runs_dir == Path('runs') else result.run_dir})", highlight=False)
     if result.interrupted:
         raise typer.Exit(130)

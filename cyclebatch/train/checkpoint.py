@@ -67,6 +67,8 @@ class Checkpointing:
         for name in ["latest.pt"] + ([f"epoch_{self.epoch:03d}.pt"] if numbered else []):
             with atomic_path(folder / name) as tmp, open(tmp, "wb") as f:
                 torch.save(state, f)
+            if name == "latest.pt":
+                self.saved = (self.epoch, self.step, self.iteration)
         self.losses.write()  # the log always matches the newest checkpoint
 
     def _restore(self, s: dict) -> None:
@@ -86,4 +88,5 @@ class Checkpointing:
         if s["rng"]["cuda"] and torch.cuda.is_available() and len(s["rng"]["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(s["rng"]["cuda"])
         self.epoch, self.step, self.iteration = s["epoch"], s["step"], s["iteration"]
+        self.saved = (self.epoch, self.step, self.iteration)
         self.skipped = max(self.skipped, s.get("skipped", 0))

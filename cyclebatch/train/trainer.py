@@ -47,6 +47,15 @@ class TrainResult:
     epoch_end_seconds: float = 0.0  # samples, exports and checkpoints at epoch ends, in all
     exports: list = field(default_factory=list)
 
+    def summary(self) -> str:
+        """'stopped after 1 epoch, 6 iterations': the epochs that ended, the iterations that ran."""
+        return (f"{'finished' if self.finished else 'stopped'} after {counted(self.epoch, 'epoch')}, "
+                f"{counted(self.iteration, 'iteration')}")
+
+
+def counted(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
 
 class StopRequest:
     """SIGINT / SIGTERM set a flag; the loop checkpoints and returns. A second Ctrl-C aborts at once."""
@@ -122,6 +131,8 @@ class Trainer(TrainStep, Checkpointing):
         self.pool_A = ImagePool(c.pool_size, seed=_seed(c.seed, 1, self.rank))
         self.pool_B = ImagePool(c.pool_size, seed=_seed(c.seed, 2, self.rank))
         self.epoch = self.step = self.iteration = 0
+        self.saved: Optional[tuple] = None  # (epoch, step, iteration) of checkpoints/latest.pt as it is on disk
+        self.exports: list[Path] = []
         self.losses = LossLog(self.run_dir, c.log_every, enabled=self.is_main,
                               title=f"{c.name}: {self.domains['A']} <-> {self.domains['B']}")
         self.board: Board = None  # opened when the run starts (fit), by the main process
@@ -222,10 +233,10 @@ class Trainer(TrainStep, Checkpointing):
                                 "world_size": self.world}, LOSS_NAMES)
         self.log(f"training {self.run_dir}: {len(self.dataset.a)} A images ({self.domains['A']}), "
                  f"{len(self.dataset.b)} B images ({self.domains['B']}), {n_batches} iterations per epoch, "
-                 f"{c.total_epochs} epochs, device {self.device}, precision {precision_name(self.dtype)}"
+                 f"{counted(c.total_epochs, 'epoch')}, device {self.device}, precision {precision_name(self.dtype)}"
                  + (f", {self.world} processes" if self.world > 1 else ""))
         if self.epoch >= c.total_epochs:
-            self.log(f"{self.run_dir}: already finished ({self.epoch} epochs)")
+            self.log(f"{self.run_dir}: already finished ({counted(self.epoch, 'epoch')})")
         interrupted = c.max_iterations is not None and self.iteration >= c.max_iterations
         with progress:
             while self.epoch < c.total_epochs and not interrupted:
@@ -264,14 +275,19 @@ class Trainer(TrainStep, Checkpointing):
                         break
                     if self.iteration % c.latest_every == 0:
                         self.save_checkpoint()
-                if interrupted:
-                    break
+                if interrupted and self.step < n_batches:
+                    break  # stopped inside the epoch: it has not ended
+                # An epoch whose last iteration ran is ended, also when a stop came with that iteration:
+                # else its samples, plot and numbered checkpoint would be missing, and a resume would redo
+                # its end one epoch late.
                 t_end = time.perf_counter()
                 self._end_epoch()
                 end_s += time.perf_counter() - t_end
-            self.losses.flush(self.iteration, self.epoch + 1, self.opt_G.param_groups[0]["lr"])
-            self.save_checkpoint()
-            exports = self.export()
+            if self.saved != (self.epoch, self.step, self.iteration):  # an epoch end just saved all this
+                self.losses.flush(self.iteration, self.epoch + 1, self.opt_G.param_groups[0]["lr"])
+                self.save_checkpoint()
+                self.exports = self.export()
+            exports = self.exports
         finished = self.epoch >= c.total_epochs
         self._write_status("finished" if finished else "stopped")
         self.write_report("finished" if finished else "stopped")
@@ -292,7 +308,7 @@ class Trainer(TrainStep, Checkpointing):
         if self.is_main:
             self.save_samples()
         self.save_checkpoint(numbered=self.epoch % self.config.save_every == 0 or self.epoch == self.config.total_epochs)
-        self.export()
+        self.exports = self.export()
         self.write_report("training")
         self._write_status("training")
         self.status.pause()
