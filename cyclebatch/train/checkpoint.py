@@ -9,8 +9,8 @@ from typing import Optional
 import torch
 
 from ..errors import CycleBatchError
-from ..fileio import atomic_path
 from .config import TrainConfig
+from .failure import writing
 
 CHECKPOINT_FORMAT = "cyclebatch-training"
 
@@ -63,9 +63,10 @@ class Checkpointing:
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         }
         folder = self.run_dir / "checkpoints"
-        # Through a Python file object: torch.save to a path reports a full disk as an opaque RuntimeError.
+        # Through a Python file object: torch.save to a path reports a full disk as an opaque RuntimeError
+        # (`writing` digs the OSError out of the one it raises even so, and notes the space left then).
         for name in ["latest.pt"] + ([f"epoch_{self.epoch:03d}.pt"] if numbered else []):
-            with atomic_path(folder / name) as tmp, open(tmp, "wb") as f:
+            with writing(folder / name) as tmp, open(tmp, "wb") as f:
                 torch.save(state, f)
             if name == "latest.pt":
                 self.saved = (self.epoch, self.step, self.iteration)

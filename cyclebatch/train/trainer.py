@@ -18,11 +18,12 @@ import torch
 
 from ..checkpoints import save_generator
 from ..errors import CycleBatchError
-from ..fileio import atomic_path, location_problem, sweep_dead_temps
+from ..fileio import sweep_dead_temps
 from ..networks import GeneratorConfig, PatchDiscriminator, ResnetGenerator, init_weights, make_generator
 from .checkpoint import Checkpointing, load_checkpoint, resume_point  # noqa: F401 (load_checkpoint: public here too)
 from .config import TrainConfig
 from .board import Board
+from .failure import as_os_error, note, resume_command, stop_line, writing
 from .data import UnpairedDataset, batches_per_epoch, grid_samples, make_loader, usable_images
 from .distributed import group_initialized, join_group, leave_group, rank_info, training_device
 from .pool import ImagePool
@@ -94,6 +95,7 @@ class Trainer(TrainStep, Checkpointing):
         self.warn = warn or self.log
         config.validate()
         self.run_dir = config.run_dir
+        _check_run_folder(self.run_dir)
         config, stored = resume_point(config)
         self.config = c = config
 
@@ -193,17 +195,12 @@ class Trainer(TrainStep, Checkpointing):
             try:
                 return self._fit(stop)
             except BaseException as e:
-                self._write_status("failed", str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
-                if not isinstance(e, OSError):
+                # a full disk or a read-only folder: the run's end, said once, in status.json too
+                line = stop_line(e, self.run_dir, self.saved, resume_command(self.config.name, self.config.runs_dir))
+                self._write_status("failed", line or (str(e).splitlines()[0][:300] if str(e) else type(e).__name__))
+                if line is None:
                     raise
-                # a full disk or a read-only folder: the run's end, said once
-                problem = location_problem(e, Path(e.filename) if e.filename else self.run_dir / "checkpoints")
-                if problem is None:
-                    raise
-                latest = self.run_dir / "checkpoints" / "latest.pt"
-                where = (f"the last good checkpoint, {latest}, is intact: make room and continue with --resume"
-                         if latest.exists() else "no checkpoint had been written yet")
-                raise CycleBatchError(f"{problem}. Training stopped; {where}") from None
+                raise CycleBatchError(line) from None
             finally:
                 if self.is_main:
                     sweep_dead_temps(self.run_dir)
@@ -371,7 +368,15 @@ class Trainer(TrainStep, Checkpointing):
             src, dst = (self.domains["A"], self.domains["B"]) if letter == "A" else (self.domains["B"], self.domains["A"])
             meta = {"direction": direction, "domains": self.domains, "input_size": c.crop_size,
                     "name": c.name, "translates": f"{src} -> {dst}", "training": training}
-            paths.append(save_generator(net, self.run_dir / f"G_{letter}.safetensors", meta))
+            path = self.run_dir / f"G_{letter}.safetensors"
+            try:
+                paths.append(save_generator(net, path, meta))
+            except Exception as e:  # safetensors reports a full disk as its own error, naming no file
+                found = as_os_error(e)
+                if found is None:
+                    raise
+                # measured after save_generator removed its temporary: stop_line says so
+                raise note(found, path, measured_after_cleanup=True) from None
         return paths
 
 
@@ -391,6 +396,15 @@ def _swap_channels(cfg: GeneratorConfig) -> GeneratorConfig:
     return GeneratorConfig(**{**cfg.to_dict(), "in_channels": cfg.out_channels, "out_channels": cfg.in_channels})
 
 
+def _check_run_folder(run_dir: Path) -> None:
+    """Before any work: a run folder that could never be made (a file where a folder must be)."""
+    for p in [run_dir, *run_dir.parents]:
+        if p.is_dir():
+            return
+        if p.exists():
+            raise CycleBatchError(f"{run_dir}: cannot make the run folder: {p} is a file, not a folder")
+
+
 def _domain_name(folder: str) -> str:
     return Path(folder).resolve().name or str(folder)
 
@@ -405,5 +419,5 @@ def _seed(*parts: int) -> int:
 def _write_json(path: Path, obj: dict) -> None:
     import json
 
-    with atomic_path(path) as tmp:
+    with writing(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
