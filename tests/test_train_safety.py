@@ -246,3 +246,25 @@ def test_a_run_folder_under_a_file_stops_in_one_line_before_any_work(tmp_path):
     assert r.stderr.strip().splitlines() == [r.stderr.strip()]
     assert "runs/x" in r.stderr and "runs is a file" in r.stderr
     assert Path("runs").read_text() == "not a folder\n"  # the user's file untouched
+
+
+def test_a_full_disk_under_tensorboard_stops_in_one_line_without_the_writer_threads_traceback(
+        tmp_path, monkeypatch, capfd):
+    from tensorboard.summary.writer import record_writer
+
+    a, b = make_domains(tmp_path)
+    real, writes = record_writer.RecordWriter.write, []
+
+    def write(self, data):  # in TensorBoard's own writer thread
+        writes.append(1)
+        if len(writes) > 12:  # the settings and the first rows fit
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, data)
+
+    monkeypatch.setattr(record_writer.RecordWriter, "write", write)
+    cfg = TrainConfig(str(a), str(b), "full", **{**TINY, "epochs": 3, "decay_epochs": 0, "log_every": 1})
+    with pytest.raises(CycleBatchError) as e:
+        train(cfg, log=lambda *_: None)
+    msg = str(e.value)
+    assert msg.startswith("cannot write runs/full/tensorboard: the disk is full") and "\n" not in msg, msg
+    assert "Traceback" not in capfd.readouterr().err
