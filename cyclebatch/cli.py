@@ -185,10 +185,9 @@ def train_cmd(
     )
     result = train(config, log=lambda msg: err.print(plain(msg), highlight=False, soft_wrap=True),
                    warn=lambda msg: err.print(f"[yellow]warning:[/] {plain(msg)}", highlight=False, soft_wrap=True))
-    state = "finished" if result.finished else "stopped"
     load_as = result.run_dir.name if runs_dir == Path("runs") else result.run_dir
-    err.print(f"{state} after {_count(result.epoch, 'epoch')}, {_count(result.iteration, 'iteration')}; generators in "
-              f"{plain(result.run_dir)} (load with: {plain(load_as)})", highlight=False)
+    err.print(f"{plain(result.summary())}; generators in {plain(result.run_dir)} (load with: {plain(load_as)})",
+              highlight=False, soft_wrap=True)
     if result.interrupted:
         raise typer.Exit(130)
 
@@ -379,10 +378,6 @@ def video(src: Path = typer.Argument(..., help="Input video, or a folder of fram
                   f"({res.frames / max(res.seconds, 1e-9):.1f} frames/s, {translator.precision} on {translator.device}"
                   f"{size}, temporal {res.temporal})" + (f"; comparison in {compare}" if compare else ""),
                   highlight=False)
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _duration(seconds: float) -> str:

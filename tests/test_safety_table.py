@@ -183,6 +183,7 @@ CHECKS = {
     "`video`: an audio codec": "test_video_safety.py::test_cli_audio_into_containers_that_cannot_take_it_no_traceback",
     "`video`: disk full": "test_video_safety.py::test_disk_full_reports_the_space_free_when_the_write_failed",
     "`video`: killed": "test_video.py::test_cli_interrupt_says_so_and_leaves_nothing",
+    "training out of disk": "test_train_safety.py::test_a_real_full_disk_during_a_checkpoint_write_stops_in_one_line_naming_the_checkpoint",
     "training killed": "test_train_safety.py::test_sigkill_anywhere_even_inside_a_checkpoint_write_resumes_cleanly",
 }
 

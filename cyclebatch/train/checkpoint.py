@@ -9,8 +9,8 @@ from typing import Optional
 import torch
 
 from ..errors import CycleBatchError
-from ..fileio import atomic_path
 from .config import TrainConfig
+from .failure import writing
 
 CHECKPOINT_FORMAT = "cyclebatch-training"
 
@@ -63,10 +63,13 @@ class Checkpointing:
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         }
         folder = self.run_dir / "checkpoints"
-        # Through a Python file object: torch.save to a path reports a full disk as an opaque RuntimeError.
+        # Through a Python file object: torch.save to a path reports a full disk as an opaque RuntimeError
+        # (`writing` digs the OSError out of the one it raises even so, and notes the space left then).
         for name in ["latest.pt"] + ([f"epoch_{self.epoch:03d}.pt"] if numbered else []):
-            with atomic_path(folder / name) as tmp, open(tmp, "wb") as f:
+            with writing(folder / name) as tmp, open(tmp, "wb") as f:
                 torch.save(state, f)
+            if name == "latest.pt":
+                self.saved = (self.epoch, self.step, self.iteration)
         self.losses.write()  # the log always matches the newest checkpoint
 
     def _restore(self, s: dict) -> None:
@@ -86,4 +89,5 @@ class Checkpointing:
         if s["rng"]["cuda"] and torch.cuda.is_available() and len(s["rng"]["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(s["rng"]["cuda"])
         self.epoch, self.step, self.iteration = s["epoch"], s["step"], s["iteration"]
+        self.saved = (self.epoch, self.step, self.iteration)
         self.skipped = max(self.skipped, s.get("skipped", 0))

@@ -16,6 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..htmlpage import Page, data_uri
+from .failure import writing
 
 GRID_LONGEST = 768  # px: sharp enough to judge a 256 px crop, ~100 KB an epoch
 _EPOCH_FILE = re.compile(r"epoch_(\d+)\.png$")
@@ -58,7 +59,9 @@ class ReportPage:
                                  "pip install 'cyclebatch[train]')."])
         page.table("Configuration", [(k, "" if v is None else v) for k, v in config.items()]
                    + [("domain A", domains["A"]), ("domain B", domains["B"])])
-        return page.write(self.path)
+        with writing(self.path) as tmp:  # as Page.write does, with the free space noted on a failure
+            tmp.write_text(page.html(), encoding="utf-8")
+        return self.path
 
 
 def _grid_jpeg(path: Path) -> bytes:

@@ -3,12 +3,13 @@ faint raw one, the learning rate beneath. matplotlib is optional (`pip install c
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from ..fileio import atomic_path
+from .failure import writing
 
 # (panel title, the two losses it holds); LSGAN values for D and the adversarial G terms, weighted L1 for the rest
 PANELS = (
@@ -77,6 +78,8 @@ def plot_losses(rows: list[dict], path: Path, title: str = "") -> bool:
     lr_ax.set_xlabel("iteration")
     if title:
         fig.suptitle(title, fontsize=11)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    png = io.BytesIO()  # drawn first: the file is then written by one call whose failure `writing` sees
+    fig.savefig(png, format="png")
+    with writing(path) as tmp:
+        tmp.write_bytes(png.getvalue())
     return True

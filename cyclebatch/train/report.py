@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..fileio import atomic_path
+from .failure import writing
 from .board import Board, have_tensorboard
 from .plot import have_matplotlib, plot_losses
 
@@ -67,7 +67,7 @@ class LossLog:
         writer = csv.DictWriter(buf, COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.rows)
-        with atomic_path(self.csv_path) as tmp:
+        with writing(self.csv_path) as tmp:
             tmp.write_text(buf.getvalue())
         drawn = (len(self.rows), self.rows[-1]["iteration"] if self.rows else None)
         if drawn != self._drawn or not self.png_path.exists():  # ~0.4 s of CPU: not twice for the same rows
@@ -96,8 +96,10 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 def save_grid(path: Path, rows: list[list[torch.Tensor]]) -> np.ndarray:
     """One PNG: each row is [real, translated, reconstructed] for one sample image. Returns the grid."""
     grid = np.concatenate([np.concatenate([to_uint8(t) for t in row], axis=1) for row in rows], axis=0)
-    with atomic_path(path) as tmp:
-        Image.fromarray(grid).save(tmp, "PNG")
+    png = io.BytesIO()  # encoded first: PIL deletes what it wrote on failure, before the free space is noted
+    Image.fromarray(grid).save(png, "PNG")
+    with writing(path) as tmp:
+        tmp.write_bytes(png.getvalue())
     return grid
 
 

@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import CycleBatchError
-from ..fileio import atomic_path
+from .failure import writing
 
 STATUS_FILE = "status.json"
 EVERY_SECONDS = 2.0
@@ -73,7 +73,7 @@ class StatusWriter:
             "eta_seconds": 0 if remaining == 0 else (None if spi is None else round(spi * remaining, 1)),
             "started": self.started, "updated": time.time(),
         }
-        with atomic_path(self.path) as tmp:
+        with writing(self.path) as tmp:
             tmp.write_text(json.dumps(doc, indent=1) + "\n")
         self._last_write = time.perf_counter()
 

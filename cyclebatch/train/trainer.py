@@ -18,11 +18,12 @@ import torch
 
 from ..checkpoints import save_generator
 from ..errors import CycleBatchError
-from ..fileio import atomic_path, location_problem, sweep_dead_temps
+from ..fileio import sweep_dead_temps
 from ..networks import GeneratorConfig, PatchDiscriminator, ResnetGenerator, init_weights, make_generator
 from .checkpoint import Checkpointing, load_checkpoint, resume_point  # noqa: F401 (load_checkpoint: public here too)
 from .config import TrainConfig
 from .board import Board
+from .failure import as_os_error, note, resume_command, stop_line, writing
 from .data import UnpairedDataset, batches_per_epoch, grid_samples, make_loader, usable_images
 from .distributed import group_initialized, join_group, leave_group, rank_info, training_device
 from .pool import ImagePool
@@ -46,6 +47,15 @@ class TrainResult:
     measured_iterations: int = 0
     epoch_end_seconds: float = 0.0  # samples, exports and checkpoints at epoch ends, in all
     exports: list = field(default_factory=list)
+
+    def summary(self) -> str:
+        """'stopped after 1 epoch, 6 iterations': the epochs that ended, the iterations that ran."""
+        return (f"{'finished' if self.finished else 'stopped'} after {counted(self.epoch, 'epoch')}, "
+                f"{counted(self.iteration, 'iteration')}")
+
+
+def counted(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 class StopRequest:
@@ -85,6 +95,7 @@ class Trainer(TrainStep, Checkpointing):
         self.warn = warn or self.log
         config.validate()
         self.run_dir = config.run_dir
+        _check_run_folder(self.run_dir)
         config, stored = resume_point(config)
         self.config = c = config
 
@@ -122,6 +133,8 @@ class Trainer(TrainStep, Checkpointing):
         self.pool_A = ImagePool(c.pool_size, seed=_seed(c.seed, 1, self.rank))
         self.pool_B = ImagePool(c.pool_size, seed=_seed(c.seed, 2, self.rank))
         self.epoch = self.step = self.iteration = 0
+        self.saved: Optional[tuple] = None  # (epoch, step, iteration) of checkpoints/latest.pt as it is on disk
+        self.exports: list[Path] = []
         self.losses = LossLog(self.run_dir, c.log_every, enabled=self.is_main,
                               title=f"{c.name}: {self.domains['A']} <-> {self.domains['B']}")
         self.board: Board = None  # opened when the run starts (fit), by the main process
@@ -182,17 +195,12 @@ class Trainer(TrainStep, Checkpointing):
             try:
                 return self._fit(stop)
             except BaseException as e:
-                self._write_status("failed", str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
-                if not isinstance(e, OSError):
+                # a full disk or a read-only folder: the run's end, said once, in status.json too
+                line = stop_line(e, self.run_dir, self.saved, resume_command(self.config.name, self.config.runs_dir))
+                self._write_status("failed", line or (str(e).splitlines()[0][:300] if str(e) else type(e).__name__))
+                if line is None:
                     raise
-                # a full disk or a read-only folder: the run's end, said once
-                problem = location_problem(e, Path(e.filename) if e.filename else self.run_dir / "checkpoints")
-                if problem is None:
-                    raise
-                latest = self.run_dir / "checkpoints" / "latest.pt"
-                where = (f"the last good checkpoint, {latest}, is intact: make room and continue with --resume"
-                         if latest.exists() else "no checkpoint had been written yet")
-                raise CycleBatchError(f"{problem}. Training stopped; {where}") from None
+                raise CycleBatchError(line) from None
             finally:
                 if self.is_main:
                     sweep_dead_temps(self.run_dir)
@@ -222,10 +230,10 @@ class Trainer(TrainStep, Checkpointing):
                                 "world_size": self.world}, LOSS_NAMES)
         self.log(f"training {self.run_dir}: {len(self.dataset.a)} A images ({self.domains['A']}), "
                  f"{len(self.dataset.b)} B images ({self.domains['B']}), {n_batches} iterations per epoch, "
-                 f"{c.total_epochs} epochs, device {self.device}, precision {precision_name(self.dtype)}"
+                 f"{counted(c.total_epochs, 'epoch')}, device {self.device}, precision {precision_name(self.dtype)}"
                  + (f", {self.world} processes" if self.world > 1 else ""))
         if self.epoch >= c.total_epochs:
-            self.log(f"{self.run_dir}: already finished ({self.epoch} epochs)")
+            self.log(f"{self.run_dir}: already finished ({counted(self.epoch, 'epoch')})")
         interrupted = c.max_iterations is not None and self.iteration >= c.max_iterations
         with progress:
             while self.epoch < c.total_epochs and not interrupted:
@@ -264,14 +272,19 @@ class Trainer(TrainStep, Checkpointing):
                         break
                     if self.iteration % c.latest_every == 0:
                         self.save_checkpoint()
-                if interrupted:
-                    break
+                if interrupted and self.step < n_batches:
+                    break  # stopped inside the epoch: it has not ended
+                # An epoch whose last iteration ran is ended, also when a stop came with that iteration:
+                # else its samples, plot and numbered checkpoint would be missing, and a resume would redo
+                # its end one epoch late.
                 t_end = time.perf_counter()
                 self._end_epoch()
                 end_s += time.perf_counter() - t_end
-            self.losses.flush(self.iteration, self.epoch + 1, self.opt_G.param_groups[0]["lr"])
-            self.save_checkpoint()
-            exports = self.export()
+            if self.saved != (self.epoch, self.step, self.iteration):  # an epoch end just saved all this
+                self.losses.flush(self.iteration, self.epoch + 1, self.opt_G.param_groups[0]["lr"])
+                self.save_checkpoint()
+                self.exports = self.export()
+            exports = self.exports
         finished = self.epoch >= c.total_epochs
         self._write_status("finished" if finished else "stopped")
         self.write_report("finished" if finished else "stopped")
@@ -292,7 +305,7 @@ class Trainer(TrainStep, Checkpointing):
         if self.is_main:
             self.save_samples()
         self.save_checkpoint(numbered=self.epoch % self.config.save_every == 0 or self.epoch == self.config.total_epochs)
-        self.export()
+        self.exports = self.export()
         self.write_report("training")
         self._write_status("training")
         self.status.pause()
@@ -355,7 +368,15 @@ class Trainer(TrainStep, Checkpointing):
             src, dst = (self.domains["A"], self.domains["B"]) if letter == "A" else (self.domains["B"], self.domains["A"])
             meta = {"direction": direction, "domains": self.domains, "input_size": c.crop_size,
                     "name": c.name, "translates": f"{src} -> {dst}", "training": training}
-            paths.append(save_generator(net, self.run_dir / f"G_{letter}.safetensors", meta))
+            path = self.run_dir / f"G_{letter}.safetensors"
+            try:
+                paths.append(save_generator(net, path, meta))
+            except Exception as e:  # safetensors reports a full disk as its own error, naming no file
+                found = as_os_error(e)
+                if found is None:
+                    raise
+                # measured after save_generator removed its temporary: stop_line says so
+                raise note(found, path, measured_after_cleanup=True) from None
         return paths
 
 
@@ -375,6 +396,15 @@ def _swap_channels(cfg: GeneratorConfig) -> GeneratorConfig:
     return GeneratorConfig(**{**cfg.to_dict(), "in_channels": cfg.out_channels, "out_channels": cfg.in_channels})
 
 
+def _check_run_folder(run_dir: Path) -> None:
+    """Before any work: a run folder that could never be made (a file where a folder must be)."""
+    for p in [run_dir, *run_dir.parents]:
+        if p.is_dir():
+            return
+        if p.exists():
+            raise CycleBatchError(f"{run_dir}: cannot make the run folder: {p} is a file, not a folder")
+
+
 def _domain_name(folder: str) -> str:
     return Path(folder).resolve().name or str(folder)
 
@@ -389,5 +419,5 @@ def _seed(*parts: int) -> int:
 def _write_json(path: Path, obj: dict) -> None:
     import json
 
-    with atomic_path(path) as tmp:
+    with writing(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
