@@ -179,6 +179,11 @@ def translate_video(src: str | Path, dst: str | Path, translator, *, codec: Opti
             problem = f"{head}; {free / 2**20:,.1f} MiB free there when the write failed"
         written = f"{dst} was not written" if compare is None else f"neither {dst} nor {compare} was written"
         raise CycleBatchError(f"{problem}; {written}") from None
+    except CycleBatchError as e:
+        if "too small for this model" not in str(e):  # the engine's refusal names no file: name the input
+            raise
+        hint = " (the working size that --max-size/--scale gave)" if resizer is not None else ""
+        raise CycleBatchError(f"{src}: {e}{hint}; {dst} was not written") from None
     except Exception as e:
         raise _write_error(e, getattr(e, "cyclebatch_output", dst), src) from None
     finally:

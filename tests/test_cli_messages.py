@@ -259,6 +259,11 @@ def test_too_small_images_and_working_sizes_say_so(tmp_path):
     for opts in (RunOptions(max_size=4), RunOptions(scale=0.01)):
         s = translate_paths([str(src)], tmp_path / "o", tr, opts)
         assert s.failed == 1 and "too small" in s.failures[0][1] and "--max-size/--scale" in s.failures[0][1]
+    from cyclebatch.video import translate_video
+
+    with pytest.raises(CycleBatchError, match=r"clip.mp4: 4x2 is too small .* --max-size/--scale.*was not written"):
+        translate_video(ROOT / "examples" / "clip.mp4", tmp_path / "v.mp4", tr, max_size=4, temporal="off")
+    assert not (tmp_path / "v.mp4").exists()
 
 
 def png_claiming(w, h) -> bytes:
