@@ -333,3 +333,30 @@ def test_fuzzed_arguments_and_names_fail_in_one_line_each(tmp_path, model_file):
             assert "error:" not in r.stderr
         else:
             assert "error:" in r.stderr or "Error:" in r.stderr, (args, r.stderr)
+
+
+VIDEO_VALUES = {
+    "--start": ["-1", "0.2", "99", "nan"], "--duration": ["0", "-2", "0.3", "1e9"], "--fps": ["0", "-5", "12"],
+    "--crf": ["-1", "99", "23"], "--preset": ["warp", "ultrafast"], "--codec": ["nope", "libvpx-vp9", "gif"],
+    "--temporal": ["sideways", "off", "stats"], "--max-size": ["4", "48"], "--scale": ["0.01", "0.2"],
+    "--tile": ["8", "32"], "--max-memory": ["-1G", "64M"], "--batch-size": ["0", "2"],
+}
+VIDEO_OUTPUTS = ["o.mp4", "o.webm", "o.avi", "o.gif", "o.mkv", "o.xyz", "frames", "-dash.mp4", "new\nline.mp4"]
+
+
+def test_fuzzed_video_arguments_fail_in_one_line_each(tmp_path, model_file):
+    rng = random.Random(20261207)
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes((ROOT / "examples" / "clip.mp4").read_bytes())
+    for case in range(10):
+        out = tmp_path / f"c{case}"
+        out.mkdir()
+        args = ["video", clip, out / rng.choice(VIDEO_OUTPUTS), "-m", model_file, "--duration", "0.3", "--max-size", "48"]
+        for opt in rng.sample(sorted(VIDEO_VALUES), rng.randint(1, 3)):
+            args += [opt, rng.choice(VIDEO_VALUES[opt])]
+        r = cli(*args, timeout=120)
+        lines = one_line_each(r.stderr)
+        assert r.returncode in (0, 1, 2), (args, r.returncode, r.stderr)
+        if r.returncode:
+            assert lines and ("error:" in r.stderr or "Error:" in r.stderr), (args, r.stderr)
+            assert not [p for p in out.rglob("*") if p.is_file()], (args, "a failed run left a file")
