@@ -37,7 +37,7 @@ class TorchBackend:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = self.t
         t.adapt_threads()
-        return t._run(t.model_input(x), t._forward, t.autocast())
+        return t.torch_forward(x)
 
 
 def openvino_available() -> bool:

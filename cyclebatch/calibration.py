@@ -35,17 +35,9 @@ def shape_class(height: int, width: int) -> int:
 
 
 def cpu_model() -> str:
-    name = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.partition(":")[2].strip()
-                    break
-    except OSError:
-        pass
-    from .engine import cpu_has_native_bf16
+    from .device import cpu_has_native_bf16, cpu_model_name
 
+    name = cpu_model_name()
     return f"{name or 'unknown CPU'}|{os.cpu_count()} cores|{'bf16' if cpu_has_native_bf16() else 'no-bf16'}"
 
 

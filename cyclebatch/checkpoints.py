@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .errors import CycleBatchError
+from .errors import CycleBatchError, first_line
 from .networks import Generator, GeneratorConfig, make_generator
 
 FORMAT = "cyclebatch-generator"
@@ -81,7 +81,7 @@ def _read_safetensors(path: Path, head: bytes, size: int) -> tuple[Tensors, dict
             tensors = {k: f.get_tensor(k) for k in f.keys()}
             raw = f.metadata() or {}
     except Exception as e:  # safetensors raises its own error types for every kind of damage
-        raise CycleBatchError(f"{path}: corrupt or truncated safetensors file ({_first_line(e)})") from None
+        raise CycleBatchError(f"{path}: corrupt or truncated safetensors file ({first_line(e, skip='Weights only load failed')})") from None
     meta = {}
     if "cyclebatch" in raw:
         try:
@@ -109,12 +109,12 @@ def _read_pth(path: Path) -> object:
                 f"{path}: refused: the file carries Python code or objects ({m.group(1)}), not just tensors; "
                 "cyclebatch never runs code from a checkpoint"
             ) from None
-        raise CycleBatchError(f"{path}: not a PyTorch checkpoint, or corrupt ({_first_line(e)})") from None
+        raise CycleBatchError(f"{path}: not a PyTorch checkpoint, or corrupt ({first_line(e, skip='Weights only load failed')})") from None
     except (EOFError, RuntimeError, ValueError, OSError, AttributeError, IndexError, KeyError) as e:
         what = "truncated or corrupt" if isinstance(e, (EOFError, RuntimeError)) else "unreadable"
-        raise CycleBatchError(f"{path}: {what} checkpoint ({_first_line(e) or type(e).__name__})") from None
+        raise CycleBatchError(f"{path}: {what} checkpoint ({first_line(e, skip='Weights only load failed') or type(e).__name__})") from None
     except Exception as e:  # torch.load hands some files to other loaders, which raise their own types
-        raise CycleBatchError(f"{path}: unreadable checkpoint ({_first_line(e)})") from None
+        raise CycleBatchError(f"{path}: unreadable checkpoint ({first_line(e, skip='Weights only load failed')})") from None
 
 
 def check_finite(sd: Tensors, path: Path | str) -> None:
@@ -124,14 +124,6 @@ def check_finite(sd: Tensors, path: Path | str) -> None:
             bad = int((~torch.isfinite(v)).sum())
             raise CycleBatchError(f"{path}: refused: tensor {k} holds {bad:,} NaN or infinite values "
                                   "(a broken checkpoint: every output would be garbage)")
-
-
-def _first_line(e: BaseException) -> str:
-    for line in str(e).splitlines():
-        line = line.strip()
-        if line and not line.startswith("Weights only load failed"):
-            return line[:160]
-    return type(e).__name__
 
 
 # ---------------------------------------------------------------- layouts

@@ -64,7 +64,7 @@ def models_list() -> None:
 
 @models_app.command("download")
 def models_download(names: List[str] = typer.Argument(..., help="Zoo names or aliases."),
-                    quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
+                    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress; errors only.")) -> None:
     """Download zoo models into the cache (verified, atomic; safe to interrupt and re-run)."""
     from .registry import ensure_cached, lookup
 
@@ -159,7 +159,7 @@ def train_cmd(
     lambda_cycle: float = typer.Option(10.0, "--lambda-cycle", help="Weight of the cycle-consistency L1 loss."),
     lambda_identity: float = typer.Option(0.5, "--lambda-identity", help="Identity loss weight, times lambda-cycle."),
     pool_size: int = typer.Option(50, "--pool-size", help="Generated images kept for the discriminators."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Random seed: initialisation, crops, flips and the pairing of A and B images."),
     save_every: int = typer.Option(5, "--save-every", help="Keep a numbered checkpoint every N epochs."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     precision: str = typer.Option("auto", "--precision",
@@ -235,25 +235,11 @@ def export_cmd(model: str = typer.Argument(..., help="Any model the registry can
                no_verify: bool = typer.Option(False, "--no-verify", help="Skip running the file against PyTorch."),
                overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output.")) -> None:
     """Export a generator for ONNX runtimes, LibTorch, LiteRT (phones) or OpenVINO; verified against PyTorch on a real photo."""
-    from .export_options import format_of, parse_size
+    from .export_options import check_options, parse_size
 
     try:
-        fmt = format_of(dst)
-    except CycleBatchError as e:
-        fail(str(e), 2)
-    if opset is not None and fmt != "onnx":
-        fail(f"{dst}: --opset applies to .onnx outputs only", 2)
-    if fmt != "tflite" and (quantize or calibrate or size):
-        fail(f"{dst}: --quantize, --calibrate and --size apply to .tflite outputs only", 2)
-    if precision not in (None, "fp32", "fp16") or (fp16 and precision == "fp32"):
-        fail(f"--precision {precision}{' with --fp16' if fp16 else ''}: use fp32 or fp16", 2)
-    if quantize not in (None, "int8"):
-        fail(f"--quantize {quantize}: only int8 is supported", 2)
-    if quantize and (fp16 or precision == "fp16"):
-        fail("--quantize int8 replaces the fp32 weights: do not combine it with fp16", 2)
-    if calibrate and not quantize:
-        fail("--calibrate needs --quantize int8", 2)
-    try:
+        fmt = check_options(dst, precision=precision or ("fp16" if fp16 else "fp32"), fp16=fp16, quantize=quantize,
+                            calibrate=calibrate, size=size, opset=opset)
         fixed = parse_size(size) if size else None
     except CycleBatchError as e:
         fail(str(e), 2)
@@ -322,7 +308,7 @@ def video(src: Path = typer.Argument(..., help="Input video, or a folder of fram
           batchnorm: str = typer.Option("running", "--batchnorm", help=BATCHNORM_HELP),
           overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output (and --compare "
                                          "file); the old one stays until the new one is complete."),
-          quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary line; errors only.")) -> None:
     """Translate every frame of a video; keeps frame timing, audio and rotation. Writes atomically."""
     import time
 
@@ -387,7 +373,28 @@ def _duration(seconds: float) -> str:
 
 # ---------------------------------------------------------------- entry point
 
+def _plain_metavars(typer_app: typer.Typer) -> None:
+    """Help that reads as a user expects: a flag shows no `<bool>` as if it took a value, and the usage line
+    names the arguments in capitals (`{INPUTS}...`: Typer's braces mark a required one). Set once on every command's declared parameters."""
+    import inspect
+
+    from typer.models import ArgumentInfo, OptionInfo
+
+    apps = [typer_app]
+    while apps:
+        a = apps.pop()
+        apps += [g.typer_instance for g in a.registered_groups]
+        for command in a.registered_commands:
+            for p in inspect.signature(command.callback).parameters.values():
+                info = p.default
+                if isinstance(info, OptionInfo) and info.metavar is None and p.annotation in (bool, "bool"):
+                    info.metavar = ""
+                elif isinstance(info, ArgumentInfo) and info.metavar is None:
+                    info.metavar = p.name.upper()  # Typer adds the "..." of a list itself
+
+
 def main() -> None:
+    _plain_metavars(app)
     if not err.is_terminal:
         # Typer boxes usage errors in a panel hard-wrapped at 80 columns; a log gets Click's plain lines.
         import typer.rich_utils

@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 from typing import Optional
 
-from .errors import CycleBatchError
+from .errors import CycleBatchError, first_line
 from .fileio import atomic_path
 
 CHUNK = 1 << 20
@@ -130,9 +130,7 @@ def extract_member(archive: Path, member: str, dest: Path, sha256: Optional[str]
             if sha256 and digest != sha256.lower():
                 raise CycleBatchError(f"{archive}!{member}: checksum mismatch (expected {sha256}, got {digest})")
     except (zipfile.BadZipFile, KeyError) as e:
-        raise CycleBatchError(f"{archive}: no usable '{member}' inside ({_short(e)})") from None
+        raise CycleBatchError(f"{archive}: no usable '{member}' inside ({first_line(e)})") from None
     return digest
 
 
-def _short(e: BaseException) -> str:
-    return str(e).splitlines()[0][:160] if str(e) else type(e).__name__

@@ -22,62 +22,14 @@ from typing import Callable, Optional, Protocol, Sequence
 import numpy as np
 import torch
 
+from .device import PRECISIONS, cpu_has_native_bf16, pick_device, pick_precision, use_channels_last  # noqa: F401
 from .errors import CycleBatchError, is_out_of_memory
 from .memory import available_memory, device_free_bytes, estimate_bytes, memory_budget  # noqa: F401 (re-exported)
 from .networks import ResnetGenerator, full_frame_only, pad_to_multiple, with_batchnorm_mode
 
-PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 MAX_GPU_BATCH = 32  # past this, batching a CycleGAN buys no throughput and only costs memory
 
 log = logging.getLogger("cyclebatch")
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise CycleBatchError(f"unknown device '{name}' (use auto, cpu, cuda, cuda:N or mps)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CycleBatchError(f"device '{name}' asked for, but this PyTorch sees no CUDA GPU")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise CycleBatchError(f"device '{name}' asked for, but MPS is not available here")
-    return dev
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matmuls run at about twice fp32 speed (measured: DESIGN.md section 5)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-def pick_precision(name: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype, or None for fp32 (tf32 is fp32 storage with TF32 tensor-core maths on CUDA)."""
-    if name not in PRECISIONS:
-        raise CycleBatchError(f"unknown precision '{name}' (use one of {', '.join(PRECISIONS)})")
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.float16
-        if device.type == "cpu" and cpu_has_native_bf16():
-            return torch.bfloat16
-        return None
-    return {"fp32": None, "tf32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-
-
-def use_channels_last(device: torch.device, compiled: bool) -> bool:
-    """CPU: InstanceNorm has an NHWC path there (networks.py), head and tail measured faster. CUDA: eager
-    InstanceNorm and reflection padding hand back NCHW, so channels_last would convert at every layer;
-    only a compiled graph, whose kernels inductor generates for the layout, keeps it end to end."""
-    return device.type == "cpu" or (device.type == "cuda" and compiled)
 
 
 class ChunkListener(Protocol):
@@ -242,6 +194,12 @@ class Translator:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[-1, 1] NCHW float in, [-1, 1] NCHW float out, any H and W (reflect-padded to the model's multiple)."""
         return self.backend.forward(x).float()
+
+    def torch_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The seam other stages use (backends, video's on-device colour path, Ray actors): [-1, 1] NCHW in,
+        the generator's output out, through this engine's own torch model (bf16 weights, Winograd,
+        channels_last, compiled or not), padded to the model's multiple and cropped back."""
+        return self._run(self.model_input(x), self._forward, self.autocast())
 
     def _run(self, x: torch.Tensor, net, precision_context) -> torch.Tensor:
         x, (h, w) = pad_to_multiple(x, self.model.size_multiple)

@@ -11,6 +11,16 @@ class CycleBatchError(Exception):
     """An expected failure (bad file, missing model, unreachable host): shown as one line, no traceback."""
 
 
+def first_line(e: BaseException, limit: int = 200, skip: str = "") -> str:
+    """An exception's message cut to one line for a one-line error: its first non-empty line (not starting
+    with `skip`), at most `limit` characters; the exception's type name when it says nothing."""
+    for line in str(e).splitlines():
+        line = line.strip()
+        if line and not (skip and line.startswith(skip)):
+            return line if len(line) <= limit else line[:limit] + "..."
+    return type(e).__name__
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """A device (or host) allocation failed: the caller retries smaller rather than failing the file."""
     import torch

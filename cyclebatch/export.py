@@ -26,7 +26,7 @@ from . import __version__
 from .errors import CycleBatchError
 from .fileio import atomic_path
 from .export_graph import INPUT, OUTPUT, PixelGraph, contract, fit, min_size
-from .export_options import MIN_SIZE, format_of
+from .export_options import MIN_SIZE, check_options, format_of
 from .networks import ResnetGenerator
 
 RUNTIMES = {"onnx": "ONNX Runtime", "torchscript": "TorchScript", "tflite": "LiteRT", "openvino": "OpenVINO"}
@@ -357,18 +357,8 @@ def export(net: ResnetGenerator, out: str | Path, *, fp16: bool = False, opset: 
     size (height, width): TFLite's fixed input size, default default_size(net).
     """
     out = Path(out)
-    fmt = format_of(out)
     precision = precision or ("fp16" if fp16 else "fp32")
-    if precision not in ("fp32", "fp16") or (fp16 and precision != "fp16"):
-        raise CycleBatchError(f"precision {precision!r}{' with fp16' if fp16 else ''}: use fp32 or fp16")
-    if quantize not in (None, "int8"):
-        raise CycleBatchError(f"--quantize {quantize}: only int8 is supported")
-    if fmt != "tflite" and (quantize or calibrate or size):
-        raise CycleBatchError(f"{out}: --quantize, --calibrate and --size apply to .tflite outputs only")
-    if quantize and precision == "fp16":
-        raise CycleBatchError("--quantize int8 replaces the fp32 weights: do not combine it with fp16")
-    if calibrate and not quantize:
-        raise CycleBatchError("--calibrate needs --quantize int8")
+    fmt = check_options(out, precision=precision, fp16=fp16, quantize=quantize, calibrate=calibrate, size=size)
     outputs = [out, out.with_suffix(".bin")] if fmt == "openvino" else [out]
     for p in outputs:
         if p.exists() and not overwrite:

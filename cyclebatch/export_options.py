@@ -4,6 +4,7 @@ options with these before it imports the exporters (a mistyped option answers at
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 from .errors import CycleBatchError
 
@@ -16,6 +17,25 @@ def format_of(path: str | Path) -> str:
     if fmt is None:
         raise CycleBatchError(f"{path}: the output must end in .onnx (ONNX), .pt (TorchScript), "
                               f".tflite (TFLite / LiteRT) or .xml (OpenVINO IR)")
+    return fmt
+
+
+def check_options(out: str | Path, *, precision: str, fp16: bool = False, quantize: Optional[str] = None,
+                  calibrate: object = None, size: object = None, opset: Optional[int] = None) -> str:
+    """The rules between export's options, for the CLI and the library alike; the format on success."""
+    fmt = format_of(out)
+    if opset is not None and fmt != "onnx":
+        raise CycleBatchError(f"{out}: --opset applies to .onnx outputs only")
+    if fmt != "tflite" and (quantize or calibrate or size):
+        raise CycleBatchError(f"{out}: --quantize, --calibrate and --size apply to .tflite outputs only")
+    if precision not in ("fp32", "fp16") or (fp16 and precision != "fp16"):
+        raise CycleBatchError(f"--precision {precision}{' with --fp16' if fp16 else ''}: use fp32 or fp16")
+    if quantize not in (None, "int8"):
+        raise CycleBatchError(f"--quantize {quantize}: only int8 is supported")
+    if quantize and precision == "fp16":
+        raise CycleBatchError("--quantize int8 replaces the fp32 weights: do not combine it with fp16")
+    if calibrate and not quantize:
+        raise CycleBatchError("--calibrate needs --quantize int8")
     return fmt
 
 

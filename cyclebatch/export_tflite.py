@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import CycleBatchError
+from .errors import CycleBatchError, first_line
 
 SIGNATURE = "serving_default"
 METADATA_NAME = "cyclebatch"
@@ -167,12 +167,7 @@ def convert(net: nn.Module, size: tuple[int, int]) -> bytes:
     except CycleBatchError:
         raise
     except Exception as e:
-        raise CycleBatchError(f"TFLite conversion failed: {_first_line(e)}") from None
-
-
-def _first_line(e: BaseException, limit: int = 300) -> str:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return text if len(text) <= limit else text[:limit] + "..."
+        raise CycleBatchError(f"TFLite conversion failed: {first_line(e)}") from None
 
 
 def _fp16_recipe() -> list[dict]:
@@ -212,7 +207,7 @@ def quantize(fp32: bytes, precision: str, calibration: Optional[list[np.ndarray]
                 result = q.calibrate(data, num_threads=max(1, min(16, os.cpu_count() or 1)))
             return bytes(q.quantize(result, enable_progress_bar=False, enable_progress_report=False).quantized_model)
     except Exception as e:
-        raise CycleBatchError(f"TFLite {precision} quantization failed: {_first_line(e)}") from None
+        raise CycleBatchError(f"TFLite {precision} quantization failed: {first_line(e)}") from None
 
 
 def calibration_images(folder: str | Path, size: tuple[int, int]) -> tuple[list[np.ndarray], int]:

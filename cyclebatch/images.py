@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import CycleBatchError
+from .errors import CycleBatchError, first_line
 from .fileio import atomic_path
 
 Image.MAX_IMAGE_PIXELS = None  # we enforce our own limit from the header, with a clear message
@@ -79,9 +79,9 @@ def _open(path: Path) -> Image.Image:
     except OSError as e:
         if e.errno is not None:  # the file system refused, not the content
             raise CycleBatchError(f"{path}: cannot read ({e.strerror})") from None
-        raise CycleBatchError(f"{path}: corrupt or truncated image ({_short(e)})") from None
+        raise CycleBatchError(f"{path}: corrupt or truncated image ({first_line(e)})") from None
     except Exception as e:  # a damaged header can raise nearly anything inside a format plugin
-        raise CycleBatchError(f"{path}: corrupt or truncated image ({_short(e)})") from None
+        raise CycleBatchError(f"{path}: corrupt or truncated image ({first_line(e)})") from None
 
 
 def not_regular(mode: int) -> str:
@@ -128,7 +128,7 @@ def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
     except CycleBatchError:
         raise
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error... for damaged data
-        raise CycleBatchError(f"{path}: corrupt or truncated image ({_short(e)})") from None
+        raise CycleBatchError(f"{path}: corrupt or truncated image ({first_line(e)})") from None
 
 
 def _is_16bit(im: Image.Image, path: Path) -> bool:
@@ -186,11 +186,6 @@ def _from_pil(im: Image.Image, info: dict) -> Picture:
         arr = np.asarray(im, dtype=np.float32)
         im = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
     return Picture(np.ascontiguousarray(np.asarray(im.convert("RGB"))), None, info)
-
-
-def _short(e: BaseException) -> str:
-    s = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return s[:160]
 
 
 # ---------------------------------------------------------------- encoding

@@ -28,11 +28,9 @@ log = logging.getLogger("cyclebatch")
 
 
 def _cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return ""
+    from .device import cpu_flags
+
+    return cpu_flags()
 
 
 def _target_flags() -> list[str]:

@@ -17,7 +17,7 @@ import numpy as np
 from . import storage
 from .discover import Job, plan
 from .engine import Pending, Translator
-from .errors import CycleBatchError, raise_if_interrupted
+from .errors import CycleBatchError, first_line, raise_if_interrupted
 from .fileio import location_problem, sweep_dead_temps
 from .images import DEFAULT_MAX_PIXELS, Picture, read_image, write_image
 
@@ -378,7 +378,7 @@ class OutputUnwritable(CycleBatchError):
 def _short(e: BaseException) -> str:
     if isinstance(e, CycleBatchError):
         return str(e)
-    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    return f"{type(e).__name__}: {first_line(e)}"
 
 
 def _reason(e: CycleBatchError, job: Job) -> str:

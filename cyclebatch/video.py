@@ -45,13 +45,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from .errors import CycleBatchError
+from .errors import CycleBatchError, first_line
 from .fileio import atomic_path, location_problem, sweep_dead_temps
 # video_finish and video_pipeline (the stabiliser, torch) are imported by translate_video: the checks
 # below answer before torch loads.
 from .video_sinks import (FRAME_SUFFIX, FolderSink, VideoSink, atomic_folder, available_encoders,  # noqa: F401
                           encoder_options, is_frame_folder)
-from .video_sources import DEFAULT_FOLDER_FPS, FolderSource, Frame, VideoSource, _short, open_source  # noqa: F401
+from .video_sources import DEFAULT_FOLDER_FPS, FolderSource, Frame, VideoSource, open_source  # noqa: F401
 
 
 @dataclass
@@ -204,7 +204,7 @@ def _write_error(e: BaseException, out: Path, src: Path) -> BaseException:
 
     if not isinstance(e, av.FFmpegError):
         return e
-    reason = getattr(e, "strerror", None) or _short(e)
+    reason = getattr(e, "strerror", None) or first_line(e)
     if getattr(e, "filename", None) and Path(e.filename) == src:
         return CycleBatchError(f"{src}: cannot read it (FFmpeg: {reason}); {out} was not written")
     return CycleBatchError(f"{out}: cannot write it (FFmpeg: {reason}); nothing was written")

@@ -12,7 +12,7 @@ class DevicePath:
     for PNG frames) comes back. On a GPU this takes FFmpeg's conversions, the slowest CPU work after the
     encoder, off the CPU threads.
 
-    The engine takes RGB arrays, so this launches its own passes (model_input, _run, quantize) through the
+    The engine takes RGB arrays, so this launches its own passes (torch_forward, quantize) through the
     engine's pass loop (`run_passes`: batch size, out-of-memory halving, the listener). Tiled frames and
     non-finite output go through `translate_batch` with RGB made here, so the tiler and the fp32 re-run are
     the engine's own.
@@ -65,7 +65,7 @@ class DevicePath:
         tr = self.tr
         with torch.inference_mode():
             x = self._rgb(chunk).mul_(2.0 / 255.0).sub_(1.0)
-            y = tr._run(tr.model_input(x), tr._forward, tr.autocast())
+            y = tr.torch_forward(x)
             q, finite = tr.quantize(y)
             px = rgb_to_yuv420(q.permute(0, 3, 1, 2).float(), *self.dst) if self.to_yuv else q
             px = px.cpu().numpy()

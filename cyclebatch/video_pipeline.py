@@ -54,8 +54,7 @@ _END = object()
 
 
 def _is_compiled(translator) -> bool:
-    model = getattr(translator, "model", None)
-    return model is not None and getattr(translator, "_forward", model) is not model
+    return bool(getattr(translator, "compiled", False))  # a stand-in translator has no such attribute
 
 
 def run_pipeline(source, sinks: list, translator, *, shared_stats: bool = False,

@@ -12,16 +12,16 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from .errors import CycleBatchError
+from .errors import CycleBatchError, first_line
 from .fileio import temp_name
-from .video_sources import Frame, _short
+from .video_sources import Frame
 
 FRAME_SUFFIX = ".png"
 
 
 def _reason(e: BaseException) -> str:
     """An encoder's refusal without the call and its options that PyAV's message repeats."""
-    return e.strerror if isinstance(e, OSError) and e.strerror else _short(e)
+    return e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
 
 
 
@@ -177,7 +177,7 @@ class VideoSink:
         except PermissionError as e:
             raise CycleBatchError(f"{self.label}: cannot write here ({e.strerror or 'permission denied'})") from None
         except (ValueError, av.FFmpegError) as e:
-            raise CycleBatchError(f"{self.label}: cannot write this kind of file ({_short(e)})") from None
+            raise CycleBatchError(f"{self.label}: cannot write this kind of file ({first_line(e)})") from None
         if codec is None:
             codec = default_video_encoder(self.out.format.name)
         try:
@@ -401,7 +401,7 @@ def atomic_folder(path: Path, replace: bool = False) -> Iterator[Path]:
         tmp = temp_name(path)
         tmp.mkdir()
     except OSError as e:
-        raise CycleBatchError(f"{path}: cannot write here ({e.strerror or _short(e)})") from None
+        raise CycleBatchError(f"{path}: cannot write here ({e.strerror or first_line(e)})") from None
     try:
         yield tmp
         old = None

@@ -11,7 +11,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from .errors import CycleBatchError
+from .errors import CycleBatchError, first_line
 from .fileio import TMP_MARK
 from .images import IMAGE_SUFFIXES, read_image
 
@@ -34,11 +34,6 @@ class Frame:
         if self.rgb is not None:
             return self.rgb.shape[0], self.rgb.shape[1]
         return self.yuv.shape[0] * 2 // 3, self.yuv.shape[1]
-
-
-def _short(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return msg[:200]
 
 
 def _colour_tags(frame) -> Optional[dict]:
@@ -91,7 +86,7 @@ def _first_frame_problem(path: Path) -> Optional[str]:
                     return None  # undecided: the full pass will tell
             s.codec_context.decode(None)
     except av.FFmpegError as e:
-        return f"{path}: not a video, or damaged from its start: no frame decodes ({_short(e)})"
+        return f"{path}: not a video, or damaged from its start: no frame decodes ({first_line(e)})"
     return None
 
 def _tag_seconds(tag: Optional[str]) -> float:
@@ -128,7 +123,7 @@ class VideoSource:
         except av.FFmpegError as e:
             # strerror: FFmpeg's reason without the file name it repeats
             raise CycleBatchError(f"{path}: not a video, or one too damaged to open "
-                                  f"({getattr(e, 'strerror', None) or _short(e)})") from None
+                                  f"({getattr(e, 'strerror', None) or first_line(e)})") from None
         c = self.container
         problem = _not_a_video(path, c)
         if problem:
@@ -221,7 +216,7 @@ class VideoSource:
                 yield Frame(rgb, out_pts)
         except av.FFmpegError as e:
             raise CycleBatchError(f"{self.path}: the video is corrupt or truncated after {n} frames "
-                                  f"({_short(e)})") from None
+                                  f"({first_line(e)})") from None
         if n == 0:
             if self.start or self.duration:
                 if self.file_end and self.start > self.file_end - 2 / float(self.rate):

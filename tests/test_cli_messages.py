@@ -360,3 +360,24 @@ def test_fuzzed_video_arguments_fail_in_one_line_each(tmp_path, model_file):
         if r.returncode:
             assert lines and ("error:" in r.stderr or "Error:" in r.stderr), (args, r.stderr)
             assert not [p for p in out.rglob("*") if p.is_file()], (args, "a failed run left a file")
+
+
+def test_help_describes_every_option_and_shows_flags_as_flags():
+    import typer.main
+
+    from cyclebatch.cli import _plain_metavars, app
+
+    _plain_metavars(app)
+    commands, missing = [((), typer.main.get_command(app))], []
+    while commands:
+        path, cmd = commands.pop()
+        if hasattr(cmd, "commands"):
+            commands += [((*path, n), c) for n, c in cmd.commands.items()]
+            continue
+        missing += [f"{' '.join(path)} {p.name}" for p in cmd.params if not getattr(p, "help", None)]
+    assert missing == []
+    shown = subprocess.run([os.sys.executable, "-m", "cyclebatch", "run", "--help"], env=plain_env(COLUMNS="200"),
+                           capture_output=True, text=True).stdout
+    assert "{INPUTS}..." in shown and "{inputs}" not in shown
+    overwrite = next(line for line in shown.splitlines() if "--overwrite" in line)
+    assert "<bool>" not in overwrite  # a flag takes no value

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from ..engine import pick_device
+from ..device import pick_device
 
 
 def rank_info() -> tuple[int, int, int]:
