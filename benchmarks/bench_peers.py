@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-os.environ.setdefault("CI", "true")  # openvino's telemetry stays off (see export_openvino.no_telemetry)
+os.environ.setdefault("CI", "true")  # openvino's telemetry stays off (see backend_openvino.no_telemetry)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -11,18 +11,63 @@ the file); fp32 is the f32 hint.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
+import os
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from .errors import CycleBatchError
-from .export_openvino import atomic_ir, no_telemetry
 
 EXTRA = "pip install 'cyclebatch[openvino]'"
 KEEP_SHAPES = 8  # compiled models kept (one per input shape); a folder of many sizes recompiles the rarest
+
+
+@contextlib.contextmanager
+def no_telemetry() -> Iterator[None]:
+    """openvino's import and converter send usage telemetry from a forked process (and wait for it) unless
+    CI=true; cyclebatch users did not opt in to that. The variable is set only while OpenVINO code runs."""
+    saved = os.environ.get("CI")
+    os.environ["CI"] = "true"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("CI", None)
+        else:
+            os.environ["CI"] = saved
+
+
+def bin_path(xml: str | Path) -> Path:
+    return Path(xml).with_suffix(".bin")
+
+
+@contextlib.contextmanager
+def atomic_ir(path: str | Path) -> Iterator[Path]:
+    """Like fileio.atomic_path for the two files of an IR: yields a temporary .xml name (its .bin beside
+    it); on success the .bin and then the .xml are renamed into place; on failure both are removed."""
+    from .fileio import note_free_space, temp_name
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(path)
+    try:
+        yield tmp
+        for p in (bin_path(tmp), tmp):
+            with open(p, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(bin_path(tmp), bin_path(path))
+        os.replace(tmp, path)  # last: an .xml in place means its .bin is too
+    except BaseException as e:
+        note_free_space(e, path)
+        for p in (tmp, bin_path(tmp)):
+            with contextlib.suppress(OSError):
+                p.unlink()
+        raise
 
 
 def import_openvino():

@@ -386,8 +386,9 @@ def export(net: ResnetGenerator, out: str | Path, *, fp16: bool = False, opset: 
                 _record(result, verify(tmp, net, precision=precision, name=out, size=size))
     elif fmt == "openvino":
         from . import export_openvino
+        from .backend_openvino import atomic_ir
 
-        with export_openvino.atomic_ir(out) as tmp:
+        with atomic_ir(out) as tmp:
             export_openvino.export_openvino(net, tmp, fp16=precision == "fp16", metadata=meta)
             if check:
                 _record(result, verify(tmp, net, precision=precision, name=out))

@@ -16,7 +16,6 @@ from torch import nn
 
 from . import __version__
 from .errors import CycleBatchError
-from .export_options import MIN_SIZE
 from .networks import ResnetGenerator
 
 INPUT, OUTPUT = "image", "translated"
@@ -44,7 +43,7 @@ class PixelGraph(nn.Module):
 
 def min_size(net: nn.Module) -> int:
     """Smallest H and W the file takes: reflect padding must be shorter than the side (U-Nets)."""
-    return max(MIN_SIZE, net.min_side)
+    return net.min_side
 
 
 def contract(net: ResnetGenerator, *, fp16: bool = False, source: str = "", precision: Optional[str] = None,

@@ -10,37 +10,22 @@ compression; it computes in float32 or bf16 as the device decides). Install with
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 from torch import nn
 
+from .backend_openvino import no_telemetry
 from .errors import CycleBatchError
 
 EXTRA = "pip install 'cyclebatch[openvino]'"
 RT_INFO = "cyclebatch"
-
-
-@contextlib.contextmanager
-def no_telemetry() -> Iterator[None]:
-    """openvino's import and converter send usage telemetry from a forked process (and wait for it) unless
-    CI=true; cyclebatch users did not opt in to that. The variable is set only while OpenVINO code runs."""
-    saved = os.environ.get("CI")
-    os.environ["CI"] = "true"
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("CI", None)
-        else:
-            os.environ["CI"] = saved
 
 
 def _openvino():
@@ -50,34 +35,6 @@ def _openvino():
     except ImportError:
         raise CycleBatchError(f"OpenVINO export needs openvino: {EXTRA}") from None
     return openvino
-
-
-def bin_path(xml: str | Path) -> Path:
-    return Path(xml).with_suffix(".bin")
-
-
-@contextlib.contextmanager
-def atomic_ir(path: str | Path) -> Iterator[Path]:
-    """Like fileio.atomic_path for the two files of an IR: yields a temporary .xml name (its .bin beside
-    it); on success the .bin and then the .xml are renamed into place; on failure both are removed."""
-    from .fileio import note_free_space, temp_name
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(path)
-    try:
-        yield tmp
-        for p in (bin_path(tmp), tmp):
-            with open(p, "rb+") as f:
-                os.fsync(f.fileno())
-        os.replace(bin_path(tmp), bin_path(path))
-        os.replace(tmp, path)  # last: an .xml in place means its .bin is too
-    except BaseException as e:
-        note_free_space(e, path)
-        for p in (tmp, bin_path(tmp)):
-            with contextlib.suppress(OSError):
-                p.unlink()
-        raise
 
 
 def export_openvino(net: nn.Module, path: str | Path, *, fp16: bool = False,

@@ -194,6 +194,23 @@ _PIL_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", 
                ".tif": "TIFF", ".tiff": "TIFF"}
 
 
+def working_size(w: int, h: int, max_size: Optional[int], scale: Optional[float]) -> tuple[int, int]:
+    f = 1.0
+    if scale:
+        f = scale
+    if max_size and max(w, h) * f > max_size:
+        f = max_size / max(w, h)
+    return (w, h) if f == 1.0 else (max(1, round(w * f)), max(1, round(h * f)))
+
+
+def resize_to(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Pixels to the working size (w, h): area averaging down, bicubic up (`run` and `video` alike)."""
+    import cv2
+
+    down = size[0] < pixels.shape[1]
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA if down else cv2.INTER_CUBIC)
+
+
 def write_image(path: Path, pic: Picture, quality: int = 95) -> None:
     """Encode by the suffix of `path`, atomically. 16-bit goes out as 16-bit where the format can hold it."""
     suffix = path.suffix.lower()

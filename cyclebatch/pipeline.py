@@ -19,7 +19,7 @@ from .discover import Job, plan
 from .engine import Pending, Translator
 from .errors import CycleBatchError, first_line, raise_if_interrupted
 from .fileio import location_problem, sweep_dead_temps
-from .images import DEFAULT_MAX_PIXELS, Picture, read_image, write_image
+from .images import DEFAULT_MAX_PIXELS, Picture, read_image, resize_to, working_size, write_image
 
 
 REMOTE_WORKERS = 16  # decode/encode threads when reading or writing object storage
@@ -102,23 +102,6 @@ class Reporter:
     def failure(self, path: str, reason: str) -> None: ...
 
     def stop(self) -> None: ...
-
-
-def working_size(w: int, h: int, max_size: Optional[int], scale: Optional[float]) -> tuple[int, int]:
-    f = 1.0
-    if scale:
-        f = scale
-    if max_size and max(w, h) * f > max_size:
-        f = max_size / max(w, h)
-    return (w, h) if f == 1.0 else (max(1, round(w * f)), max(1, round(h * f)))
-
-
-def resize_to(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Pixels to the working size (w, h): area averaging down, bicubic up (`run` and `video` alike)."""
-    import cv2
-
-    down = size[0] < pixels.shape[1]
-    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA if down else cv2.INTER_CUBIC)
 
 
 def decode(job: Job, opts: RunOptions) -> Picture:

@@ -30,7 +30,7 @@ def even(n: int) -> int:
 
 
 class Resizer:
-    """Frames to the working size (`run`'s --max-size / --scale, pipeline.working_size), in the reader
+    """Frames to the working size (`run`'s --max-size / --scale, images.working_size), in the reader
     thread. Decided on the first frame: the upright size is known only once it is decoded. `even`: a
     resized video keeps even sides (4:2:0 H.264 needs them), so the sink pads nothing."""
 
@@ -40,7 +40,7 @@ class Resizer:
         self.work_size: Optional[tuple[int, int]] = None
 
     def __call__(self, f: Frame) -> Frame:
-        from .pipeline import resize_to, working_size
+        from .images import resize_to, working_size
 
         h, w = f.rgb.shape[:2]
         if self.input_size is None:

@@ -26,7 +26,7 @@ USER_ZOO = registry.zoo_dir()
 @pytest.fixture(scope="module")
 def ov():
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CI", "true")  # no telemetry from the import (see export_openvino.no_telemetry)
+        mp.setenv("CI", "true")  # no telemetry from the import (see backend_openvino.no_telemetry)
         yield pytest.importorskip("openvino", reason="pip install 'cyclebatch[openvino]'")
 
 
