@@ -32,8 +32,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import ROOT, model_or_random  # noqa: E402
-from cyclebatch import export as ex  # noqa: E402
-from cyclebatch.engine import Translator  # noqa: E402
+from cyclebatch.export import api as ex  # noqa: E402
+from cyclebatch.engine.translator import Translator  # noqa: E402
 from cyclebatch.errors import CycleBatchError  # noqa: E402
 
 
@@ -134,7 +134,7 @@ def main() -> None:
     try:
         import openvino  # noqa: F401
 
-        from cyclebatch import export_openvino
+        from cyclebatch.export import openvino as export_openvino
 
         def ov_runner(hint: str) -> Callable[[Path], Callable[[], np.ndarray]]:
             def make(path: Path) -> Callable[[], np.ndarray]:
@@ -152,7 +152,7 @@ def main() -> None:
 
     # LiteRT
     try:
-        from cyclebatch import export_tflite
+        from cyclebatch.export import tflite as export_tflite
 
         export_tflite._require_converter()
 

@@ -24,8 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import model_or_random  # noqa: E402
-from cyclebatch.engine import Translator  # noqa: E402
-from cyclebatch.export import export_onnx  # noqa: E402
+from cyclebatch.engine.translator import Translator  # noqa: E402
+from cyclebatch.export.api import export_onnx  # noqa: E402
 
 
 def main() -> None:

@@ -41,10 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_export import cpu_description  # noqa: E402
 from common import ROOT, model_or_random, psnr  # noqa: E402
-from cyclebatch.backends import openvino_available  # noqa: E402
-from cyclebatch.engine import Translator  # noqa: E402
-from cyclebatch.networks import GeneratorConfig, ResnetBlock, ResnetGenerator, init_weights  # noqa: E402
-from cyclebatch.pipeline import RunOptions, translate_paths  # noqa: E402
+from cyclebatch.engine.backends import openvino_available  # noqa: E402
+from cyclebatch.engine.translator import Translator  # noqa: E402
+from cyclebatch.models.networks import GeneratorConfig, ResnetBlock, ResnetGenerator, init_weights  # noqa: E402
+from cyclebatch.run.pipeline import RunOptions, translate_paths  # noqa: E402
 
 PHOTO = ROOT / "examples" / "photos" / "china.jpg"
 
@@ -118,7 +118,7 @@ def fresh_calibration(t: Translator, tmp: Path) -> None:
 def own_threads(fn: Callable, t: Translator | None) -> Callable:
     """The torch thread count is process-wide: each engine runs with its own, the configured count or what
     its Translator's governor chose (as it would in a process of its own)."""
-    from cyclebatch.cpuload import configured_threads
+    from cyclebatch.engine.cpu.threads import configured_threads
 
     base = configured_threads()
 
@@ -136,7 +136,7 @@ def peer_engines(net, name: str, tmp: Path) -> dict[str, Callable[[torch.Tensor]
     cb = Translator(net, device="cpu", precision="auto", backend="torch", adapt_threads=True)  # as `run`
     engines[f"cyclebatch torch {cb.precision}"] = own_threads(cb.forward, cb)
     if openvino_available():
-        from cyclebatch.backend_openvino import OpenVINOBackend
+        from cyclebatch.engine.openvino import OpenVINOBackend
 
         for hint in ("bf16", "fp32"):
             ov = OpenVINOBackend(net, hint)
@@ -149,7 +149,7 @@ def peer_engines(net, name: str, tmp: Path) -> dict[str, Callable[[torch.Tensor]
     try:
         import onnxruntime as ort
 
-        from cyclebatch.export import export_onnx
+        from cyclebatch.export.api import export_onnx
 
         path = tmp / "model.onnx"
         export_onnx(net, path)
@@ -230,10 +230,10 @@ def busy_section(net, size: int, rounds: int, tmp: Path) -> None:
         x = to_pm1(photo(PHOTO, size))
         engines = {}
         if openvino_available():
-            from cyclebatch.backend_openvino import OpenVINOBackend
+            from cyclebatch.engine.openvino import OpenVINOBackend
 
             engines["openvino bf16 hint"] = OpenVINOBackend(net, "bf16").forward
-        from cyclebatch.cpuload import configured_threads
+        from cyclebatch.engine.cpu.threads import configured_threads
 
         threads = configured_threads()  # not what a governor lowered it to in the sections before
         fixed = Translator(net, device="cpu", precision="auto", adapt_threads=False)

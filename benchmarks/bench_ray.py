@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_export import cpu_description  # noqa: E402
 from common import ROOT, model_or_random  # noqa: E402
-from cyclebatch.engine import Translator  # noqa: E402
-from cyclebatch.pipeline import Reporter, RunOptions, translate_paths  # noqa: E402
+from cyclebatch.engine.translator import Translator  # noqa: E402
+from cyclebatch.run.pipeline import Reporter, RunOptions, translate_paths  # noqa: E402
 
 
 def cpu_seconds() -> dict:
@@ -124,7 +124,7 @@ def once(args, model, kwargs: dict) -> dict:
     """One local run, then a local cluster started, one Ray run on it, and the cluster stopped."""
     import ray
 
-    from cyclebatch import rayrun
+    from cyclebatch.run import rayrun
 
     with tempfile.TemporaryDirectory(prefix="bench-ray-") as d:
         d = Path(d)

@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common import model_or_random, psnr  # noqa: E402
-from cyclebatch.engine import Translator  # noqa: E402
-from cyclebatch.pipeline import translate_paths  # noqa: E402
+from cyclebatch.engine.translator import Translator  # noqa: E402
+from cyclebatch.run.pipeline import translate_paths  # noqa: E402
 
 
 def make_photos(folder: Path, size: int, n: int) -> list[Path]:

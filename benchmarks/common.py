@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cyclebatch.errors import CycleBatchError  # noqa: E402
-from cyclebatch.networks import ResnetGenerator, init_weights  # noqa: E402
-from cyclebatch.registry import load_generator  # noqa: E402
+from cyclebatch.models.networks import ResnetGenerator, init_weights  # noqa: E402
+from cyclebatch.models.registry import load_generator  # noqa: E402
 
 
 def model_or_random(name: str) -> tuple[ResnetGenerator, str]:

@@ -48,9 +48,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))  # `common`, also when this file is imported by the tests
 
 from common import model_or_random, psnr  # noqa: E402
-from cyclebatch.engine import (Translator, estimate_bytes, is_out_of_memory,  # noqa: E402
+from cyclebatch.engine.translator import (Translator, estimate_bytes, is_out_of_memory,  # noqa: E402
                                pick_device, use_channels_last)
-from cyclebatch.networks import GeneratorConfig, ResnetGenerator, init_weights  # noqa: E402
+from cyclebatch.models.networks import GeneratorConfig, ResnetGenerator, init_weights  # noqa: E402
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")  # fp32 is true fp32 on CUDA (TF32 off)
 CUDA_ONLY = {"tf32": "TF32 is a CUDA tensor-core mode", "fp16": "fp16 inference is measured on CUDA only"}
@@ -720,7 +720,7 @@ class GpuCheck:
 
     def sec_end_to_end(self) -> dict:
         require("PIL", "Pillow (cyclebatch reads and writes image files with it)")
-        from cyclebatch.pipeline import translate_paths
+        from cyclebatch.run.pipeline import translate_paths
 
         out, rows = [], []
         for size in self.plan.sizes:
@@ -935,7 +935,7 @@ class GpuCheck:
         require("av", "PyAV (video decoding and encoding)")
         import av
 
-        from cyclebatch.video import translate_video
+        from cyclebatch.video.api import translate_video
 
         if not CLIP.is_file():
             raise Skip(f"{CLIP} is missing")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cyclebatch.networks import GeneratorConfig, ResnetGenerator, init_weights
+from cyclebatch.models.networks import GeneratorConfig, ResnetGenerator, init_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT / "examples" / "photos"

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from conftest import PHOTOS, run_cli, tiny_generator
-from cyclebatch import registry
-from cyclebatch.cli_run import _backends_note
-from cyclebatch.cpuload import ThreadGovernor
-from cyclebatch.engine import Translator
+from cyclebatch.models import registry
+from cyclebatch.cli.run import _backends_note
+from cyclebatch.engine.cpu.threads import ThreadGovernor
+from cyclebatch.engine.translator import Translator
 from cyclebatch.errors import CycleBatchError
 
 # Read before the autouse fixture empties CYCLEBATCH_HOME: where a real model may already be cached.
@@ -122,7 +122,7 @@ def test_without_openvino_auto_is_torch_and_openvino_is_a_one_line_error(monkeyp
 
 
 def test_tiles_and_shared_statistics_run_on_torch_and_say_so(ov, tmp_path):
-    from cyclebatch.stabilize import StableStats
+    from cyclebatch.video.shared_stats import StableStats
 
     net = tiny_generator(3)
     frames = [np.asarray(Image.open(PHOTOS / "chelsea.png").convert("RGB").resize((64, 48)))] * 2
@@ -171,7 +171,7 @@ def test_torch_threads_follow_the_cores_other_processes_leave(monkeypatch):
 def test_our_own_children_are_not_other_processes():
     """A compiler or encoder this process ran (and reaped) is our work: the native kernels' first build,
     counted as another process's, once took a `run` down to one thread mid-way."""
-    from cyclebatch.cpuload import _jiffies
+    from cyclebatch.engine.cpu.threads import _jiffies
 
     before = _jiffies()
     child_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -214,8 +214,8 @@ def test_calibration_keeps_torch_unless_openvino_is_clearly_faster(tmp_path, mon
                                                                    expected):
     from types import SimpleNamespace
 
-    from cyclebatch import calibration
-    from cyclebatch.calibration import MARGIN, ROUNDS, WARMUPS, AutoBackend
+    from cyclebatch.engine import calibration
+    from cyclebatch.engine.calibration import MARGIN, ROUNDS, WARMUPS, AutoBackend
 
     clock = [0.0]
     monkeypatch.setattr(calibration.time, "perf_counter", lambda: clock[0])

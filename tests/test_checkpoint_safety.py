@@ -9,7 +9,7 @@ import torch
 
 from conftest import run_cli, tiny_generator
 from cyclebatch import CycleBatchError, load_generator
-from cyclebatch.checkpoints import save_generator
+from cyclebatch.models.checkpoints import save_generator
 
 
 def pieces(tmp_path):

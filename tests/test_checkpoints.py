@@ -6,7 +6,7 @@ import torch
 
 from conftest import PHOTOS, run_cli, tiny_generator
 from cyclebatch import CycleBatchError, load_file, load_generator, save_generator
-from cyclebatch.networks import PatchDiscriminator
+from cyclebatch.models.networks import PatchDiscriminator
 
 X = torch.randn(1, 3, 32, 40, generator=torch.Generator().manual_seed(1))
 

@@ -18,11 +18,11 @@ from safetensors.torch import save_file
 
 from conftest import PHOTOS, ROOT, run_cli, tiny_generator
 from cyclebatch import CycleBatchError
-from cyclebatch.checkpoints import read_tensors
-from cyclebatch.engine import Translator
-from cyclebatch.images import read_image
-from cyclebatch.pipeline import RunOptions, translate_paths
-from cyclebatch.registry import resolve
+from cyclebatch.models.checkpoints import read_tensors
+from cyclebatch.engine.translator import Translator
+from cyclebatch.io.images import read_image
+from cyclebatch.run.pipeline import RunOptions, translate_paths
+from cyclebatch.models.registry import resolve
 
 # What a message line may start with: anything else on stderr is a continuation of a wrapped or
 # multi-line message (or a traceback).
@@ -190,7 +190,7 @@ def test_file_names_with_newlines_odd_bytes_and_brackets_stay_one_line_each(tmp_
 def test_help_texts_keep_the_brackets_of_install_hints():
     import typer.main
 
-    from cyclebatch.cli import app
+    from cyclebatch.cli.app import app
 
     env = plain_env(COLUMNS="1000")
     root = typer.main.get_command(app)
@@ -259,7 +259,7 @@ def test_too_small_images_and_working_sizes_say_so(tmp_path):
     for opts in (RunOptions(max_size=4), RunOptions(scale=0.01)):
         s = translate_paths([str(src)], tmp_path / "o", tr, opts)
         assert s.failed == 1 and "too small" in s.failures[0][1] and "--max-size/--scale" in s.failures[0][1]
-    from cyclebatch.video import translate_video
+    from cyclebatch.video.api import translate_video
 
     with pytest.raises(CycleBatchError, match=r"clip.mp4: 4x2 is too small .* --max-size/--scale.*was not written"):
         translate_video(ROOT / "examples" / "clip.mp4", tmp_path / "v.mp4", tr, max_size=4, temporal="off")
@@ -365,7 +365,7 @@ def test_fuzzed_video_arguments_fail_in_one_line_each(tmp_path, model_file):
 def test_help_describes_every_option_and_shows_flags_as_flags():
     import typer.main
 
-    from cyclebatch.cli import _plain_metavars, app
+    from cyclebatch.cli.app import _plain_metavars, app
 
     _plain_metavars(app)
     commands, missing = [((), typer.main.get_command(app))], []

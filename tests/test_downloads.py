@@ -8,7 +8,7 @@ import time
 import pytest
 
 from cyclebatch import CycleBatchError
-from cyclebatch.download import fetch
+from cyclebatch.models.download import fetch
 
 BODY = bytes(range(256)) * 40
 

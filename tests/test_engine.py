@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 
 from conftest import PHOTOS, run_cli, tiny_generator
-from cyclebatch import memory
-from cyclebatch.checkpoints import save_generator
-from cyclebatch.engine import Translator, device_free_bytes, use_channels_last
-from cyclebatch.pipeline import translate_paths
-from cyclebatch.tiling import RunningStats
+from cyclebatch.engine import memory
+from cyclebatch.models.checkpoints import save_generator
+from cyclebatch.engine.translator import Translator, device_free_bytes, use_channels_last
+from cyclebatch.run.pipeline import translate_paths
+from cyclebatch.engine.tiling import RunningStats
 
 
 def photos(n: int, size=(48, 40)) -> list[np.ndarray]:
@@ -254,7 +254,7 @@ def test_tile_statistics_merge_without_a_host_sync_per_tile(monkeypatch):
 def test_torchrun_puts_each_rank_on_its_own_gpu(monkeypatch, asked, expected):
     import torch.distributed as dist
 
-    from cyclebatch.distributed import setup
+    from cyclebatch.run.distributed import setup
 
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("WORLD_SIZE", "4")
@@ -269,7 +269,7 @@ def test_torchrun_puts_each_rank_on_its_own_gpu(monkeypatch, asked, expected):
 
 def test_instance_statistics_stay_right_inside_a_compiled_graph():
     """--compile on CPU keeps channels_last; a compiled graph dropped the in-place statistics writes."""
-    from cyclebatch.networks import instance_stats
+    from cyclebatch.models.networks import instance_stats
 
     torch.manual_seed(1)
     x = (torch.randn(1, 16, 40, 52) * 3 + 1).contiguous(memory_format=torch.channels_last)

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from conftest import run_cli, tiny_generator
-from cyclebatch import __version__, export as ex
-from cyclebatch.checkpoints import save_generator
+from cyclebatch import __version__
+from cyclebatch.export import api as ex
+from cyclebatch.models.checkpoints import save_generator
 from cyclebatch.errors import CycleBatchError
-from cyclebatch.fileio import is_temp
-from cyclebatch.networks import pad_to_multiple
+from cyclebatch.io.files import is_temp
+from cyclebatch.models.networks import pad_to_multiple
 
 # Odd sizes (no side a multiple of 4), the smallest supported side, and a second batch size.
 SHAPES = [(2, 3, 37, 50), (1, 3, 64, 48), (1, 3, 5, 7)]

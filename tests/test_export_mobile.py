@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from conftest import PHOTOS, run_cli, tiny_generator
-from cyclebatch import export as ex
-from cyclebatch import export_openvino, export_tflite
-from cyclebatch.checkpoints import save_generator
+from cyclebatch.export import api as ex
+from cyclebatch.export import openvino as export_openvino
+from cyclebatch.export import tflite as export_tflite
+from cyclebatch.models.checkpoints import save_generator
 from cyclebatch.errors import CycleBatchError
 from test_export import reference
 
@@ -37,7 +38,7 @@ def psnr(a, b) -> float:
 
 def photo(h, w) -> np.ndarray:
     """A real photo other than the one verification uses, fitted to h x w, NHWC [0, 1]."""
-    from cyclebatch.images import read_image
+    from cyclebatch.io.images import read_image
 
     rgb = read_image(PHOTOS / "astronaut.png").rgb.astype(np.float32) / 255
     return np.ascontiguousarray(ex.fit(rgb, h, w)[None], dtype=np.float32)

@@ -17,11 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import PHOTOS, run_cli
-from cyclebatch import export as ex
-from cyclebatch import load_file, load_generator, save_generator, tiling
-from cyclebatch.engine import Translator
+from cyclebatch.export import api as ex
+from cyclebatch import load_file, load_generator, save_generator
+from cyclebatch.engine import tiling
+from cyclebatch.engine.translator import Translator
 from cyclebatch.errors import CycleBatchError
-from cyclebatch.images import read_image
+from cyclebatch.io.images import read_image
 
 
 # ---------------------------------------------------------------- the independent reference networks

@@ -14,8 +14,8 @@ from PIL import Image
 
 from conftest import PHOTOS, ROOT, run_cli, tiny_generator
 from cyclebatch import CycleBatchError
-from cyclebatch.images import read_image
-from cyclebatch.video import translate_video
+from cyclebatch.io.images import read_image
+from cyclebatch.video.api import translate_video
 
 SEED = 20261201
 MAX_PIXELS = 4_000_000  # a header edit may claim any size: the limit (not the decoder) must say no

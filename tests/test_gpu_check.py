@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cyclebatch.networks import ResnetGenerator
+from cyclebatch.models.networks import ResnetGenerator
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"

@@ -4,7 +4,7 @@ import numpy as np
 from PIL import Image
 
 from browser import needs_chromium, parse, render, with_attr
-from cyclebatch.htmlpage import Page, data_uri, jpeg_thumbnail
+from cyclebatch.io.htmlpage import Page, data_uri, jpeg_thumbnail
 
 pytestmark = needs_chromium
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from cyclebatch.networks import (
+from cyclebatch.models.networks import (
     GeneratorConfig, InstanceNorm, PatchDiscriminator, ResnetGenerator, init_weights, instance_stats, pad_to_multiple,
 )
 

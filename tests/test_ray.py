@@ -8,13 +8,13 @@ import torch
 from PIL import Image
 
 from conftest import run_cli, tiny_generator
-from cyclebatch.engine import Translator
+from cyclebatch.engine.translator import Translator
 from cyclebatch.errors import CycleBatchError
-from cyclebatch.fileio import TMP_MARK
-from cyclebatch.pipeline import Reporter, RunOptions, translate_paths
+from cyclebatch.io.files import TMP_MARK
+from cyclebatch.run.pipeline import Reporter, RunOptions, translate_paths
 
 ray = pytest.importorskip("ray")
-from cyclebatch import rayrun  # noqa: E402
+from cyclebatch.run import rayrun  # noqa: E402
 
 FP32 = {"device": "cpu", "precision": "fp32"}
 CLUSTER_CPUS = 2  # the test cluster's: its one CPU actor runs this many torch threads

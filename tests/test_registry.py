@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from conftest import tiny_generator
-from cyclebatch import CycleBatchError, load_generator, registry, save_generator
-from cyclebatch.registry import Weights, ensure_cached, lookup
+from cyclebatch import CycleBatchError, load_generator, save_generator
+from cyclebatch.models import registry
+from cyclebatch.models.registry import Weights, ensure_cached, lookup
 
 
 class Server:

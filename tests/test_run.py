@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from conftest import PHOTOS, ROOT, run_cli, tiny_generator
-from cyclebatch.engine import Translator
-from cyclebatch.images import read_image
-from cyclebatch.pipeline import RunOptions, translate_paths
+from cyclebatch.engine.translator import Translator
+from cyclebatch.io.images import read_image
+from cyclebatch.run.pipeline import RunOptions, translate_paths
 
 
 @pytest.fixture
@@ -280,11 +280,11 @@ def test_help_and_the_public_api_import_torch_only_when_used():
             "print(before, 'torch' in sys.modules, ResnetGenerator.__module__)")
     r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)},
                        capture_output=True, text=True)
-    assert r.stdout.split() == ["False", "True", "cyclebatch.networks"], r.stderr
+    assert r.stdout.split() == ["False", "True", "cyclebatch.models.networks"], r.stderr
     r = run_cli("--help")
     assert r.returncode == 0 and "run" in r.stdout and "export" in r.stdout
     # export checks its options before it imports the exporters (and torch).
-    code = ("import sys; from cyclebatch.cli import main; "
+    code = ("import sys; from cyclebatch.cli.app import main; "
             "sys.argv = ['cyclebatch', 'export', 'm.pth', 'm.tflite', '--quantize', 'int4']\n"
             "try:\n    main()\nexcept SystemExit as e:\n    print(e.code, 'torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)},

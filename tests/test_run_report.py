@@ -6,10 +6,10 @@ from PIL import Image
 
 from browser import needs_chromium, parse, render, with_attr
 from conftest import PHOTOS, run_cli, tiny_generator
-from cyclebatch.discover import Job, Plan
-from cyclebatch.pipeline import Summary
-from cyclebatch import report
-from cyclebatch.report import PAGE, THUMBS, thumb_rel, write_run_report
+from cyclebatch.io.discover import Job, Plan
+from cyclebatch.run.pipeline import Summary
+from cyclebatch.run import report
+from cyclebatch.run.report import PAGE, THUMBS, thumb_rel, write_run_report
 
 
 def images_rows(dom):

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from conftest import PHOTOS, run_cli, tiny_generator
-from cyclebatch import pipeline
-from cyclebatch.engine import Translator
-from cyclebatch.pipeline import translate_paths
+from cyclebatch.run import pipeline
+from cyclebatch.engine.translator import Translator
+from cyclebatch.run.pipeline import translate_paths
 
 
 def small_photos(folder, n):
@@ -62,7 +62,7 @@ def test_cli_reports_a_full_disk_in_one_line_with_exit_code_1(tmp_path):
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(
         "import errno, os\n"
-        "import cyclebatch.pipeline as p\n"
+        "import cyclebatch.run.pipeline as p\n"
         "def full(path, pic, quality=95):\n"
         "    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
         "p.write_image = full\n")
@@ -110,7 +110,8 @@ class Identity:
 @pytest.mark.parametrize("target", ["out.mp4", "frames"])
 def test_video_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, target):
     from conftest import ROOT
-    from cyclebatch import CycleBatchError, video
+    from cyclebatch import CycleBatchError
+    from cyclebatch.video import api as video
 
     def full(self, frames):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

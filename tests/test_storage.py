@@ -6,11 +6,11 @@ import pytest
 from PIL import Image
 
 from conftest import run_cli, tiny_generator
-from cyclebatch import storage
-from cyclebatch.engine import Translator
+from cyclebatch.io import storage
+from cyclebatch.engine.translator import Translator
 from cyclebatch.errors import CycleBatchError
-from cyclebatch.fileio import TMP_MARK
-from cyclebatch.pipeline import RunOptions, translate_paths
+from cyclebatch.io.files import TMP_MARK
+from cyclebatch.run.pipeline import RunOptions, translate_paths
 from s3local import FAKE_CREDENTIALS, options, s3_server
 
 s3fs = pytest.importorskip("s3fs")

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import ROOT
-from cyclebatch.fileio import FOREIGN_TEMP_AGE_S, TMP_MARK, sweep_dead_temps, temp_name, writer_identity
+from cyclebatch.io.files import FOREIGN_TEMP_AGE_S, TMP_MARK, sweep_dead_temps, temp_name, writer_identity
 
 
 def dead_pid() -> int:
@@ -57,7 +57,7 @@ def test_a_live_writer_in_another_pid_namespace_keeps_its_file(tmp_path):
             pid += 1
     holder = ("import os, sys, time\n"
               "from pathlib import Path\n"
-              "from cyclebatch.fileio import temp_name\n"
+              "from cyclebatch.io.files import temp_name\n"
               "tmp = temp_name(Path(sys.argv[1]) / 'out.mp4')\n"
               "tmp.write_bytes(b'a video being encoded')\n"
               "print(os.getpid(), tmp, flush=True)\n"

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from cyclebatch.temporal import FlowStabilizer, PairGeometry, grid, pair_geometry, visible, warp_error
+from cyclebatch.video.temporal import FlowStabilizer, PairGeometry, grid, pair_geometry, visible, warp_error
 
 H, W, SIDE, SPEED = 96, 128, 40, 3  # frame, object side, object speed in px a frame
 TOP = 28

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from conftest import PHOTOS, tiny_generator
-from cyclebatch import tiling
-from cyclebatch.cli_common import parse_memory
-from cyclebatch.engine import Translator, estimate_bytes
+from cyclebatch.engine import tiling
+from cyclebatch.cli.common import parse_memory
+from cyclebatch.engine.translator import Translator, estimate_bytes
 from cyclebatch.errors import CycleBatchError
-from cyclebatch.images import read_image
+from cyclebatch.io.images import read_image
 
 MiB = 2**20
 
@@ -205,7 +205,7 @@ def test_cli_tiles_on_request_or_past_the_memory_budget_and_stays_seamless(tmp_p
     from PIL import Image
 
     from conftest import run_cli
-    from cyclebatch.images import read_image
+    from cyclebatch.io.images import read_image
 
     model = tmp_path / "tiny.pth"
     torch.save(tiny_generator(3).state_dict(), model)

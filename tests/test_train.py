@@ -80,7 +80,7 @@ def test_checkpoint_is_complete_and_loads_weights_only(tmp_path):
     assert len(state["pool_A"]["images"]) == 3  # pool of 50 still filling: every fake kept
     assert len(state["opt_G"]["state"]) == len(list(tiny_generator().parameters())) * 2
     # the generator-file loader reads the same checkpoint, per direction
-    from cyclebatch.checkpoints import load_file
+    from cyclebatch.models.checkpoints import load_file
 
     g_b = load_file(path, "BtoA")
     assert torch.equal(g_b.state_dict()["model.1.weight"], state["G_B"]["model.1.weight"])

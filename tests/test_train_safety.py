@@ -15,7 +15,7 @@ import pytest
 
 from conftest import ROOT, run_cli
 from cyclebatch import CycleBatchError
-from cyclebatch.fileio import TMP_MARK
+from cyclebatch.io.files import TMP_MARK
 from cyclebatch.train import TrainConfig, load_checkpoint, train
 from test_train import TINY, TINY_CLI, make_domains
 

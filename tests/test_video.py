@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from cyclebatch.checkpoints import save_generator
+from cyclebatch.models.checkpoints import save_generator
 from cyclebatch.errors import CycleBatchError
-from cyclebatch.engine import Translator
-from cyclebatch.stabilize import StableStats
-from cyclebatch.temporal import FlowStabilizer
-from cyclebatch.video import translate_video
+from cyclebatch.engine.translator import Translator
+from cyclebatch.video.shared_stats import StableStats
+from cyclebatch.video.temporal import FlowStabilizer
+from cyclebatch.video.api import translate_video
 from conftest import ROOT, run_cli, tiny_generator
 
 NTSC = Fraction(30000, 1001)
@@ -216,7 +216,7 @@ def test_stabilize_reaches_the_norms_the_translator_runs(tmp_path):
     """On CPU bf16 the translator runs its own copy of the model: --stabilize must hook that copy."""
     from PIL import Image
 
-    from cyclebatch.images import read_image
+    from cyclebatch.io.images import read_image
 
     a = pattern(0, 32, 48)
     a2 = a.copy()
@@ -245,7 +245,7 @@ def test_tiled_frames_share_statistics_like_whole_ones(tmp_path):
     """The tiler installs its own whole-frame statistics; they must still go through the shot's average."""
     from PIL import Image
 
-    from cyclebatch.images import read_image
+    from cyclebatch.io.images import read_image
 
     a = pattern(0, 64, 64)
     a2 = a.copy()
@@ -377,7 +377,7 @@ def test_cli_interrupt_says_so_and_leaves_nothing(tmp_path, sig):
 
 
 def test_leftovers_of_a_killed_run_on_the_same_output_are_swept(tmp_path):
-    from cyclebatch.fileio import TMP_MARK, writer_identity
+    from cyclebatch.io.files import TMP_MARK, writer_identity
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a pid that no longer runs
@@ -457,7 +457,7 @@ def encode_frames(path, frames, pts=None):
 
 def count_device_conversions(monkeypatch):
     """Counts the frames colour.py converts to RGB (the GPU path), so a test knows that path ran."""
-    import cyclebatch.colour as colour
+    import cyclebatch.video.colour as colour
 
     real, frames = colour.yuv420_to_rgb, []
 
@@ -581,7 +581,7 @@ def test_cli_video_compile_compiles_once_for_the_whole_video(tmp_path, monkeypat
     from torch._dynamo.utils import counters
     from typer.testing import CliRunner
 
-    from cyclebatch.cli import app
+    from cyclebatch.cli.app import app
 
     save_generator(tiny_generator(1), tmp_path / "g.safetensors", {})
     pts = synth(tmp_path / "in.mp4", n=10, w=48, h=32, audio=False)
@@ -611,7 +611,7 @@ def test_colour_conversion_on_torch_matches_ffmpeg(matrix, full):
     ways: YUV -> RGB within 2 levels, RGB -> YUV 4:2:0 within 1 on every plane."""
     from av.video.reformatter import ColorRange, Colorspace
 
-    from cyclebatch.colour import rgb_to_yuv420, yuv420_to_rgb
+    from cyclebatch.video.colour import rgb_to_yuv420, yuv420_to_rgb
 
     space = {2: None, 1: Colorspace.ITU709, 5: Colorspace.ITU601}[matrix]
     rng = ColorRange.JPEG if full else ColorRange.MPEG
@@ -726,7 +726,7 @@ def test_unknown_encoder_names_the_ones_there_are(tmp_path):
 
 
 def test_nvenc_options_follow_crf_and_preset():
-    from cyclebatch.video import encoder_options
+    from cyclebatch.video.api import encoder_options
 
     x264 = ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
     levels = [int(encoder_options("h264_nvenc", 20, p)["preset"][1:]) for p in x264]

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cyclebatch.checkpoints import save_generator
+from cyclebatch.models.checkpoints import save_generator
 from cyclebatch.errors import CycleBatchError
-from cyclebatch.fileio import TMP_MARK, writer_identity
-from cyclebatch.video import translate_video
+from cyclebatch.io.files import TMP_MARK, writer_identity
+from cyclebatch.video.api import translate_video
 from conftest import run_cli, tiny_generator
 from test_video import Identity, _bad_inputs, pattern, probe, synth
 

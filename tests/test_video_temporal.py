@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cyclebatch.checkpoints import save_generator
+from cyclebatch.models.checkpoints import save_generator
 from cyclebatch.errors import CycleBatchError
-from cyclebatch.images import read_image
-from cyclebatch.temporal import FlowStabilizer
-from cyclebatch.video import translate_video
+from cyclebatch.io.images import read_image
+from cyclebatch.video.temporal import FlowStabilizer
+from cyclebatch.video.api import translate_video
 from conftest import run_cli, tiny_generator
 from test_temporal import H, SIDE, TOP, W, clip, frame_flicker
 from test_video import Exploding, Identity, pattern, probe, synth
@@ -170,8 +170,8 @@ def test_expected_total_shown_from_the_first_call(tmp_path):
 
 def test_flow_computed_ahead_in_a_pool_gives_the_same_frames():
     """The flow of later pairs runs in worker threads while the blend stays in order: same output."""
-    from cyclebatch.video_finish import Finisher
-    from cyclebatch.video_sources import Frame
+    from cyclebatch.video.finish import Finisher
+    from cyclebatch.video.sources import Frame
 
     frames, per_frame, _ = clip(n=12)
     inline, pooled = Finisher("flow", flow_workers=0), Finisher("flow", flow_workers=3)

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-import cyclebatch.winograd as wino
-from cyclebatch.engine import Translator
-from cyclebatch.networks import GeneratorConfig, ResnetGenerator, init_weights
-from cyclebatch.winograd import WinogradConv3x3
+import cyclebatch.engine.cpu.winograd as wino
+from cyclebatch.engine.translator import Translator
+from cyclebatch.models.networks import GeneratorConfig, ResnetGenerator, init_weights
+from cyclebatch.engine.cpu.winograd import WinogradConv3x3
 
 
 @pytest.mark.parametrize("m", [2, 4])
@@ -64,7 +64,7 @@ def test_cpu_translator_runs_the_trunk_through_winograd_in_fp32_and_bf16():
 
 
 def _native_or_skip():
-    from cyclebatch import native
+    from cyclebatch.engine.cpu import native
 
     if native._compiler() is None:
         pytest.skip("no C compiler on this machine: the torch transforms are the only path")
@@ -101,7 +101,7 @@ def test_native_transforms_equal_the_torch_ones(m, dtype, shape, monkeypatch):
 
 
 def test_native_kernels_are_built_once_and_cached_per_source_and_cpu(tmp_path, monkeypatch):
-    from cyclebatch import native
+    from cyclebatch.engine.cpu import native
 
     _native_or_skip()
     cc = native._compiler()
@@ -117,7 +117,7 @@ def test_native_kernels_are_built_once_and_cached_per_source_and_cpu(tmp_path, m
 
 
 def test_without_a_compiler_the_torch_transforms_run(monkeypatch):
-    from cyclebatch import native
+    from cyclebatch.engine.cpu import native
 
     monkeypatch.setenv("CC", "/nonexistent/cc")
     monkeypatch.setattr(native.shutil, "which", lambda name: None)
@@ -134,7 +134,7 @@ def test_without_a_compiler_the_torch_transforms_run(monkeypatch):
 
 
 def test_a_failing_build_falls_back_with_a_debug_line(tmp_path, monkeypatch, caplog):
-    from cyclebatch import native
+    from cyclebatch.engine.cpu import native
 
     broken = tmp_path / "cc"
     broken.write_text("#!/bin/sh\necho 'cc: fatal error: no input' >&2\nexit 1\n")
@@ -153,7 +153,7 @@ def test_a_failing_build_falls_back_with_a_debug_line(tmp_path, monkeypatch, cap
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(2, 16, 1, 11, 9), (1, 32, 3, 12, 13)])
 def test_native_narrow_convolution_equals_the_plain_one(dtype, shape):
-    from cyclebatch.narrow_conv import NarrowConv
+    from cyclebatch.engine.cpu.narrow_conv import NarrowConv
 
     _native_or_skip()
     n, c, o, h, w = shape
@@ -171,7 +171,7 @@ def test_native_narrow_convolution_equals_the_plain_one(dtype, shape):
 
 
 def test_cpu_translator_runs_the_last_convolution_natively_and_keeps_the_structure():
-    from cyclebatch.narrow_conv import NarrowConv
+    from cyclebatch.engine.cpu.narrow_conv import NarrowConv
 
     _native_or_skip()
     torch.manual_seed(1)
@@ -190,8 +190,8 @@ def test_cpu_translator_runs_the_last_convolution_natively_and_keeps_the_structu
 @pytest.mark.parametrize("affine,dropout", [(False, False), (True, True)])
 @pytest.mark.parametrize("band", [1, wino.BAND_BYTES])
 def test_fused_residual_block_equals_its_layers(m, dtype, affine, dropout, band, monkeypatch):
-    from cyclebatch.networks import ResnetBlock
-    from cyclebatch.winograd import WinogradResnetBlock, use_winograd
+    from cyclebatch.models.networks import ResnetBlock
+    from cyclebatch.engine.cpu.winograd import WinogradResnetBlock, use_winograd
 
     _native_or_skip()
     monkeypatch.setattr(wino, "BAND_BYTES", band)  # 1: a band per tile row, so the seams are covered
@@ -218,8 +218,8 @@ def test_fused_residual_block_equals_its_layers(m, dtype, affine, dropout, band,
 
 
 def test_fused_block_steps_aside_for_outside_statistics_and_training():
-    from cyclebatch.networks import InstanceNorm, ResnetBlock
-    from cyclebatch.winograd import use_winograd
+    from cyclebatch.models.networks import InstanceNorm, ResnetBlock
+    from cyclebatch.engine.cpu.winograd import use_winograd
 
     _native_or_skip()
     net = use_winograd(init_weights(ResnetGenerator(GeneratorConfig(ngf=4, n_blocks=1))).eval(), 4)

@@ -9,11 +9,11 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from . import __version__
-from .cli_common import (BATCHNORM_HELP, MEMORY_HELP, TILE_HELP, _sigterm_as_interrupt, check_output_file, err,
+from .. import __version__
+from .common import (BATCHNORM_HELP, MEMORY_HELP, TILE_HELP, _sigterm_as_interrupt, check_output_file, err,
                          error_line, fail, note, out, parse_bytes, plain, writing)
-from .cli_run import run
-from .errors import CycleBatchError
+from .run import run
+from ..errors import CycleBatchError
 
 app = typer.Typer(
     help="Unpaired image-to-image translation with CycleGAN generators, at batch scale.",
@@ -45,7 +45,7 @@ def _fmt_size(n: Optional[int]) -> str:
 @models_app.command("list")
 def models_list() -> None:
     """The zoo, dropped-in files and training runs: name, source, cached or not, size, direction."""
-    from .registry import ZOO, cached_path, local_models
+    from ..models.registry import ZOO, cached_path, local_models
 
     table = Table(title="cyclebatch models", title_justify="left")
     for col in ("name", "translates", "source", "cached", "size"):
@@ -66,7 +66,7 @@ def models_list() -> None:
 def models_download(names: List[str] = typer.Argument(..., help="Zoo names or aliases."),
                     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress; errors only.")) -> None:
     """Download zoo models into the cache (verified, atomic; safe to interrupt and re-run)."""
-    from .registry import ensure_cached, lookup
+    from ..models.registry import ensure_cached, lookup
 
     failed = 0
     for name in names:
@@ -89,7 +89,7 @@ def models_download(names: List[str] = typer.Argument(..., help="Zoo names or al
 def models_info(model: str = typer.Argument(..., help="Zoo name, run name, folder or checkpoint file."),
                 direction: str = typer.Option("AtoB", "--direction", "-d", help="AtoB or BtoA.")) -> None:
     """Architecture, parameter count and metadata of a model."""
-    from .registry import load_generator, resolve
+    from ..models.registry import load_generator, resolve
 
     path = resolve(model, direction)
     net = load_generator(model, direction)
@@ -110,8 +110,8 @@ def models_convert(src: str = typer.Argument(..., help="Any readable model: name
                    direction: str = typer.Option("AtoB", "--direction", "-d", help="AtoB or BtoA."),
                    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output.")) -> None:
     """Write cyclebatch's own format (safetensors + JSON metadata) from any readable checkpoint."""
-    from .checkpoints import save_generator
-    from .registry import load_generator
+    from ..models.checkpoints import save_generator
+    from ..models.registry import load_generator
 
     if dst.suffix != ".safetensors":
         fail(f"{dst}: the output must end in .safetensors", 2)
@@ -171,7 +171,7 @@ def train_cmd(
 ) -> None:
     """Train a CycleGAN on two folders of unpaired images (paper defaults). Ctrl-C saves; --resume continues.
     Watch it with `cyclebatch runs status NAME`, runs/NAME/report.html or TensorBoard (runs/NAME/tensorboard)."""
-    from .train import TrainConfig, train
+    from ..train import TrainConfig, train
 
     if not resume and (data_a is None or data_b is None):
         fail("give both data folders (domain A, domain B), or --resume to continue a run", 2)
@@ -203,7 +203,7 @@ def runs_status(run: str = typer.Argument(..., help="Run name (under --runs-dir)
     """Epoch, iteration, current losses, seconds per iteration and time to finish of a run, also while it trains."""
     import json
 
-    from .train.status import describe, find_run, read_status
+    from ..train.status import describe, find_run, read_status
 
     try:
         doc = read_status(find_run(run, runs_dir))
@@ -235,7 +235,7 @@ def export_cmd(model: str = typer.Argument(..., help="Any model the registry can
                no_verify: bool = typer.Option(False, "--no-verify", help="Skip running the file against PyTorch."),
                overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output.")) -> None:
     """Export a generator for ONNX runtimes, LibTorch, LiteRT (phones) or OpenVINO; verified against PyTorch on a real photo."""
-    from .export_options import check_options, parse_size
+    from ..export.options import check_options, parse_size
 
     try:
         fmt = check_options(dst, precision=precision or ("fp16" if fp16 else "fp32"), fp16=fp16, quantize=quantize,
@@ -245,8 +245,8 @@ def export_cmd(model: str = typer.Argument(..., help="Any model the registry can
         fail(str(e), 2)
     for p in (dst, dst.with_suffix(".bin")) if fmt == "openvino" else (dst,):
         check_output_file(p, overwrite)
-    from .export import OPSET, export
-    from .registry import load_generator
+    from ..export.api import OPSET, export
+    from ..models.registry import load_generator
 
     net = load_generator(model, direction)
     with writing(dst):
@@ -314,7 +314,7 @@ def video(src: Path = typer.Argument(..., help="Input video, or a folder of fram
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .video import check_video_job
+    from ..video.api import check_video_job
 
     if no_stabilize and temporal not in (None, "off"):
         fail(f"--no-stabilize is --temporal off; it cannot go with --temporal {temporal}")
@@ -324,9 +324,9 @@ def video(src: Path = typer.Argument(..., help="Input video, or a folder of fram
     # The input is a video and no output is in the way: said at once, before the model loads.
     check_video_job(src, dst, compare=compare, overwrite=overwrite, start=start, duration=duration, fps=fps)
 
-    from .engine import Translator
-    from .registry import load_generator
-    from .video import translate_video
+    from ..engine.translator import Translator
+    from ..models.registry import load_generator
+    from ..video.api import translate_video
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[fps]} frames/s"), TextColumn("{task.fields[expected]}"),
                    TimeRemainingColumn(), console=err, disable=quiet or not err.is_terminal, transient=True)

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .errors import CycleBatchError
+from ..errors import CycleBatchError
 
 
 
@@ -99,7 +99,7 @@ def check_output_file(dst: Path, overwrite: bool) -> None:
 @contextlib.contextmanager
 def writing(dst: Path):
     """A write error of the output (full disk, read-only, no permission) as one line, exit 1."""
-    from .fileio import as_location_error, location_problem
+    from ..io.files import as_location_error, location_problem
 
     try:
         yield
@@ -150,7 +150,7 @@ def _sigterm_as_interrupt() -> None:
     for the loops to see even where a C callback swallowed the KeyboardInterrupt (errors.note_interrupt)."""
     import signal
 
-    from .errors import note_interrupt
+    from ..errors import note_interrupt
 
     def handler(signum, frame):
         note_interrupt()

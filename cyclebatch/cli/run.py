@@ -8,10 +8,10 @@ from typing import List, Optional
 
 import typer
 
-from .cli_common import (BACKEND_HELP, BATCHNORM_HELP, MEMORY_HELP, PRECISION_HELP, STATS_HELP, STORAGE_HELP,
+from .common import (BACKEND_HELP, BATCHNORM_HELP, MEMORY_HELP, PRECISION_HELP, STATS_HELP, STORAGE_HELP,
                          TILE_HELP, _sigterm_as_interrupt, err, error_line, fail, note, out, parse_bytes, plain,
                          quoted)
-from .errors import CycleBatchError
+from ..errors import CycleBatchError
 
 
 class _ProgressReporter:
@@ -97,14 +97,14 @@ def run(
     report: bool = typer.Option(False, "--report", help="Write OUT/report.html: input|output thumbnails, failures, timings, settings."),
 ) -> None:
     """Translate a folder of images: batched, size-preserving, resumable, and safe for your files."""
-    from .discover import check_output_location, parse_shard
+    from ..io.discover import check_output_location, parse_shard
 
     # The options are checked before torch is imported (2-3 s): a mistyped one answers at once.
     if direction not in ("AtoB", "BtoA"):
         fail(f"--direction must be AtoB or BtoA, not '{direction}'", 2)
     if ext is not None:
         ext = "." + ext.lower().lstrip(".")
-        from .images import IMAGE_SUFFIXES
+        from ..io.images import IMAGE_SUFFIXES
 
         if ext not in IMAGE_SUFFIXES:
             fail(f"--ext {ext[1:]}: not a format cyclebatch writes ({', '.join(sorted(s[1:] for s in IMAGE_SUFFIXES))})", 2)
@@ -112,7 +112,7 @@ def run(
         shard_kn = parse_shard(shard)
     except CycleBatchError as e:
         fail(str(e), 2)
-    from .storage import as_location, parse_options
+    from ..io.storage import as_location, parse_options
 
     try:
         fs_options = parse_options(storage_options)
@@ -129,10 +129,10 @@ def run(
     _sigterm_as_interrupt()
     if use_ray and shard:
         fail("--shard and --ray do not mix: Ray balances the whole file list over its actors by itself", 2)
-    from .distributed import gather, setup
-    from .engine import Translator
-    from .pipeline import RunOptions, Summary, translate_paths
-    from .registry import load_generator
+    from ..run.distributed import gather, setup
+    from ..engine.translator import Translator
+    from ..run.pipeline import RunOptions, Summary, translate_paths
+    from ..models.registry import load_generator
 
     if use_ray:
         _run_ray(inputs, out_dir, model, direction, json_out, quiet, ray_address, ray_gpus, ray_cpus, report,
@@ -181,7 +181,7 @@ def _check_inputs_exist(inputs: List[str]) -> None:
     import glob
     import os
 
-    from .storage import as_location
+    from ..io.storage import as_location
 
     missing = [i for i in inputs if isinstance(as_location(i), Path) and not glob.has_magic(i)
                and not os.path.lexists(os.path.expanduser(i))]
@@ -216,8 +216,8 @@ def _finish(total, out_dir, report: bool, json_out: bool, quiet: bool, facts: di
 def _report_key(out_dir, report: bool) -> dict:
     if not report:
         return {}
-    from .report import PAGE
-    from .storage import join
+    from ..run.report import PAGE
+    from ..io.storage import join
 
     return {"report": join(out_dir, PAGE) if isinstance(out_dir, str) else str(out_dir / PAGE)}
 
@@ -231,8 +231,8 @@ def _report_settings(model, direction, batch_size, tile, ext, quality, side_by_s
 def _run_ray(inputs, out_dir, model, direction, json_out, quiet, address, gpus, cpus, report, translator_kwargs,
              opts) -> None:
     """`run --ray`: the same plan, summary, --json and exit codes as a local run, on a Ray cluster."""
-    from .rayrun import translate_paths_ray
-    from .registry import load_generator
+    from ..run.rayrun import translate_paths_ray
+    from ..models.registry import load_generator
 
     if translator_kwargs["device"] == "auto" and not gpus:
         translator_kwargs["device"] = "cpu"  # CPU actors: a node's GPU belongs to GPU actors

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import torch
 
-from .errors import CycleBatchError
+from ..errors import CycleBatchError
 
 BACKENDS = ("torch", "openvino", "auto")
 
@@ -59,7 +59,7 @@ def make_backend(name: str, translator, model) -> Backend:
     if name == "auto":
         if not usable or not openvino_available():
             return torch_backend  # nothing to choose between: no calibration
-        from .backend_openvino import OpenVINOBackend
+        from .openvino import OpenVINOBackend
         from .calibration import AutoBackend
 
         return AutoBackend(translator, torch_backend, OpenVINOBackend(model, translator.precision))
@@ -69,6 +69,6 @@ def make_backend(name: str, translator, model) -> Backend:
         raise CycleBatchError(f"the openvino backend runs fp32 or bf16, not {translator.precision}")
     if getattr(translator, "compiled", False):
         raise CycleBatchError("--compile applies to the torch backend only")
-    from .backend_openvino import OpenVINOBackend
+    from .openvino import OpenVINOBackend
 
     return OpenVINOBackend(model, translator.precision)

@@ -42,7 +42,7 @@ def cpu_model() -> str:
 
 
 def cache_path() -> Path:
-    from .registry import home
+    from ..models.registry import home
 
     return home() / "calibration.json"
 
@@ -55,7 +55,7 @@ def _load(path: Path) -> dict:
 
 
 def _store(path: Path, key: str, entry: dict) -> None:
-    from .fileio import atomic_path
+    from ..io.files import atomic_path
 
     data = _load(path)
     data[key] = entry

@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from .errors import CycleBatchError
+from ..errors import CycleBatchError
 
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 

@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .errors import CycleBatchError
+from ..errors import CycleBatchError
 
 EXTRA = "pip install 'cyclebatch[openvino]'"
 KEEP_SHAPES = 8  # compiled models kept (one per input shape); a folder of many sizes recompiles the rarest
@@ -50,7 +50,7 @@ def bin_path(xml: str | Path) -> Path:
 def atomic_ir(path: str | Path) -> Iterator[Path]:
     """Like fileio.atomic_path for the two files of an IR: yields a temporary .xml name (its .bin beside
     it); on success the .bin and then the .xml are renamed into place; on failure both are removed."""
-    from .fileio import note_free_space, temp_name
+    from ..io.files import note_free_space, temp_name
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,7 +103,7 @@ class OpenVINOBackend:
         self.conversions = 0  # traced conversions this backend did (0 when the IR came from the cache)
 
     def ir_path(self) -> Path:
-        from .registry import home
+        from ..models.registry import home
 
         base = self.cache_dir or home() / "openvino"
         return base / f"generator-{weights_key(self.model, self.ov.__version__)}.xml"
@@ -130,7 +130,7 @@ class OpenVINOBackend:
         return self.converted
 
     def _convert(self):
-        from .export_graph import portable_copy
+        from ..models.graph import portable_copy
 
         net = portable_copy(self.model)
         try:
@@ -164,7 +164,7 @@ class OpenVINOBackend:
         self.request(tuple(shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .networks import pad_to_multiple
+        from ..models.networks import pad_to_multiple
 
         x, (h, w) = pad_to_multiple(x.float(), int(getattr(self.model, "size_multiple", 4)))
         arr = np.ascontiguousarray(x.cpu().numpy())

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import CycleBatchError, is_out_of_memory
+from ..errors import CycleBatchError, is_out_of_memory
 from .memory import estimate_bytes  # one cost model for full frames and tiles
-from .networks import InstanceNorm, ResnetBlock, ResnetGenerator, instance_stats
+from ..models.networks import InstanceNorm, ResnetBlock, ResnetGenerator, instance_stats
 
 STATS_MODES = ("exact", "per-tile")
 MIN_TILE = 32

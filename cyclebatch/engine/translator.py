@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from .device import PRECISIONS, cpu_has_native_bf16, pick_device, pick_precision, use_channels_last  # noqa: F401
-from .errors import CycleBatchError, is_out_of_memory
+from ..errors import CycleBatchError, is_out_of_memory
 from .memory import available_memory, device_free_bytes, estimate_bytes, memory_budget  # noqa: F401 (re-exported)
-from .networks import ResnetGenerator, full_frame_only, pad_to_multiple, with_batchnorm_mode
+from ..models.networks import ResnetGenerator, full_frame_only, pad_to_multiple, with_batchnorm_mode
 
 MAX_GPU_BATCH = 32  # past this, batching a CycleGAN buys no throughput and only costs memory
 
@@ -127,13 +127,13 @@ class Translator:
         self.winograd = None
         if self.device.type == "cpu" and not compile and self.dtype in (None, torch.bfloat16) \
                 and isinstance(model, ResnetGenerator):  # Winograd is for the ResNet trunk only
-            from .winograd import use_winograd
+            from .cpu.winograd import use_winograd
 
             self.winograd = 2 if self.dtype == torch.bfloat16 else 4
             if self.model is model:
                 self.model = copy.deepcopy(model)
             use_winograd(self.model, self.winograd)
-            from .narrow_conv import use_narrow_conv
+            from .cpu.narrow_conv import use_narrow_conv
 
             use_narrow_conv(self.model)
         self.channels_last = use_channels_last(self.device, compile)
@@ -145,7 +145,7 @@ class Translator:
         self.compiled = compile
         self.governor = None
         if adapt_threads and self.device.type == "cpu" and not os.environ.get("OMP_NUM_THREADS"):
-            from .cpuload import ThreadGovernor
+            from .cpu.threads import ThreadGovernor
 
             self.governor = ThreadGovernor()
         from .backends import TorchBackend, make_backend

@@ -22,12 +22,12 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import __version__
-from .errors import CycleBatchError
-from .fileio import atomic_path
-from .export_graph import INPUT, OUTPUT, PixelGraph, contract, fit, min_size
-from .export_options import MIN_SIZE, check_options, format_of
-from .networks import ResnetGenerator
+from .. import __version__
+from ..errors import CycleBatchError
+from ..io.files import atomic_path
+from ..models.graph import INPUT, OUTPUT, PixelGraph, contract, fit, min_size
+from .options import MIN_SIZE, check_options, format_of
+from ..models.networks import ResnetGenerator
 
 RUNTIMES = {"onnx": "ONNX Runtime", "torchscript": "TorchScript", "tflite": "LiteRT", "openvino": "OpenVINO"}
 # Opset 17 is the newest that TensorRT 8.6 (JetPack 5, DeepStream 6), OpenCV's DNN module and ONNX Runtime
@@ -186,11 +186,11 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     """The contract stored in an exported file."""
     fmt = format_of(path)
     if fmt == "tflite":
-        from .export_tflite import read_metadata as read_tflite
+        from .tflite import read_metadata as read_tflite
 
         return read_tflite(path)
     if fmt == "openvino":
-        from .export_openvino import read_metadata as read_ir
+        from .openvino import read_metadata as read_ir
 
         return read_ir(path)
     if fmt == "onnx":
@@ -210,7 +210,7 @@ def _sample_rgb() -> tuple[np.ndarray, str]:
     import cv2
 
     if SAMPLE_PHOTO.is_file():
-        from .images import read_image
+        from ..io.images import read_image
 
         rgb = read_image(SAMPLE_PHOTO).rgb.astype(np.float32) / 255.0
         return rgb, SAMPLE_PHOTO.name
@@ -251,11 +251,11 @@ def run_file(path: str | Path, batches: list[np.ndarray]) -> list[np.ndarray]:
     `batches` are float [0, 1] arrays in the file's layout: NCHW, or NHWC of its fixed size for TFLite."""
     fmt = format_of(path)
     if fmt == "tflite":
-        from . import export_tflite
+        from . import tflite as export_tflite
 
         return export_tflite.run(path, batches)
     if fmt == "openvino":
-        from . import export_openvino
+        from . import openvino as export_openvino
 
         return export_openvino.run(path, batches)
     if fmt == "onnx":
@@ -374,7 +374,7 @@ def export(net: ResnetGenerator, out: str | Path, *, fp16: bool = False, opset: 
                           files=tuple(outputs))
     meta = contract(net, precision=precision, source=source, size=size)
     if fmt == "tflite":
-        from . import export_tflite
+        from . import tflite as export_tflite
 
         result.quantization = ("calibrated" if calibrate else "dynamic-range") if quantize else ""
         if quantize:
@@ -385,8 +385,8 @@ def export(net: ResnetGenerator, out: str | Path, *, fp16: bool = False, opset: 
             if check:
                 _record(result, verify(tmp, net, precision=precision, name=out, size=size))
     elif fmt == "openvino":
-        from . import export_openvino
-        from .backend_openvino import atomic_ir
+        from . import openvino as export_openvino
+        from ..engine.openvino import atomic_ir
 
         with atomic_ir(out) as tmp:
             export_openvino.export_openvino(net, tmp, fp16=precision == "fp16", metadata=meta)

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backend_openvino import no_telemetry
-from .errors import CycleBatchError
+from ..engine.openvino import no_telemetry
+from ..errors import CycleBatchError
 
 EXTRA = "pip install 'cyclebatch[openvino]'"
 RT_INFO = "cyclebatch"
@@ -40,7 +40,7 @@ def _openvino():
 def export_openvino(net: nn.Module, path: str | Path, *, fp16: bool = False,
                     metadata: Optional[dict] = None) -> None:
     """Write `path` (.xml) and its .bin with dynamic batch, height and width (no verification)."""
-    from .export_graph import INPUT, OUTPUT, PixelGraph, contract, portable_copy
+    from ..models.graph import INPUT, OUTPUT, PixelGraph, contract, portable_copy
 
     ov = _openvino()
     graph = PixelGraph(portable_copy(net)).eval()

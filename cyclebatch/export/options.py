@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from .errors import CycleBatchError
+from ..errors import CycleBatchError
 
 FORMATS = {".onnx": "onnx", ".pt": "torchscript", ".tflite": "tflite", ".xml": "openvino"}
 MIN_SIZE = 5  # reflect padding needs a side > 3; padded to 8, the 1/4-resolution trunk keeps 2 px

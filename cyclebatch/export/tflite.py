@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import CycleBatchError, first_line
+from ..errors import CycleBatchError, first_line
 
 SIGNATURE = "serving_default"
 METADATA_NAME = "cyclebatch"
@@ -148,7 +148,7 @@ class NHWCGraph(nn.Module):
 
 def tflite_graph(net: nn.Module) -> NHWCGraph:
     """What gets converted: a copy of the generator with portable layers, inside the NHWC pixel contract."""
-    from .export_graph import PixelGraph, portable_copy
+    from ..models.graph import PixelGraph, portable_copy
 
     return NHWCGraph(PixelGraph(rewrite_for_tflite(portable_copy(net)))).eval()
 
@@ -213,9 +213,9 @@ def quantize(fp32: bytes, precision: str, calibration: Optional[list[np.ndarray]
 def calibration_images(folder: str | Path, size: tuple[int, int]) -> tuple[list[np.ndarray], int]:
     """Up to CALIBRATION_IMAGES images of `folder` (recursive), fitted to size as [1, H, W, 3] float [0, 1];
     and how many unreadable images were skipped."""
-    from .discover import expand
-    from .export_graph import fit
-    from .images import read_image
+    from ..io.discover import expand
+    from ..models.graph import fit
+    from ..io.images import read_image
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -281,7 +281,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 def export_tflite(net: nn.Module, path: str | Path, *, size: tuple[int, int], precision: str = "fp32",
                   calibrate: Optional[str | Path] = None, metadata: Optional[dict] = None) -> None:
     """Write the TFLite file (no verification; see export.export). precision: fp32, fp16 or int8."""
-    from .export_graph import contract
+    from ..models.graph import contract
 
     calibration = calibration_images(calibrate, size)[0] if calibrate else None
     model = convert(net, size)

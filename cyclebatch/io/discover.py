@@ -14,8 +14,8 @@ from pathlib import Path, PurePosixPath
 from typing import Optional, Sequence, Union
 
 from . import storage
-from .errors import CycleBatchError
-from .fileio import is_temp
+from ..errors import CycleBatchError
+from .files import is_temp
 from .images import IMAGE_SUFFIXES, not_regular
 
 

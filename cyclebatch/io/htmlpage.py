@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from .fileio import atomic_path
+from .files import atomic_path
 
 
 def data_uri(data: bytes, mime: str) -> str:

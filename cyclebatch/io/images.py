@@ -15,8 +15,8 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import CycleBatchError, first_line
-from .fileio import atomic_path
+from ..errors import CycleBatchError, first_line
+from .files import atomic_path
 
 Image.MAX_IMAGE_PIXELS = None  # we enforce our own limit from the header, with a clear message
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}

@@ -18,8 +18,8 @@ from pathlib import Path, PurePosixPath
 from typing import Optional
 from urllib.parse import unquote, urlparse
 
-from .errors import CycleBatchError
-from .fileio import TMP_MARK
+from ..errors import CycleBatchError
+from .files import TMP_MARK
 
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+)://")
 # Protocols whose writes are single whole-object PUTs: nothing partial is ever visible.

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .errors import CycleBatchError, first_line
+from ..errors import CycleBatchError, first_line
 from .networks import Generator, GeneratorConfig, make_generator
 
 FORMAT = "cyclebatch-generator"
@@ -296,7 +296,7 @@ def save_generator(net: Generator, path: str | Path, metadata: Optional[dict] = 
     """Write safetensors weights with the architecture and `metadata` as JSON in the header."""
     from safetensors.torch import save
 
-    from .fileio import atomic_path
+    from ..io.files import atomic_path
 
     path = Path(path)
     meta = {k: v for k, v in {**net.metadata, **(metadata or {})}.items() if k != "source"}

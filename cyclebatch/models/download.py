@@ -13,8 +13,8 @@ import zipfile
 from pathlib import Path
 from typing import Optional
 
-from .errors import CycleBatchError, first_line
-from .fileio import atomic_path
+from ..errors import CycleBatchError, first_line
+from ..io.files import atomic_path
 
 CHUNK = 1 << 20
 MAX_BYTES = 512 << 20  # every zoo file is about 46 MB: a server sending far more is broken or hostile

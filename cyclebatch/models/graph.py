@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__
-from .errors import CycleBatchError
+from .. import __version__
+from ..errors import CycleBatchError
 from .networks import ResnetGenerator
 
 INPUT, OUTPUT = "image", "translated"

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .errors import CycleBatchError
+from ..errors import CycleBatchError
 
 # A hook that returns (mean, var) for an InstanceNorm input, each broadcastable to [N, C, 1, 1].
 # Tiling (whole-image statistics) and video (statistics shared across frames) install one. A hook with a

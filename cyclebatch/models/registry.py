@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from .download import extract_member, fetch, sha256_of
-from .errors import CycleBatchError
+from ..errors import CycleBatchError
 
 OFFICIAL_BASE = "http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt")
@@ -117,7 +117,7 @@ def _expected_sum(w: Weights) -> Optional[str]:
 
 
 def _record_sum(w: Weights, digest: str) -> None:
-    from .fileio import atomic_path
+    from ..io.files import atomic_path
 
     path = _recorded_sums()
     try:

@@ -14,12 +14,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from . import storage
-from .discover import Job, plan
-from .engine import Pending, Translator
-from .errors import CycleBatchError, first_line, raise_if_interrupted
-from .fileio import location_problem, sweep_dead_temps
-from .images import DEFAULT_MAX_PIXELS, Picture, read_image, resize_to, working_size, write_image
+from ..io import storage
+from ..io.discover import Job, plan
+from ..engine.translator import Pending, Translator
+from ..errors import CycleBatchError, first_line, raise_if_interrupted
+from ..io.files import location_problem, sweep_dead_temps
+from ..io.images import DEFAULT_MAX_PIXELS, Picture, read_image, resize_to, working_size, write_image
 
 
 REMOTE_WORKERS = 16  # decode/encode threads when reading or writing object storage

@@ -26,11 +26,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from . import storage
-from .discover import Job
-from .errors import CycleBatchError
-from .fileio import sweep_dead_temps
-from .images import probe
+from ..io import storage
+from ..io.discover import Job
+from ..errors import CycleBatchError
+from ..io.files import sweep_dead_temps
+from ..io.images import probe
 from .pipeline import OutputUnwritable, Reporter, RunOptions, Summary, _Loop, finish_report, prepare
 
 # Test hook: "N:MARKER" makes the first actor in its N-th batch kill its own process once half that batch
@@ -166,7 +166,7 @@ def _rows(src: list, ok: list, mp: list, reason: list, stopped: str = "", error:
 
 def _process_marks(path: str, who: str) -> None:
     """This process's start, the start and the end of its cyclebatch import, now (the constructor)."""
-    from . import IMPORT_STARTED
+    from .. import IMPORT_STARTED
 
     try:
         with open("/proc/self/stat") as f:
@@ -210,7 +210,7 @@ class Worker:
 
             import ray
 
-            from .engine import Translator
+            from ..engine.translator import Translator
 
             model = ray.get(self.model) if isinstance(self.model, ray.ObjectRef) else self.model
             mark("model received", self.who, self.timeline)

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from . import storage
+from ..io import storage
 
 THUMBS = ".cyclebatch-report"
 PAGE = "report.html"
@@ -39,7 +39,7 @@ def _eight_bit(rgb: np.ndarray) -> np.ndarray:
 
 def write_thumbnails(out_root, src, in_rgb: np.ndarray, out_rgb: np.ndarray, options: Optional[dict] = None) -> None:
     """Input and output thumbnails of one image (called by the writer, after the output is written)."""
-    from .htmlpage import jpeg_thumbnail
+    from ..io.htmlpage import jpeg_thumbnail
 
     for which, rgb in (("in", in_rgb), ("out", out_rgb)):
         data = jpeg_thumbnail(_eight_bit(rgb), longest=LONGEST)
@@ -50,7 +50,7 @@ def _write(out_root, rel: str, data: bytes, options: Optional[dict]) -> None:
     if isinstance(out_root, str):
         storage.write_bytes(storage.join(out_root, rel), data, options)
         return
-    from .fileio import atomic_path
+    from ..io.files import atomic_path
 
     path = Path(out_root) / rel
     with atomic_path(path) as tmp:
@@ -96,7 +96,7 @@ def rows_for(jobs: Sequence, skipped: Sequence, problems: Sequence[tuple[str, st
 
 def write_run_report(out_root, work, summary, settings: dict, timings: dict, options: Optional[dict] = None):
     """Build and write OUT/report.html; returns where it went."""
-    from .htmlpage import Page
+    from ..io.htmlpage import Page
 
     rows = rows_for(work.jobs, work.skipped, work.problems, summary.failures, _existing_thumbs(out_root, options))
     page = Page("cyclebatch run", subtitle=f"{summary.translated} translated, {summary.skipped} skipped, "

@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 from ..errors import CycleBatchError
-from ..fileio import is_temp
-from ..images import IMAGE_SUFFIXES, probe, read_image
+from ..io.files import is_temp
+from ..io.images import IMAGE_SUFFIXES, probe, read_image
 from .config import TrainConfig
 
 

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from ..device import pick_device
+from ..engine.device import pick_device
 
 
 def rank_info() -> tuple[int, int, int]:

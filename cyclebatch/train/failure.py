@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Iterator, Optional
 
-from ..fileio import LOCATION_ERRORS, TMP_MARK, atomic_path
+from ..io.files import LOCATION_ERRORS, TMP_MARK, atomic_path
 
 _WHAT = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
          errno.EROFS: "the file system is read-only"}

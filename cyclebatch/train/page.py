@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..htmlpage import Page, data_uri
+from ..io.htmlpage import Page, data_uri
 from .failure import writing
 
 GRID_LONGEST = 768  # px: sharp enough to judge a 256 px crop, ~100 KB an epoch

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CycleBatchError
-from ..networks import ResnetGenerator
+from ..models.networks import ResnetGenerator
 from .distributed import sum_across_ranks
 from .report import LOSS_NAMES
 

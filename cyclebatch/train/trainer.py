@@ -16,10 +16,10 @@ from typing import Optional
 
 import torch
 
-from ..checkpoints import save_generator
+from ..models.checkpoints import save_generator
 from ..errors import CycleBatchError
-from ..fileio import sweep_dead_temps
-from ..networks import GeneratorConfig, PatchDiscriminator, ResnetGenerator, init_weights, make_generator
+from ..io.files import sweep_dead_temps
+from ..models.networks import GeneratorConfig, PatchDiscriminator, ResnetGenerator, init_weights, make_generator
 from .checkpoint import Checkpointing, load_checkpoint, resume_point  # noqa: F401 (load_checkpoint: public here too)
 from .config import TrainConfig
 from .board import Board
@@ -157,13 +157,13 @@ class Trainer(TrainStep, Checkpointing):
     def _generators(self, stored: Optional[dict]) -> tuple[ResnetGenerator, ResnetGenerator]:
         c = self.config
         if stored is not None:  # resuming: the architecture is the checkpoint's (init_from may be gone by now)
-            from ..checkpoints import infer_config
+            from ..models.checkpoints import infer_config
 
             return make_generator(infer_config(stored["G_A"])), make_generator(infer_config(stored["G_B"]))
         if not c.init_from:
             cfg = GeneratorConfig(ngf=c.ngf, n_blocks=c.n_blocks, dropout=c.dropout)
             return init_weights(ResnetGenerator(cfg)), init_weights(ResnetGenerator(cfg))
-        from ..registry import load_generator, resolve
+        from ..models.registry import load_generator, resolve
 
         G_A = load_generator(c.init_from, "AtoB")
         try:

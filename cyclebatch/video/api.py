@@ -45,13 +45,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from .errors import CycleBatchError, first_line
-from .fileio import atomic_path, location_problem, sweep_dead_temps
+from ..errors import CycleBatchError, first_line
+from ..io.files import atomic_path, location_problem, sweep_dead_temps
 # video_finish and video_pipeline (the stabiliser, torch) are imported by translate_video: the checks
 # below answer before torch loads.
-from .video_sinks import (FRAME_SUFFIX, FolderSink, VideoSink, atomic_folder, available_encoders,  # noqa: F401
+from .sinks import (FRAME_SUFFIX, FolderSink, VideoSink, atomic_folder, available_encoders,  # noqa: F401
                           encoder_options, is_frame_folder)
-from .video_sources import DEFAULT_FOLDER_FPS, FolderSource, Frame, VideoSource, open_source  # noqa: F401
+from .sources import DEFAULT_FOLDER_FPS, FolderSource, Frame, VideoSource, open_source  # noqa: F401
 
 
 @dataclass
@@ -141,8 +141,8 @@ def translate_video(src: str | Path, dst: str | Path, translator, *, codec: Opti
     the CPU; default: on CUDA only (on a CPU swscale is many times faster).
     `notify(line)`: told what is left out (an audio stream no codec of the container can carry).
     """
-    from .video_finish import Finisher, Resizer, check_temporal
-    from .video_pipeline import run_pipeline
+    from .finish import Finisher, Resizer, check_temporal
+    from .pipeline import run_pipeline
 
     if stabilize is not None:
         temporal = "stats" if stabilize else "off"

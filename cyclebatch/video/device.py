@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .video_sources import Frame
+from .sources import Frame
 
 
 class DevicePath:

@@ -12,9 +12,9 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from .errors import CycleBatchError
+from ..errors import CycleBatchError
 from .temporal import FlowStabilizer
-from .video_sources import Frame
+from .sources import Frame
 
 TEMPORAL = ("flow", "stats", "off", "flow+stats")
 
@@ -40,7 +40,7 @@ class Resizer:
         self.work_size: Optional[tuple[int, int]] = None
 
     def __call__(self, f: Frame) -> Frame:
-        from .images import resize_to, working_size
+        from ..io.images import resize_to, working_size
 
         h, w = f.rgb.shape[:2]
         if self.input_size is None:

@@ -21,10 +21,10 @@ import shutil
 import threading
 from typing import Callable, Optional
 
-from .video_device import DevicePath
-from .video_sinks import VideoSink
-from .video_sources import Frame, VideoSource
-from .errors import CycleBatchError, raise_if_interrupted
+from .device import DevicePath
+from .sinks import VideoSink
+from .sources import Frame, VideoSource
+from ..errors import CycleBatchError, raise_if_interrupted
 
 
 class _Stop(Exception):
@@ -69,7 +69,7 @@ def run_pipeline(source, sinks: list, translator, *, shared_stats: bool = False,
     Without it the translations go to `sinks[0]`. keep_input: each translated frame carries its input
     (`Frame.source`) to `finish`.
     """
-    from .stabilize import StableStats
+    from .shared_stats import StableStats
 
     stop = threading.Event()
     frames_q: "queue.Queue" = queue.Queue(maxsize=16)

@@ -34,7 +34,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .networks import InstanceNorm, instance_stats
+from ..models.networks import InstanceNorm, instance_stats
 
 BINS = 16
 

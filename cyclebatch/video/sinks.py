@@ -12,9 +12,9 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from .errors import CycleBatchError, first_line
-from .fileio import temp_name
-from .video_sources import Frame
+from ..errors import CycleBatchError, first_line
+from ..io.files import temp_name
+from .sources import Frame
 
 FRAME_SUFFIX = ".png"
 

@@ -11,9 +11,9 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from .errors import CycleBatchError, first_line
-from .fileio import TMP_MARK
-from .images import IMAGE_SUFFIXES, read_image
+from ..errors import CycleBatchError, first_line
+from ..io.files import TMP_MARK
+from ..io.images import IMAGE_SUFFIXES, read_image
 
 DEFAULT_FOLDER_FPS = 25
 

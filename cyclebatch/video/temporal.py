@@ -47,7 +47,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from .stabilize import colour_histogram
+from .shared_stats import colour_histogram
 
 PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
            "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .networks import ResnetGenerator
+from ...models.networks import ResnetGenerator
 
 OUTPUTS = (1, 3)  # the output channel counts native_kernels.c is built for (grey and colour)
 

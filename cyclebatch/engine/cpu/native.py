@@ -28,7 +28,7 @@ log = logging.getLogger("cyclebatch")
 
 
 def _cpu_flags() -> str:
-    from .device import cpu_flags
+    from ..device import cpu_flags
 
     return cpu_flags()
 
@@ -49,7 +49,7 @@ def _compiler() -> Optional[str]:
 
 
 def _build(cc: str) -> Path:
-    from .registry import home
+    from ...models.registry import home
 
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     flags = FLAGS + _target_flags()

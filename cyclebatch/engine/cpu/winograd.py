@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .networks import InstanceNorm, ResnetBlock, ResnetGenerator
+from ...models.networks import InstanceNorm, ResnetBlock, ResnetGenerator
 
 # Transformed input tiles per band, measured on whole passes at 256 and 1024 px. bf16 (oneDNN's batched
 # matmul; 1, 2, 4, 8, 16 MB: 194, 181, 188, 207, 200 ms at 256 px, 3.96, 3.41, 3.45, 3.73, 4.59 s at
