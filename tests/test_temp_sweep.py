@@ -46,15 +46,18 @@ def test_a_live_writer_in_another_pid_namespace_keeps_its_file(tmp_path):
     process", which used to get its file deleted under it."""
     if shutil.which("unshare") is None:
         pytest.skip("no unshare command")
-    pid = dead_pid() + 7  # dead here (checked below); the writer gets exactly this pid in its namespace
+    # A pid dead here, well behind the pid counter (pids are handed out upwards, so it is not reused before
+    # the counter wraps); the writer gets exactly this pid in its own namespace.
+    pid = max(300, dead_pid() - 1000)
     while True:
         try:
             os.kill(pid, 0)
-            pid += 1
+            pid -= 1
         except ProcessLookupError:
             break
         except PermissionError:
-            pid += 1
+            pid -= 1
+    assert pid > 1
     holder = ("import os, sys, time\n"
               "from pathlib import Path\n"
               "from cyclebatch.io.files import temp_name\n"
