@@ -34,7 +34,7 @@ def imports_of(path: Path, module: str) -> list[tuple[str, list[str]]]:
     """(imported module, names imported from it) for every import in the file, at any depth."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in _nodes(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found += [(a.name, []) for a in node.names if a.name.startswith("cyclebatch")]
         elif isinstance(node, ast.ImportFrom):
@@ -46,11 +46,28 @@ def imports_of(path: Path, module: str) -> list[tuple[str, list[str]]]:
             else:
                 continue
             names = [a.name for a in node.names]
-            # `from . import x` imports the module x
-            found += [(f"{target}.{n}", []) for n in names if (PACKAGE.parent / f"{target}.{n}".replace(".", "/")).with_suffix(".py").exists()
-                      or (PACKAGE.parent / f"{target}.{n}".replace(".", "/") / "__init__.py").exists()]
-            found.append((target, names))
+            modules = [n for n in names if is_module(f"{target}.{n}")]  # `from . import x`: the module x
+            found += [(f"{target}.{n}", []) for n in modules]
+            if len(modules) < len(names):
+                found.append((target, [n for n in names if n not in modules]))
     return found
+
+
+def is_module(dotted: str) -> bool:
+    path = PACKAGE.parent / dotted.replace(".", "/")
+    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+
+
+def _nodes(tree: ast.AST):
+    """Every node, except what sits under `if TYPE_CHECKING:` (annotations only, never run)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", "")) == "TYPE_CHECKING":
+            todo += node.orelse
+            continue
+        todo += ast.iter_child_nodes(node)
 
 
 def graph() -> dict[str, list[tuple[str, list[str]]]]:
