@@ -52,7 +52,7 @@ PINNED_THREADS = os.environ.get("OMP_NUM_THREADS") or str(torch.get_num_threads(
 
 def run_cli(*args, cwd=None, env=None, timeout=300):
     """Run `python -m cyclebatch ...` as a user would, returning the CompletedProcess."""
-    # A pinned thread count: `run` otherwise follows other processes' load (cpuload.py), and a changed count
+    # A pinned thread count: `run` otherwise follows other processes' load (engine/cpu/threads.py), and a changed count
     # changes fp32 rounding, which tests comparing two processes' outputs bit for bit would see as a flake.
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", "OMP_NUM_THREADS": PINNED_THREADS,
                 **(env or {})}

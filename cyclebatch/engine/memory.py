@@ -1,5 +1,5 @@
 """The memory model: what a pass needs (estimate_bytes) and what the machine can give (available_memory,
-device_free_bytes, memory_budget). engine.py and tiling.py both plan with it, so it lives apart from both.
+device_free_bytes, memory_budget). translator.py and tiling.py both plan with it, so it lives apart from both.
 """
 
 from __future__ import annotations

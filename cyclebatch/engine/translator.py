@@ -6,7 +6,7 @@ HxWx3 arrays (uint8 or uint16); everything between is torch on the chosen device
 Per image size the engine decides once how to run it (images per pass, or tiles) and remembers what
 running out of memory taught it: a failed batch is halved, a failed single image goes to the tiler.
 What runs a full-frame pass is a backend (backends.py: this engine's PyTorch path, OpenVINO, or auto);
-the memory model is memory.py; on CPU the torch threads follow the cores left free (cpuload.py).
+the memory model is memory.py; on CPU the torch threads follow the cores left free (engine/cpu/threads.py).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class Translator:
         notify: where one-off notes go (a precision fallback); default the "cyclebatch" logger.
         backend: what runs full-frame passes: "torch" (this engine's own path), "openvino" or "auto" (the
         faster on this CPU, per shape class; backends.py). Tiles and shared video statistics run on torch.
-        adapt_threads: on CPU, run fewer torch threads while other processes keep cores busy (cpuload.py;
+        adapt_threads: on CPU, run fewer torch threads while other processes keep cores busy (engine/cpu/threads.py;
         `run` turns it on). Off by default, and off where OMP_NUM_THREADS is set (the user pinned the count):
         it sets the process-wide thread count, and a changed count changes the order of floating-point sums
         (fp32 outputs then differ run to run by one level in a few pixels)."""

@@ -1,5 +1,5 @@
 """Export a generator for runtimes without Python: ONNX (any ONNX runtime), TorchScript (LibTorch),
-TFLite (LiteRT, phones; see export_tflite.py) or OpenVINO IR (see export_openvino.py).
+TFLite (LiteRT, phones; see export/tflite.py) or OpenVINO IR (see export/openvino.py).
 
 The exported graph is self-contained: float RGB in [0, 1] in, the same size out. ONNX, TorchScript and
 OpenVINO take NCHW at any batch, height and width: the graph reflect-pads to a multiple of 4 and crops back

@@ -2,7 +2,7 @@
 the contract written into each file, the converter-friendly copy of the network, and the sample fit.
 
 Its own module so that export.py (ONNX, TorchScript, verification) and the format modules
-(export_tflite.py, export_openvino.py, backend_openvino.py) all import it, and not each other.
+(export/tflite.py, export/openvino.py, engine/openvino.py) all import it, and not each other.
 """
 
 from __future__ import annotations

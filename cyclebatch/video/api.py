@@ -1,8 +1,8 @@
 """Translating videos: `translate_video`, the library API behind `cyclebatch video`.
 
-The work is split by seam: video_sources.py (decoding, rotation, clips, colour tags), video_sinks.py
-(encoders, audio, frame folders), video_pipeline.py (the threads: decode, model, finish, encode),
-video_device.py (colour conversion on the GPU), video_finish.py (working size, stabiliser, comparison,
+The work is split by seam: video/sources.py (decoding, rotation, clips, colour tags), video/sinks.py
+(encoders, audio, frame folders), video/pipeline.py (the threads: decode, model, finish, encode),
+video/device.py (colour conversion on the GPU), video/finish.py (working size, stabiliser, comparison,
 upscale) and temporal.py (the stabiliser itself). Decisions:
 
 - Timestamps: every output frame keeps its input PTS and time base, so frame count, frame rate and
@@ -23,7 +23,7 @@ upscale) and temporal.py (the stabiliser itself). Decisions:
   1/100 s, the input GIF's loop count (a video's GIF loops forever).
 - Temporal consistency (`temporal`): "flow" (default) stabilises the translations after the model along
   the input's optical flow (temporal.py), in the pipeline's finishing thread; "stats" shares InstanceNorm
-  statistics across the frames of a shot (stabilize.py), tiled frames included; "off" gives every frame
+  statistics across the frames of a shot (video/shared_stats.py), tiled frames included; "off" gives every frame
   exactly what `run` gives it. "flow+stats" (flow on the shared-statistics output) is there to be
   measured: it drifted and trailed more than flow alone (benchmarks/bench_temporal.py), so flow runs on
   per-frame translations.

@@ -4,7 +4,7 @@
   the working size here, so the model's thread only runs the model;
 - model (the calling thread): batches through the engine (or the device path, colour on the GPU);
 - finish (its own thread, only when there is per-frame work after the model): the temporal stabiliser,
-  the comparison panels and the upscale back to the input's size (video_finish.py). The input frames
+  the comparison panels and the upscale back to the input's size (video/finish.py). The input frames
   travel with their translations to it, so it never waits on the model and the model never on it;
 - encode (writer thread): one sink per output.
 

@@ -16,7 +16,7 @@ do not matter. Per frame t, in order:
   the flow is not trusted (occlusions, disocclusions, wrong flow) the current translation is kept, so
   there is no trail; w < 1 makes every error fade (0.85^k) and keeps the state to one frame;
 - restart (O_t = P_t exactly) at a cut: told by the caller, found by the colour-histogram detector of
-  stabilize.py, or when under 20% of the pixels are fully trusted (a cut that detector misses).
+  video/shared_stats.py, or when under 20% of the pixels are fully trusted (a cut that detector misses).
 
 Measured (benchmarks/bench_temporal.py, vintage generator, bf16 on CPU; ratios against per-frame
 translation): E_warp of R 0.23x / 0.16x / 0.25x on carphone / bikes / examples/clip.mp4 (shared statistics:
