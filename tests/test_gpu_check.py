@@ -11,7 +11,7 @@ import pytest
 
 from cyclebatch.models.networks import ResnetGenerator
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 CPU_SECTIONS = ("environment", "raw", "j_style", "fidelity", "end_to_end", "first_batch", "oom", "tiling", "training")
 CUDA_SECTIONS = ("memory", "oom_real", "compiled")
