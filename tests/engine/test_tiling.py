@@ -201,6 +201,7 @@ def test_tiling_puts_back_hooks_it_found():
     assert all(n.stats_hook is marker for n in tr.model.norms())
 
 
+@pytest.mark.slow
 def test_cli_tiles_on_request_or_past_the_memory_budget_and_stays_seamless(tmp_path):
     from PIL import Image
 

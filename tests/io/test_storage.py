@@ -78,6 +78,7 @@ def test_whole_object_writes_on_a_non_object_store_leave_no_temporary(tmp_path):
     assert [p.name for p in (tmp_path / "deep").iterdir()] == ["a.bin"]
 
 
+@pytest.mark.slow
 def test_500_images_from_and_to_s3_match_a_local_run(fs, endpoint, tmp_path, one_thread):
     fs.mkdir("photos")
     n = 500

@@ -47,6 +47,7 @@ def quiet(*_):
     pass
 
 
+@pytest.mark.slow
 def test_losses_finite_outputs_written_and_schedule_decays(tmp_path):
     a, b = make_domains(tmp_path)
     r = train(config(a, b, epochs=1, decay_epochs=2, log_every=1), log=quiet)
@@ -105,6 +106,7 @@ def _assert_same(x, y, where="state"):
         assert x == y, where
 
 
+@pytest.mark.slow
 def test_resume_is_bitwise_exact(tmp_path, monkeypatch):
     a, b = make_domains(tmp_path)
     # dropout on: the global RNG matters too. 3 images per epoch, so 4 iterations cross an epoch and the lr decay.

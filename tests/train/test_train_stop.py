@@ -81,6 +81,7 @@ def test_max_iters_equal_to_the_whole_schedule_finishes_the_run(tmp_path):
     assert r.returncode == 0 and "already finished (1 epoch)" in r.stderr, r.stderr
 
 
+@pytest.mark.slow
 def test_a_stop_at_an_epoch_end_then_resume_matches_a_straight_run(tmp_path, monkeypatch):
     a, b = make_domains(tmp_path)
     common = dict(name="s", epochs=1, decay_epochs=1, dropout=True, pool_size=1)

@@ -146,6 +146,7 @@ def test_report_page_in_chromium_shows_every_epoch_newest_first(watched_run):
     assert {"ngf", "crop_size", "val_a", "domain A"} <= table
 
 
+@pytest.mark.slow
 def test_status_while_a_run_trains_and_after(tmp_path):
     a, b = make_domains(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
