@@ -201,7 +201,9 @@ def test_every_row_has_exactly_one_check():
         check = check_for(case)
         if isinstance(check, str):  # the named test exists
             file, name = check.split("::")
-            assert re.search(rf"^def {re.escape(name)}\(", (ROOT / "tests" / file).read_text(), re.M), check
+            found = list((ROOT / "tests").rglob(file))
+            assert len(found) == 1, f"{check}: no single {file} under tests/"
+            assert re.search(rf"^def {re.escape(name)}\(", found[0].read_text(), re.M), check
 
 
 @pytest.mark.parametrize("case,code", [r for r in table_rows() if callable(CHECKS.get(next(

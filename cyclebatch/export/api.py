@@ -43,7 +43,7 @@ TOLERANCE = {"fp32": (1e-3, 1e-4), "fp16": (0.02, 0.002)}
 # calibrated 39.2 / 40.2 dB (full-integer int8, norms and all: 18 dB, so it is not offered); OpenVINO IR
 # fp32 128 dB, fp16 weights 86 dB.
 PSNR_FLOOR = {"fp32": 50.0, "fp16": 40.0, "int8": 35.0}
-SAMPLE_PHOTO = Path(__file__).resolve().parents[1] / "examples" / "photos" / "chelsea.png"
+SAMPLE_PHOTO = Path(__file__).resolve().parents[2] / "examples" / "photos" / "chelsea.png"  # cyclebatch/export/api.py
 
 
 @dataclass

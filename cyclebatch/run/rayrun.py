@@ -62,7 +62,7 @@ def _ray():
 
 def runtime_env() -> dict:
     """Workers must import this cyclebatch, also when it runs from a source tree rather than an install."""
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])  # the folder holding the cyclebatch package
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     return {"env_vars": {"PYTHONPATH": path}}
 
