@@ -106,16 +106,20 @@ class FlowStabilizer:
     """
 
     def __init__(self, memory: float = 0.85, tolerance: tuple[float, float] = (40.0, 160.0),
-                 flow_side: Optional[int] = None, cut_threshold: float = 0.3, min_trusted: float = 0.2):
+                 flow_side: Optional[int] = None, cut_threshold: float = 0.3, min_trusted: float = 0.2,
+                 tone_scale: float = 0.06, tone_memory: Optional[float] = None,
+                 tone_follow: tuple[float, float] = (8.0, 24.0), feather: float = 1.0):
         lo, hi = map(float, tolerance)
         if not 0 <= memory < 1:
             raise ValueError("memory must be in [0, 1)")
         if not 0 <= lo < hi <= 255:
             raise ValueError("tolerance must be two levels 0 <= full < none <= 255")
         self.memory, self.flow_side, self._full_trust = memory, flow_side, lo
+        self.tone_memory = memory if tone_memory is None else tone_memory
+        self.tone_scale, self.tone_follow, self.feather = tone_scale, tuple(map(float, tone_follow)), feather
         self.cut_threshold, self.min_trusted = cut_threshold, min_trusted
-        # weight of the past by input difference (uint8 L1, saturated at 255): memory x a ramp from 1 to 0
-        self._weight_of = (memory * np.clip((hi - np.arange(256)) / (hi - lo), 0, 1)).astype(np.float32)
+        # trust by input difference (uint8 L1, saturated at 255): a ramp from 1 to 0
+        self._weight_of = np.clip((hi - np.arange(256)) / (hi - lo), 0, 1).astype(np.float32)
         # DIS presets solve at 1/4 of the size they are given and upsample: too coarse for an object a few
         # dozen pixels wide. Here the frame is made small instead and solved at that size, with the fastest
         # patch search plus 5 variational refinement passes: a smooth flow (measured: trusted share of
@@ -214,6 +218,8 @@ class FlowStabilizer:
         fore = dis.calc(prev_small, small, None)
         sgrid = self._grid(sh, sw)
         trust = visible(back, fore, sgrid[..., 0], sgrid[..., 1]).astype(np.float32)
+        if self.feather > 0:  # soft edges: the mask's outline must not print into the picture
+            trust = cv2.GaussianBlur(trust, (0, 0), self.feather)
         if (sh, sw) != (h, w):
             trust = cv2.resize(trust, (w, h), interpolation=cv2.INTER_LINEAR)
             back *= np.float32([w / sw, h / sh])  # to full-size pixels, while it is small
@@ -238,8 +244,35 @@ class FlowStabilizer:
         # Cubic: the carried change is resampled every frame, and bilinear's blur added up to a visibly
         # weaker look (mean |O - I| 0.88x of per-frame on bikes vs 0.91x).
         prev = cv2.remap(self._residual, motion.where, None, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
-        w = motion.weight
-        return cv2.blendLinear(prev, residual, w, 1 - w)  # w * prev + (1 - w) * residual
+        trust = motion.weight
+        d = cv2.subtract(prev, residual)  # what taking the past would change, per pixel
+        h, w = d.shape[:2]
+        # The tone band: the correction's low frequencies by normalized convolution over the trusted
+        # pixels only, on a coarse grid. Defined everywhere (holes of untrusted flow are filled from around
+        # them, a large one from the frame's mean), and smooth: a change of the translation's overall tone
+        # is corrected as a whole, never in the shape of the trust mask.
+        side = 64
+        s = min(1.0, side / max(h, w))
+        ch, cw = max(4, round(h * s)), max(4, round(w * s))
+        td = cv2.resize(d * trust[..., None], (cw, ch), interpolation=cv2.INTER_AREA)
+        tw = cv2.resize(trust, (cw, ch), interpolation=cv2.INTER_AREA)
+        sigma = max(0.5, self.tone_scale * max(ch, cw))
+        gd, gw = cv2.GaussianBlur(td, (0, 0), sigma), cv2.GaussianBlur(tw, (0, 0), sigma)
+        eps = 0.02
+        mean = td.reshape(-1, 3).sum(0) / max(float(tw.sum()), 1e-6)
+        band = (gd + eps * mean) / (gw + eps)[..., None]
+        # A large move of the tone is the translation's answer to new content, not flicker: it is
+        # followed at once (the tone band's weight falls from tone_memory to 0 between the two levels).
+        lo, hi = self.tone_follow
+        size = np.abs(band).max(axis=2)
+        keep = self.tone_memory * np.clip((hi - size) / (hi - lo), 0, 1)
+        tone = cv2.resize(band * keep[..., None], (w, h), interpolation=cv2.INTER_LINEAR)
+        band = cv2.resize(band, (w, h), interpolation=cv2.INTER_LINEAR)
+        # The detail band, d less its tone, per pixel where the flow is trusted: grain and texture, whose
+        # step at the mask's edge is only as large as their own flicker.
+        detail = cv2.subtract(d, band)
+        detail *= (self.memory * trust)[..., None]
+        return residual + tone + detail
 
 
 @dataclass
