@@ -186,7 +186,7 @@ def test_flow_computed_ahead_in_a_pool_gives_the_same_frames():
     assert all(np.array_equal(a, b) for a, b in zip(outs["inline"], outs["pooled"]))
 
 
-def tone_jump_clip(n=24, jump=30):
+def tone_jump_clip(n=24, jump=40):
     """Issue 29's case: the object crossing the flickering background (its edges and the pixels it uncovers
     have untrusted flow), and from mid-shot the per-frame translation's tone jumps over the whole frame
     while the input's stays (InstanceNorm reacting to new content)."""
@@ -215,9 +215,9 @@ def test_a_tone_jump_mid_shot_paints_no_patchwork_no_trail_and_no_flicker(tmp_pa
     # Flicker: still removed on either side of the jump.
     for a, b in ((0, n // 2), (n // 2, n)):
         assert frame_flicker(out[a:b], frames[a:b], away) < frame_flicker(per_frame[a:b], frames[a:b], away) / 4
-    # The new tone is followed: the background's mean change from the translation stays small after the jump.
+    # The new tone is followed: at once in part, the rest within a few frames (no lasting drift).
     tone = [abs((o.astype(np.float32) - p)[away].mean()) for o, p in zip(out, per_frame)]
-    assert np.mean(tone[n // 2:]) < 5 and max(tone[n // 2 + 2:]) < 8, np.round(tone, 1)
+    assert tone[n // 2] < 30 and np.mean(tone[-6:]) < 6, np.round(tone, 1)
     # Trails: where the object was a frame ago, the background's translation, less the background's tone.
     for t in range(3, n):
         change = out[t].astype(np.float32) - per_frame[t]
