@@ -184,3 +184,43 @@ def test_flow_computed_ahead_in_a_pool_gives_the_same_frames():
     stab = FlowStabilizer()
     assert all(np.array_equal(a, stab(f, p)) for a, f, p in zip(outs["inline"], frames, per_frame))
     assert all(np.array_equal(a, b) for a, b in zip(outs["inline"], outs["pooled"]))
+
+
+def tone_jump_clip(n=24, jump=40):
+    """Issue 29's case: the object crossing the flickering background (its edges and the pixels it uncovers
+    have untrusted flow), and from mid-shot the per-frame translation's tone jumps over the whole frame
+    while the input's stays (InstanceNorm reacting to new content)."""
+    frames, per_frame, masks = clip(n=n)
+    per_frame = [np.clip(p.astype(np.int16) + (jump if t >= n // 2 else 0), 0, 255).astype(np.uint8)
+                 for t, p in enumerate(per_frame)]
+    return frames, per_frame, masks
+
+
+def test_a_tone_jump_mid_shot_paints_no_patchwork_no_trail_and_no_flicker(tmp_path):
+    """The old stabiliser kept the old tone where the flow was trusted and took the new one around the
+    moving object: a patchwork of two tones with hard edges (5% of the pixels of the worst frame here)."""
+    from cyclebatch.video.measure import seam_shares
+
+    n = 24
+    frames, per_frame, masks = tone_jump_clip(n)
+    src = save_frames(tmp_path / "in", frames)
+    translate_video(src, tmp_path / "out", Lookup(frames, per_frame), fps=10)
+    out = load_frames(tmp_path / "out")
+    assert len(out) == n
+    # Seams: no edge that neither the translation nor the input has, in any frame.
+    seams = seam_shares(out, per_frame, frames)
+    assert seams.max() <= 0.001, (seams.max(), seams.argmax())
+    away = np.zeros((H, W), bool)
+    away[4:TOP - 8, 4:-4] = away[TOP + SIDE + 8:-4, 4:-4] = True
+    # Flicker: still removed on either side of the jump.
+    for a, b in ((0, n // 2), (n // 2, n)):
+        assert frame_flicker(out[a:b], frames[a:b], away) < frame_flicker(per_frame[a:b], frames[a:b], away) / 4
+    # The new tone is followed: at once in part, the rest within a few frames (no lasting drift).
+    tone = [abs((o.astype(np.float32) - p)[away].mean()) for o, p in zip(out, per_frame)]
+    assert tone[n // 2] < 30 and np.mean(tone[-6:]) < 6, np.round(tone, 1)
+    # Trails: where the object was a frame ago, the background's translation, less the background's tone.
+    for t in range(3, n):
+        change = out[t].astype(np.float32) - per_frame[t]
+        behind = masks[t - 1] & ~masks[t]
+        off = np.abs(change - np.median(change[away], axis=0)).max(axis=2)[behind].mean()
+        assert off < 10, (t, off)  # a trail would be off by the object's tint (+50 red)
