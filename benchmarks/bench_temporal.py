@@ -315,10 +315,10 @@ def speed(tr: Translator, frames: list[np.ndarray], size: tuple[int, int], count
         for i, f in enumerate(frames[:count]):
             Image.fromarray(cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA)).save(src / f"{i:04d}.png")
     fps = {"off": [], "flow": []}
-    translate_video(src, work / "speed-warm.mp4", tr, temporal="off", fps=24)
+    translate_video(src, work / "speed-warm.mp4", tr, temporal="off", fps=24, overwrite=True)
     for r in range(rounds):
         for temporal in (("off", "flow") if r % 2 == 0 else ("flow", "off")):
-            res = translate_video(src, work / f"speed-{temporal}.mp4", tr, temporal=temporal, fps=24)
+            res = translate_video(src, work / f"speed-{temporal}.mp4", tr, temporal=temporal, fps=24, overwrite=True)
             fps[temporal].append(res.frames / res.seconds)
     ratios = [a / b for a, b in zip(fps["flow"], fps["off"])]
     print(f"{w}x{h}, {count} frames a run: off {np.median(fps['off']):.2f} frames/s, flow "

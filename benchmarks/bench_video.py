@@ -110,7 +110,8 @@ def main() -> None:
             return len(timed) / (time.perf_counter() - t)
 
         def video(stabilize: bool) -> float:
-            res = translate_video(args.clip, Path(d) / "out.mp4", tr, stabilize=stabilize, duration=duration)
+            res = translate_video(args.clip, Path(d) / "out.mp4", tr, stabilize=stabilize, duration=duration,
+                                   overwrite=True)
             return res.frames / res.seconds
 
         measures = [images, lambda: video(False), lambda: video(True)]
