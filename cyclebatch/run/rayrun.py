@@ -33,10 +33,6 @@ from ..io.files import sweep_dead_temps
 from ..io.images import probe
 from .pipeline import OutputUnwritable, Reporter, RunOptions, Summary, _Loop, finish_report, prepare
 
-# Test hook: "N:MARKER" makes the first actor in its N-th batch kill its own process once half that batch
-# is written, the other writes still in flight, after noting the files it wrote in MARKER; once per
-# MARKER (the fault test needs a real process death mid-batch).
-KILL_HOOK = "CYCLEBATCH_TEST_KILL_ACTOR_AFTER"
 # A file that the driver and the actors append their start-up moments to ("epoch seconds<TAB>who<TAB>what";
 # time.time() is one clock for every process on a machine): `benchmarks/bench_ray.py --timeline`.
 TIMELINE = "CYCLEBATCH_RAY_TIMELINE"
@@ -130,14 +126,15 @@ def data_services(ray) -> None:
         logging.getLogger(__name__).debug("Ray Data's helper actors not started ahead", exc_info=True)
 
 
-class _Counting(_Loop):
-    """The local loop, noting which jobs it finished (and their megapixels) for the driver's summary."""
+class CountingLoop(_Loop):
+    """The local loop, noting which jobs it finished (and their megapixels) for the driver's summary. One
+    is made per task; `translate_paths_ray(loop_class=...)` takes a subclass (the fault test's kills its
+    actor mid-task)."""
 
-    def __init__(self, *a, die_after: int = 0, marker: str = "", **kw):
+    def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.done: dict[str, float] = {}
         self.written: list = []
-        self.die_after, self.marker = die_after, marker
 
     def collect_write(self) -> None:
         job, _, mp = self.writes[0]
@@ -146,8 +143,6 @@ class _Counting(_Loop):
         if self.summary.translated > before:
             self.done[str(job.src)] = mp
             self.written.append(job.dst)
-            if self.die_after and len(self.done) >= self.die_after:
-                _die(self.marker, self.written)  # test hook: mid-batch, other writes still in flight
 
 
 def _thread() -> str:
@@ -183,7 +178,7 @@ def _process_marks(path: str, who: str) -> None:
 class Worker:
     """One Ray actor: one Translator, kept loaded for every batch it is given."""
 
-    def __init__(self, model, translator_kwargs: dict, opts: RunOptions, threads: int, hook: str = "",
+    def __init__(self, model, translator_kwargs: dict, opts: RunOptions, threads: int, loop_class=None,
                  timeline: str = ""):
         import warnings
 
@@ -194,7 +189,7 @@ class Worker:
             _process_marks(timeline, self.who)
         self.model, self.translator_kwargs, self.threads = model, translator_kwargs, threads
         self.t = None  # built by the first call (_translator)
-        self.opts, self.hook, self.batches = opts, hook, 0
+        self.opts, self.loop_class, self.batches = opts, loop_class or CountingLoop, 0
         # Only a restarted actor can meet outputs of its own earlier life: only it pays for the checks.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -234,9 +229,7 @@ class Worker:
         already = {k: v for k, v in already.items() if v is not None}
         todo = [j for j in jobs if str(j.src) not in already]
         self.batches += 1
-        marker = self._due_to_die()
-        loop = _Counting(translator, self.opts, Reporter(), summary, die_after=max(1, len(todo) // 2) if marker else 0,
-                         marker=marker)
+        loop = self.loop_class(translator, self.opts, Reporter(), summary)
         stopped = ""
         try:
             loop.run(todo)
@@ -262,33 +255,15 @@ class Worker:
             return w * h / 1e6
         return 0.0 if storage.exists(job.dst, self.opts.storage_options) else None
 
-    def _due_to_die(self) -> str:
-        """The test hook's marker when this batch is the one to die in (first actor there, once), else ''."""
-        if not self.hook:
-            return ""
-        n, marker = self.hook.split(":", 1)
-        if self.batches != int(n) or os.path.exists(marker):
-            return ""
-        return marker
-
-
-def _die(marker: str, written: list) -> None:
-    try:
-        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return  # another actor got there first: only one dies
-    lines = [f"{p}\t{os.stat(p).st_ino}" for p in written if isinstance(p, Path)]
-    os.write(fd, "\n".join(lines).encode())
-    os.close(fd)
-    os._exit(1)
-
 
 def translate_paths_ray(inputs: Sequence[str], output: "str | Path", model, translator_kwargs: dict,
                         opts: Optional[RunOptions] = None, reporter: Optional[Reporter] = None, *,
                         address: Optional[str] = None, gpus: float = 0.0, cpus: Optional[int] = None,
-                        actors: Optional[int] = None, rows_per_task: int = 32) -> tuple[Summary, dict]:
+                        actors: Optional[int] = None, rows_per_task: int = 32,
+                        loop_class: Optional[type] = None) -> tuple[Summary, dict]:
     """Like `pipeline.translate_paths`, on a Ray cluster. Returns the summary and facts about the run
-    (cluster, actors, startup seconds)."""
+    (cluster, actors, startup seconds). `loop_class`: a CountingLoop subclass the actors run each task
+    with (it travels to them pickled; tests use it to fail on purpose)."""
     ray = _ray()
     opts = opts or RunOptions()
     reporter = reporter or Reporter()
@@ -309,7 +284,7 @@ def translate_paths_ray(inputs: Sequence[str], output: "str | Path", model, tran
     try:
         if work.jobs:
             _stream(ray, work.jobs, model, translator_kwargs, opts, reporter, summary, gpus, cpus, actors,
-                    rows_per_task)
+                    rows_per_task, loop_class)
     except KeyboardInterrupt:
         summary.interrupted = True
         raise
@@ -343,7 +318,7 @@ def _pool_size(ray, gpus: float, cpus: Optional[int], actors: Optional[int]) -> 
 
 
 def _stream(ray, jobs: list[Job], model, translator_kwargs, opts, reporter, summary, gpus, cpus, actors,
-            rows) -> None:
+            rows, loop_class) -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the CLI has its own bar
     ctx.print_on_execution_start = False
@@ -366,7 +341,7 @@ def _stream(ray, jobs: list[Job], model, translator_kwargs, opts, reporter, summ
                         compute=ray.data.ActorPoolStrategy(size=actors),
                         num_cpus=cpus, num_gpus=gpus or None,
                         fn_constructor_kwargs={"model": model_ref, "translator_kwargs": kwargs, "opts": opts,
-                                               "threads": cpus, "hook": os.environ.get(KILL_HOOK, ""),
+                                               "threads": cpus, "loop_class": loop_class,
                                                "timeline": os.environ.get(TIMELINE, "")})
     # No prefetching: with it Ray Data hands over a task's results only once the next task's are in, so
     # the counts (and the progress bar) lagged one task behind the actors.

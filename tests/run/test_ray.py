@@ -1,6 +1,7 @@
 import json
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,6 +75,35 @@ def outputs(root):
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+class DyingLoop(rayrun.CountingLoop):
+    """The fault: in the actor's `batch`-th task, once half of it is written (the other writes still in
+    flight), note the files written in `marker` and kill the actor's process. Once, whichever actor gets
+    there first (the marker is created exclusively). Runs inside the actors: pickled by value (below)."""
+
+    marker, batch, tasks = "", 0, 0  # set by the test; `tasks` counts this process's tasks
+
+    def run(self, jobs) -> None:
+        type(self).tasks += 1
+        self.die_after = max(1, len(jobs) // 2) if type(self).tasks == self.batch else 0
+        super().run(jobs)
+
+    def collect_write(self) -> None:
+        super().collect_write()
+        if self.die_after and len(self.done) >= self.die_after:
+            try:
+                fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return  # another actor got there first: only one dies
+            lines = [f"{p}\t{os.stat(p).st_ino}" for p in self.written if isinstance(p, Path)]
+            os.write(fd, "\n".join(lines).encode())
+            os.close(fd)
+            os._exit(1)
+
+
+# The actors cannot import this test module: its classes travel to them by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
 def test_ray_run_equals_a_local_run_and_survives_a_killed_actor(cluster, tmp_path, monkeypatch):
     src = tmp_path / "in"
     make_images(src, 48)
@@ -82,12 +112,12 @@ def test_ray_run_equals_a_local_run_and_survives_a_killed_actor(cluster, tmp_pat
 
     marker = tmp_path / "killed.txt"
     # The first actor in its 2nd batch kills its process once half of that batch is written, once.
-    monkeypatch.setenv(rayrun.KILL_HOOK, f"2:{marker}")
+    DyingLoop.marker, DyingLoop.batch = str(marker), 2
     timeline = tmp_path / "timeline.tsv"
     monkeypatch.setenv(rayrun.TIMELINE, str(timeline))
     heard = Heard()
     s, facts = rayrun.translate_paths_ray([str(src)], tmp_path / "ray", tiny_generator(), FP32, RunOptions(),
-                                          heard, rows_per_task=8)
+                                          heard, rows_per_task=8, loop_class=DyingLoop)
     assert marker.exists(), "no actor was killed: the test tested nothing"
     assert (s.translated, s.failed, s.skipped, s.stopped) == (48, 1, 0, None)
     assert s.failures == local.failures  # same file, same reason
