@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from ..engine.openvino import no_telemetry
+from ..io.files import free_space
 from ..errors import CycleBatchError
 
 EXTRA = "pip install 'cyclebatch[openvino]'"
@@ -64,8 +64,8 @@ def export_openvino(net: nn.Module, path: str | Path, *, fp16: bool = False,
         ov.save_model(model, str(path), compress_to_fp16=fp16)
     except RuntimeError as e:  # its C++ streams say only "iostream error": tell a full disk from other causes
         need = sum(p.numel() for p in net.parameters()) * (2 if fp16 else 4)
-        free = shutil.disk_usage(Path(path).parent).free
-        if free < need + 2**20:
+        free = free_space(Path(path).parent)
+        if free is not None and free < need + 2**20:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
         raise OSError(errno.EIO, f"OpenVINO could not write the IR ({str(e).splitlines()[0][:120]})") from None
 

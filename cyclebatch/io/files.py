@@ -7,6 +7,7 @@ import errno
 import functools
 import hashlib
 import os
+import re
 import shutil
 import socket
 import time
@@ -63,15 +64,24 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def note_free_space(e: BaseException, dst: Path) -> None:
-    """Remember on the error how much space was free where it failed, before the partial file is removed:
-    what the user needs to know is how full the disk was, not how full it is after the cleanup."""
-    if getattr(e, "free_at_failure", None) is None and as_location_error(e) is not None:
-        with contextlib.suppress(OSError, AttributeError):
-            e.free_at_failure = shutil.disk_usage(_existing(dst.parent)).free
+    """Remember on the error (and on the OSError behind it) how much space was free where it failed, before
+    the partial file is removed: the user needs how full the disk was, not how full it is after the cleanup."""
+    found = as_location_error(e)
+    if found is None or getattr(found, "free_at_failure", None) is not None:
+        return
+    free = free_space(dst.parent)
+    for err in {id(e): e, id(found): found}.values():
+        with contextlib.suppress(AttributeError):
+            err.free_at_failure = free
 
 
-def _existing(p: Path) -> Path:
-    return next((q for q in [p, *p.parents] if q.exists()), p)
+def free_space(path: Path) -> "int | None":
+    """Bytes free on the file system of `path` (or of its nearest existing folder); None where unknown."""
+    where = next((q for q in [path, *path.parents] if q.exists()), None)
+    try:
+        return None if where is None else shutil.disk_usage(where).free
+    except OSError:
+        return None
 
 
 # Write errors that are the location's problem, not one file's: every later write there fails the same way.
@@ -85,30 +95,48 @@ def location_problem(e: BaseException, dst: Path) -> "str | None":
         return None
     what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
             errno.EROFS: "the file system is read-only"}.get(e.errno, "no permission to write there")
-    try:
-        n = getattr(e, "free_at_failure", None)
-        n = shutil.disk_usage(_existing(dst.parent)).free if n is None else n
-        free = f"; {n / 2**20:,.1f} MiB free there"
-    except OSError:
-        free = ""
+    at_failure = getattr(e, "free_at_failure", None)
+    n = at_failure if at_failure is not None else free_space(dst.parent)
+    when = " when the write failed" if at_failure is not None else ""
+    free = "" if n is None else f"; {n / 2**20:,.1f} MiB free there{when}"
     return f"cannot write {dst}: {what} ({e.strerror}){free}"
 
 
 _ERRNO_TEXTS = {os.strerror(code): code for code in LOCATION_ERRORS}
 
 
-def as_location_error(e: BaseException) -> "OSError | None":
-    """The OSError inside a library's own error type (safetensors, OpenVINO, C++ writers put the C library's
-    'No space left on device' into their message), or None."""
-    if isinstance(e, OSError):
-        return e if e.errno in LOCATION_ERRORS else None
+def os_error_behind(e: BaseException) -> "OSError | None":
+    """The OSError behind `e`: itself; one a library buried under its own error while cleaning up (torch's
+    zip writer fails again on close); safetensors' '(os error 28)'; or the C library's message in a library's
+    own error type (OpenVINO, C++ writers: 'No space left on device'). None where there is none."""
+    seen = e
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__context__
     text = str(e)
-    for message, code in _ERRNO_TEXTS.items():
-        if message in text:
-            found = OSError(code, message)
-            found.free_at_failure = getattr(e, "free_at_failure", None)
-            return found
-    return None
+    m = re.search(r"\(os error (\d+)\)", text)
+    codes = [int(m.group(1))] if m else [code for message, code in _ERRNO_TEXTS.items() if message in text][:1]
+    if not codes:
+        return None
+    found = OSError(codes[0], os.strerror(codes[0]))
+    found.free_at_failure = getattr(e, "free_at_failure", None)
+    return found
+
+
+def as_location_error(e: BaseException) -> "OSError | None":
+    """os_error_behind(e) where it is the location's problem (full disk, quota, read-only, forbidden)."""
+    found = os_error_behind(e)
+    return found if found is not None and found.errno in LOCATION_ERRORS else None
+
+
+def temp_destination(tmp: Path) -> Path:
+    """The file a temporary (temp_name) was going to become; any other path as it is."""
+    if tmp.name.startswith(TMP_MARK):
+        parts = tmp.name[len(TMP_MARK):].split("-", 2)
+        if len(parts) == 3:
+            return tmp.with_name(parts[2])
+    return tmp
 
 
 def is_temp(path: Path) -> bool:

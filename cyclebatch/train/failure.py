@@ -10,79 +10,49 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
-import re
 import shlex
-import shutil
 from pathlib import Path
 from typing import Iterator, Optional
 
-from ..io.files import LOCATION_ERRORS, TMP_MARK, atomic_path
+from ..io.files import LOCATION_ERRORS, atomic_path, free_space, os_error_behind, temp_destination
 
 _WHAT = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
          errno.EROFS: "the file system is read-only"}
 
 
-def free_bytes(path: Path) -> Optional[int]:
-    where = next((p for p in [path, *path.parents] if p.exists()), None)
-    try:
-        return None if where is None else shutil.disk_usage(where).free
-    except OSError:
-        return None
-
-
 def note(e: OSError, target: Path, measured_after_cleanup: bool = False) -> OSError:
-    """Stamp where `e` happened and the free space now; the first stamp (the innermost) wins."""
+    """Stamp where `e` happened and the free space: as the atomic write measured it when it failed, else
+    now. The first stamp (the innermost) wins."""
     if getattr(e, "cb_target", None) is None:
-        e.cb_target, e.cb_free, e.cb_after = Path(target), free_bytes(Path(target)), measured_after_cleanup
+        at_failure = getattr(e, "free_at_failure", None)
+        e.cb_target = Path(target)
+        e.cb_free = at_failure if at_failure is not None else free_space(Path(target))
+        e.cb_after = measured_after_cleanup and at_failure is None
     return e
-
-
-def as_os_error(e: BaseException) -> Optional[OSError]:
-    """The OSError behind `e`: itself, one that torch.save buried under its own RuntimeError (its zip
-    writer fails again while closing), or safetensors' 'I/O error: ... (os error 28)'."""
-    seen = e
-    while seen is not None:
-        if isinstance(seen, OSError):
-            return seen
-        seen = seen.__context__
-    m = re.search(r"\(os error (\d+)\)", str(e))
-    if m and type(e).__name__ == "SafetensorError":
-        code = int(m.group(1))
-        return OSError(code, os.strerror(code))
-    return None
 
 
 @contextlib.contextmanager
 def writing(path: Path) -> Iterator[Path]:
-    """fileio.atomic_path, noting a failure's free space before the temporary is removed."""
+    """io.files.atomic_path (which notes the free space when the write failed), with the target noted too,
+    and a library's own error type unwrapped to its OSError."""
     with atomic_path(path) as tmp:
         try:
             yield tmp
         except Exception as e:
-            found = as_os_error(e)
+            found = os_error_behind(e)
             if found is None:
                 raise
             raise note(found, path) from None
 
 
-def real_name(path: Path) -> Path:
-    """A temporary's destination (fileio.temp_name: MARK + pid + '-' + id + '-' + name)."""
-    if path.name.startswith(TMP_MARK):
-        parts = path.name[len(TMP_MARK):].split("-", 2)
-        if len(parts) == 3:
-            return path.with_name(parts[2])
-    return path
-
-
 def stop_line(e: BaseException, run_dir: Path, saved: Optional[tuple], resume_command: str) -> Optional[str]:
     """The one line for a write error no retry would escape; None for any other error."""
-    err = as_os_error(e)
+    err = os_error_behind(e)
     if err is None or err.errno not in LOCATION_ERRORS:
         return None
     target = getattr(err, "cb_target", None)
     if target is None:  # not written through `writing`: the free space is as it is now
-        target = real_name(Path(err.filename)) if err.filename else run_dir
+        target = temp_destination(Path(err.filename)) if err.filename else run_dir
         note(err, target, measured_after_cleanup=True)
     what = _WHAT.get(err.errno, "no permission to write there")
     room = "" if err.cb_free is None else f"; {err.cb_free / 2**20:,.1f} MiB free there"

@@ -18,12 +18,12 @@ import torch
 
 from ..models.checkpoints import save_generator
 from ..errors import CycleBatchError
-from ..io.files import sweep_dead_temps
+from ..io.files import os_error_behind, sweep_dead_temps
 from ..models.networks import GeneratorConfig, PatchDiscriminator, ResnetGenerator, init_weights, make_generator
 from .checkpoint import Checkpointing, load_checkpoint, resume_point  # noqa: F401 (load_checkpoint: public here too)
 from .config import TrainConfig
 from .board import Board
-from .failure import as_os_error, note, resume_command, stop_line, writing
+from .failure import note, resume_command, stop_line, writing
 from .data import UnpairedDataset, batches_per_epoch, grid_samples, make_loader, usable_images
 from .distributed import group_initialized, join_group, leave_group, rank_info, training_device
 from .pool import ImagePool
@@ -371,11 +371,10 @@ class Trainer(TrainStep, Checkpointing):
             path = self.run_dir / f"G_{letter}.safetensors"
             try:
                 paths.append(save_generator(net, path, meta))
-            except Exception as e:  # safetensors reports a full disk as its own error, naming no file
-                found = as_os_error(e)
+            except Exception as e:  # a full disk names no file in save_generator's error: name it here
+                found = os_error_behind(e)
                 if found is None:
                     raise
-                # measured after save_generator removed its temporary: stop_line says so
                 raise note(found, path, measured_after_cleanup=True) from None
         return paths
 

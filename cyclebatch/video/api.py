@@ -170,13 +170,9 @@ def translate_video(src: str | Path, dst: str | Path, translator, *, codec: Opti
                                    progress=progress, colour_on_device=colour_on_device)
     except OSError as e:  # a full disk or a read-only folder: one line; the partial output is already gone
         out = getattr(e, "cyclebatch_output", dst)
-        problem = location_problem(e, out)
+        problem = location_problem(e, out)  # with the space free when the write failed (the pipeline noted it)
         if problem is None:
             raise _write_error(e, out, src) from None
-        free = getattr(e, "cyclebatch_free", None)
-        head, _, tail = problem.rpartition("; ")
-        if free is not None and tail.endswith("free there"):  # fileio measured after the partial output went
-            problem = f"{head}; {free / 2**20:,.1f} MiB free there when the write failed"
         written = f"{dst} was not written" if compare is None else f"neither {dst} nor {compare} was written"
         raise CycleBatchError(f"{problem}; {written}") from None
     except CycleBatchError as e:

@@ -15,9 +15,7 @@ with the video's length; an error in any stage stops the others and is raised fr
 from __future__ import annotations
 
 import contextlib
-import errno
 import queue
-import shutil
 import threading
 from typing import Callable, Optional
 
@@ -25,6 +23,7 @@ from .device import DevicePath
 from .sinks import VideoSink
 from .sources import Frame, VideoSource
 from ..errors import CycleBatchError, raise_if_interrupted
+from ..io.files import note_free_space
 
 
 class _Stop(Exception):
@@ -184,9 +183,8 @@ def _mark_failed_write(e: BaseException, sink) -> None:
     moment: the caller's report comes after the partial output is removed, which frees space again."""
     with contextlib.suppress(Exception):
         e.cyclebatch_output = getattr(sink, "label", None) or sink.path
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-        with contextlib.suppress(Exception):
-            e.cyclebatch_free = shutil.disk_usage(sink.path.parent).free
+    with contextlib.suppress(Exception):
+        note_free_space(e, sink.path)
 
 
 def _stop_all(stop: threading.Event, threads: list, sinks: list) -> None:
