@@ -8,7 +8,7 @@ import typer
 
 from .. import __version__
 from ..errors import CycleBatchError
-from . import export, models, train, video
+from . import distill, export, models, train, video
 from .common import err, error_line, out
 from .run import run
 
@@ -37,6 +37,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 app.add_typer(models.models_app, name="models")
 app.command("run")(run)
 app.command("train")(train.train_cmd)
+app.command("distill")(distill.distill_cmd)
 app.add_typer(train.runs_app, name="runs")
 app.command("export")(export.export_cmd)
 app.command("video")(video.video)

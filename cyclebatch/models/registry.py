@@ -226,7 +226,8 @@ def local_models() -> list[tuple[str, Path, str]]:
     for folder in _run_dirs():
         if folder.is_dir():
             found += [(p.name, p, "run") for p in sorted(folder.iterdir())
-                      if p.is_dir() and any((p / f).exists() for f in ("G_A.safetensors", "G_B.safetensors"))]
+                      if p.is_dir() and any((p / f).exists() for f in ("G_A.safetensors", "G_B.safetensors",
+                                                                    "generator.safetensors"))]
     return found
 
 

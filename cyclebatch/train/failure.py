@@ -69,6 +69,6 @@ def stop_line(e: BaseException, run_dir: Path, saved: Optional[tuple], resume_co
     return f"cannot write {target}: {what} ({err.strerror}){room}. Training stopped; {then}"
 
 
-def resume_command(name: str, runs_dir: str) -> str:
+def resume_command(name: str, runs_dir: str, command: str = "train") -> str:
     extra = "" if Path(runs_dir) == Path("runs") else f" --runs-dir {shlex.quote(str(runs_dir))}"
-    return f"cyclebatch train --name {shlex.quote(name)} --resume{extra}"
+    return f"cyclebatch {command} --name {shlex.quote(name)} --resume{extra}"

@@ -1,0 +1,91 @@
+"""The distillation data: crops of the user's photos with the teacher's output for each, computed once.
+
+The teacher is the expensive part (10-25x a student's cost), so it runs once per crop, through the engine
+as `run` would run it, and its outputs are kept in the run folder (cache/crops.npz): epochs and a resumed
+run read them back instead of running the teacher again. Crops come from the photos rescaled so that their
+shorter side falls anywhere between one and three crop sizes: the student sees the photos' detail at the
+scales `run` meets, from thumbnails to large prints.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from ..errors import CycleBatchError
+from ..io.images import resize_to
+from .data import load_rgb8
+from .failure import writing
+
+SCALES = (1.0, 3.0)  # the shorter side, in crop sizes, that a photo is rescaled to before a crop is cut
+BATCH = 8  # crops per teacher pass
+
+
+@dataclass
+class CropBank:
+    inputs: np.ndarray  # N x S x S x 3 uint8
+    targets: np.ndarray  # the teacher's outputs for them
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def save(self, path: Path) -> None:
+        buf = io.BytesIO()  # serialised first: the file is written by one call, atomically
+        np.savez(buf, inputs=self.inputs, targets=self.targets)
+        with writing(path) as tmp:
+            tmp.write_bytes(buf.getvalue())
+
+    @classmethod
+    def load(cls, path: Path) -> Optional["CropBank"]:
+        try:
+            with np.load(path) as z:
+                return cls(z["inputs"], z["targets"])
+        except (OSError, ValueError, KeyError):  # missing or damaged: the teacher runs again
+            return None
+
+
+def cut(photo: np.ndarray, size: int, rnd: random.Random) -> np.ndarray:
+    """One size x size crop of `photo`, rescaled so that its shorter side is 1-3 crop sizes."""
+    h, w = photo.shape[:2]
+    short = rnd.uniform(*SCALES) * size
+    f = short / min(h, w)
+    new = (max(size, round(w * f)), max(size, round(h * f)))
+    if new != (w, h):
+        photo = resize_to(photo, new)
+    h, w = photo.shape[:2]
+    y, x = rnd.randint(0, h - size), rnd.randint(0, w - size)
+    return np.ascontiguousarray(photo[y:y + size, x:x + size])
+
+
+def build(files: Sequence[Path], count: int, size: int, seed: int, translator, *, seconds: Optional[float] = None,
+          warn: Callable[[str], None] = print, advance: Callable[[int], None] = lambda n: None) -> CropBank:
+    """`count` crops spread evenly over the photos, with the teacher's outputs. With `seconds`, fewer crops
+    when the teacher is slower than that allows (the rate is measured on the first batches; at least one
+    batch is kept). Photos that fail to decode are skipped with a warning."""
+    rnd = random.Random(seed)
+    photos: list[np.ndarray] = []
+    for path in files:
+        try:
+            photos.append(load_rgb8(path))
+        except Exception as e:  # noqa: BLE001 - a damaged file costs its crops, not the run
+            warn(f"skipping {e}" if isinstance(e, CycleBatchError) else f"skipping {path}: {type(e).__name__}: {e}")
+    if not photos:
+        raise CycleBatchError(f"{Path(files[0]).parent}: none of its {len(files)} photos can be decoded")
+    inputs: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
+    started = time.perf_counter()
+    while len(inputs) < count:
+        batch = [cut(photos[(len(inputs) + k) % len(photos)], size, rnd) for k in range(min(BATCH, count - len(inputs)))]
+        targets += translator.translate_batch(batch)
+        inputs += batch
+        advance(len(batch))
+        spent = time.perf_counter() - started
+        if seconds is not None and len(inputs) < count and spent / len(inputs) * count > seconds:
+            count = max(len(inputs), min(count, int(seconds / (spent / len(inputs)))))
+    return CropBank(np.stack(inputs), np.stack(targets))

@@ -1,0 +1,365 @@
+"""`distill(DistillConfig(teacher, photos, name))`: a small student generator trained to reproduce a teacher.
+
+The run: photos -> held-out split -> teacher-labelled crops (crops.py, cached) -> the student, started from the
+teacher's own weights (students.py) -> a planned number of iterations (from --iterations, or from the time
+--minutes leaves once the teacher is done and one iteration is timed) of an L1 loss to the teacher's outputs,
+Adam with cosine decay -> held-out photos scored `evals` times (fidelity.py) -> the best student written as
+runs/NAME/generator.safetensors, which `run`, `video` and `export` load by NAME.
+
+Every scoring also writes checkpoints/latest.pt (student, optimiser, the plan, the best so far), so a killed
+run resumes exactly: the batches of iteration i depend only on (seed, i), never on what ran before.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..errors import CycleBatchError
+from ..io.files import sweep_dead_temps
+from ..models.checkpoints import infer_config, save_generator
+from ..models.cost import macs, parameters
+from ..models.networks import ResnetGenerator
+from .crops import CropBank, build
+from .data import find_images, load_rgb8, usable_images
+from .distill_config import DistillConfig
+from .distill_report import DistillReport
+from .failure import resume_command, stop_line, writing
+from .fidelity import HeldOut
+from .students import PROBE, student_config, student_from
+from .trainer import StopRequest
+
+CHECKPOINT_FORMAT = "cyclebatch-distill"
+HELD_OUT_LONGEST = 1024  # px: held-out photos are scored whole, at most this large (what `run` would see)
+CROPS_PER_PHOTO = 48
+CROPS_RANGE = (128, 1024)
+TEACHER_SHARE = 0.3  # of a --minutes budget, at most, for labelling crops with the teacher
+CALIBRATION = 8  # crops the student's least-squares start is fitted on
+WARMUP = 0.03  # of the iterations: linear learning-rate warm-up
+
+
+@dataclass
+class DistillResult:
+    run_dir: Path
+    generator: Optional[Path]
+    iteration: int
+    iterations: int
+    finished: bool
+    interrupted: bool
+    best: dict  # {"psnr", "ssim", "iteration"} of the student written
+    start: dict  # the student's score before training
+    macs_ratio: float
+    params_ratio: float
+    seconds: float
+
+    def summary(self) -> str:
+        b = self.best
+        state = "finished" if self.finished else "stopped"
+        score = (f"held-out PSNR {b['psnr']:.2f} dB, SSIM {b['ssim']:.4f} to the teacher" if b else "not scored yet")
+        return (f"{state} at iteration {self.iteration} of {self.iterations}: {score}; 1/{self.macs_ratio:.1f} of "
+                f"its MACs, 1/{self.params_ratio:.1f} of its parameters")
+
+
+def distill(config: DistillConfig, log=print, warn=None) -> DistillResult:
+    """Distil (or, with config.resume, continue distilling) a teacher into a student; see the module doc."""
+    return Distiller(config, log, warn or log).fit()
+
+
+def _resume_point(config: DistillConfig) -> tuple[DistillConfig, Optional[dict]]:
+    latest = config.run_dir / "checkpoints" / "latest.pt"
+    if config.resume:
+        if not latest.is_file():
+            raise CycleBatchError(f"{latest}: no checkpoint to resume from")
+        try:
+            state = torch.load(latest, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001
+            raise CycleBatchError(f"{latest}: unreadable checkpoint ({str(e).splitlines()[0][:160]})") from None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise CycleBatchError(f"{latest}: not a cyclebatch distillation checkpoint")
+        config = DistillConfig.from_dict(state["config"]).resumed_with(config)
+        config.validate()
+        return config, state
+    if latest.exists() or (config.run_dir / "config.json").exists():
+        raise CycleBatchError(f"{config.run_dir}: already holds a run; pass --resume to continue it, or choose "
+                              "another --name")
+    return config, None
+
+
+def split_photos(files: list[Path], val: str, warn) -> tuple[list[Path], list[Path]]:
+    """(training photos, held-out photos): the --val folder's, else every tenth photo (at least one)."""
+    if val:
+        return files, find_images(val)
+    if len(files) < 2:
+        warn(f"only {len(files)} photo: it is scored as well as trained on (no held-out photo; give --val)")
+        return files, files
+    step = min(10, len(files))
+    held = files[step // 2::step]
+    return [f for f in files if f not in held], held
+
+
+def _fit_long_side(rgb: np.ndarray, longest: int) -> np.ndarray:
+    from ..io.images import resize_to
+
+    h, w = rgb.shape[:2]
+    if max(h, w) <= longest:
+        return rgb
+    f = longest / max(h, w)
+    return resize_to(rgb, (max(1, round(w * f)), max(1, round(h * f))))
+
+
+class Distiller:
+    def __init__(self, config: DistillConfig, log, warn):
+        from ..engine.device import pick_device
+        from ..models.download import sha256_of
+        from ..models.registry import load_generator, resolve
+        from .trainer import _check_run_folder  # noqa: PLC2701 (same wing)
+
+        self.started = time.perf_counter()
+        self.log, self.warn = log, warn
+        config.validate()
+        _check_run_folder(config.run_dir)
+        config, self.stored = _resume_point(config)
+        self.config = c = config
+        self.run_dir = c.run_dir
+        # the photos first: a typo in a folder fails in a second, before the teacher loads
+        files, bad = usable_images(c.photos, warn)
+        self.train_files, self.held_files = split_photos(files, c.val, warn)
+        self.device = pick_device(c.device)
+        self.teacher = load_generator(c.teacher, c.direction)
+        teacher_file = resolve(c.teacher, c.direction)
+        self.teacher_info = {"model": c.teacher, "file": str(teacher_file), "sha256": sha256_of(teacher_file),
+                             "architecture": self.teacher.config.describe(),
+                             "translates": self.teacher.metadata.get("translates", "")}
+        self.dtype = _training_dtype(c.precision, self.device)
+        self.report = DistillReport(self.run_dir, c, self.teacher_info)
+        self.saved: Optional[tuple] = None
+
+    # ------------------------------------------------------------ the run
+
+    def fit(self) -> DistillResult:
+        with StopRequest() as stop:
+            try:
+                return self._fit(stop)
+            except BaseException as e:
+                line = stop_line(e, self.run_dir, self.saved,
+                                 resume_command(self.config.name, self.config.runs_dir, "distill"))
+                self.report.status("failed", line or (str(e).splitlines()[0][:300] if str(e) else type(e).__name__))
+                if line is None:
+                    raise
+                raise CycleBatchError(line) from None
+            finally:
+                sweep_dead_temps(self.run_dir)
+
+    def _teacher_engine(self):
+        from ..engine.translator import Translator
+
+        return Translator(self.teacher, device=str(self.device))
+
+    def _fit(self, stop: StopRequest) -> DistillResult:
+        c, s = self.config, self.stored
+        sweep_dead_temps(self.run_dir)
+        (self.run_dir / "cache").mkdir(parents=True, exist_ok=True)
+        with writing(self.run_dir / "config.json") as tmp:
+            tmp.write_text(json.dumps({**c.to_dict(), "teacher_info": self.teacher_info}, indent=1, default=str) + "\n")
+        teacher = self._teacher_engine()
+        bank, held = self._data(teacher)
+        del teacher
+        if s is None:
+            calib = torch.from_numpy(bank.inputs[:: max(1, len(bank) // CALIBRATION)][:CALIBRATION])
+            student_cfg = student_config(self.teacher, c.size)
+            student = student_from(self.teacher, student_cfg, calib.permute(0, 3, 1, 2).float() / 127.5 - 1, self.log)
+        else:
+            student = ResnetGenerator(infer_config(s["student"]))
+            student.load_state_dict(s["student"])
+        t_macs, s_macs = macs(self.teacher, PROBE, PROBE), macs(student, PROBE, PROBE)
+        self.ratios = (t_macs / s_macs, parameters(self.teacher) / parameters(student))
+        self.teacher = None  # its memory back: only the student trains from here
+        student = student.to(self.device).train()
+        opt = torch.optim.Adam(student.parameters(), lr=c.lr, betas=(0.9, 0.99))
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        st = {"iteration": 0, "plan": c.iterations, "best": {}, "start": {}, "best_state": None, "scores": [],
+              "losses": [], "since_best": 0, "seconds": 0.0}
+        if s is not None:
+            opt.load_state_dict(s["opt"])
+            if s.get("scaler"):
+                scaler.load_state_dict(s["scaler"])
+            st.update({k: s[k] for k in st if k in s})
+        self.log(f"distilling {c.teacher} ({self.teacher_info['architecture']}) into a {c.size} student "
+                 f"({student.config.describe()}): 1/{self.ratios[0]:.1f} of its MACs, 1/{self.ratios[1]:.1f} of its "
+                 f"parameters; {len(bank)} crops of {len(self.train_files)} photos, {len(held)} held out, device "
+                 f"{self.device}, precision {_dtype_name(self.dtype)}")
+        if not st["start"]:
+            st["start"] = self._score(student, held, 0)[0]
+            self.log(f"untrained student: held-out PSNR {st['start']['psnr']:.2f} dB")
+
+        x_all, y_all = torch.from_numpy(bank.inputs), torch.from_numpy(bank.targets)
+        budget = c.budget_seconds
+        interrupted = finished = False
+        t_loop = time.perf_counter()
+        spent_before = st["seconds"]
+        with self.report.progress(st["plan"], st["iteration"]) as bar:
+            while True:
+                it = st["iteration"]
+                if st["plan"] is not None and it >= st["plan"]:
+                    finished = True
+                    break
+                if stop.signal is not None or (c.max_iterations is not None and it >= c.max_iterations):
+                    interrupted = True
+                    break
+                lr = _lr(c.lr, it, st["plan"])
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                idx = torch.from_numpy(np.random.default_rng([c.seed, it]).choice(len(bank), c.batch_size,
+                                                                               replace=len(bank) < c.batch_size))
+                x = x_all[idx].to(self.device).permute(0, 3, 1, 2).float().div_(127.5).sub_(1).contiguous()
+                y = y_all[idx].to(self.device).permute(0, 3, 1, 2).float().div_(127.5).sub_(1).contiguous()
+                t0 = time.perf_counter()
+                with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+                    out = student(x)
+                loss = (out.float() - y).abs().mean()
+                if not torch.isfinite(loss):
+                    raise CycleBatchError(f"{self.run_dir}: non-finite loss at iteration {it + 1}; try a lower --lr "
+                                          "or --precision fp32")
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                st["iteration"] = it = it + 1
+                st["losses"].append((it, loss.item(), lr))
+                if st["plan"] is None and it == 3:  # one warm step timed: plan what the budget leaves
+                    spi = time.perf_counter() - t0
+                    left = budget - (time.perf_counter() - self.started) - spent_before
+                    per_eval = self._last_eval_seconds
+                    st["plan"] = max(it, int((left - c.evals * per_eval) / max(spi, 1e-6)))
+                    bar.plan(st["plan"])
+                    self.log(f"plan: {st['plan']} iterations at {spi:.2f} s each, {c.evals} held-out scorings")
+                self.report.iteration(it, st["losses"][-1][1], lr, st["plan"])
+                bar.advance(st["losses"][-1][1], st["best"].get("psnr"))
+                plan = st["plan"] or 0
+                every = max(1, plan // c.evals) if plan else 0
+                last = plan and it >= plan
+                if (every and it % every == 0) or last:
+                    st["seconds"] = spent_before + time.perf_counter() - t_loop
+                    score, outputs = self._score(student, held, it)
+                    st["scores"].append(score)
+                    if not st["best"] or score["psnr"] > st["best"]["psnr"]:
+                        st["best"], st["since_best"] = score, 0
+                        st["best_state"] = {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}
+                        self._export(student, score)
+                        self.report.samples(it, held, outputs)
+                    else:
+                        st["since_best"] += 1
+                    self._checkpoint(student, opt, scaler, st)
+                    self.report.write("distilling", st)
+                    bar.note(f"held-out PSNR {score['psnr']:.2f} dB (best {st['best']['psnr']:.2f})")
+                    over = budget is not None and time.perf_counter() - self.started > budget * 1.1
+                    if st["since_best"] >= c.patience or over:
+                        self.log(f"stopped early at iteration {it}: " + ("the time budget is spent" if over else
+                                 f"no better held-out score in {c.patience} scorings"))
+                        finished = True
+                        break
+        st["seconds"] = spent_before + time.perf_counter() - t_loop
+        if self.saved is None or self.saved[0] != st["iteration"]:
+            self._checkpoint(student, opt, scaler, st)
+        state = "finished" if finished else "stopped"
+        self.report.write(state, st)
+        self.report.status(state)
+        generator = self.run_dir / "generator.safetensors"
+        return DistillResult(self.run_dir, generator if generator.is_file() else None, st["iteration"],
+                             st["plan"] or st["iteration"], finished, interrupted or stop.signal is not None,
+                             st["best"], st["start"], *self.ratios, time.perf_counter() - self.started)
+
+    # ------------------------------------------------------------ pieces
+
+    def _data(self, teacher) -> tuple[CropBank, HeldOut]:
+        c = self.config
+        path = self.run_dir / "cache" / "crops.npz"
+        bank = CropBank.load(path) if path.is_file() else None
+        if bank is None or bank.inputs.shape[1] != c.crop_size:
+            count = c.crops or int(np.clip(CROPS_PER_PHOTO * len(self.train_files), *CROPS_RANGE))
+            budget = c.budget_seconds
+            with self.report.progress(count, 0, what="teacher") as bar:
+                bank = build(self.train_files, count, c.crop_size, c.seed, teacher,
+                             seconds=None if budget is None else budget * TEACHER_SHARE, warn=self.warn,
+                             advance=lambda n: bar.advance(None, None, n))
+            bank.save(path)
+        names, inputs, targets = [], [], []
+        for f in self.held_files:
+            try:
+                rgb = _fit_long_side(load_rgb8(f), HELD_OUT_LONGEST)
+            except Exception as e:  # noqa: BLE001 - one unreadable held-out photo is skipped
+                self.warn(f"held-out photo skipped: {e}")
+                continue
+            names.append(f.name)
+            inputs.append(rgb)
+            targets.append(teacher.translate(rgb))
+        if not inputs:
+            raise CycleBatchError(f"{self.held_files[0].parent}: none of the held-out photos can be decoded")
+        return bank, HeldOut(names, inputs, targets)
+
+    _last_eval_seconds = 0.0
+
+    def _score(self, student, held: HeldOut, iteration: int) -> tuple[dict, list]:
+        from ..engine.translator import Translator
+
+        t0 = time.perf_counter()
+        was_training = student.training
+        engine = Translator(copy.deepcopy(student).float().cpu() if self.device.type == "cpu" else student,
+                            device=str(self.device))
+        outputs = held.outputs(engine)
+        student.train(was_training).requires_grad_(True)
+        psnr, ssim = held.score(outputs)
+        self._last_eval_seconds = time.perf_counter() - t0
+        return {"iteration": iteration, "psnr": round(psnr, 3), "ssim": round(ssim, 5)}, outputs
+
+    def _export(self, student, score: dict) -> Path:
+        c = self.config
+        net = ResnetGenerator(student.config)
+        net.load_state_dict({k: v.detach().float().cpu() for k, v in student.state_dict().items()})
+        meta = {"name": c.name, "translates": self.teacher_info["translates"], "direction": "AtoB",
+                "distilled": {"teacher": self.teacher_info, "size": c.size, "macs_ratio": round(self.ratios[0], 2),
+                              "params_ratio": round(self.ratios[1], 2), "held_out_photos": len(self.held_files),
+                              "fidelity": {"psnr_db": score["psnr"], "ssim": score["ssim"],
+                                           "iteration": score["iteration"]}}}
+        return save_generator(net, self.run_dir / "generator.safetensors", meta)
+
+    def _checkpoint(self, student, opt, scaler, st: dict) -> None:
+        state = {"format": CHECKPOINT_FORMAT, "version": 1, "config": self.config.to_dict(),
+                 "student": {k: v.detach().cpu() for k, v in student.state_dict().items()},
+                 "opt": opt.state_dict(), "scaler": scaler.state_dict(), **st}
+        with writing(self.run_dir / "checkpoints" / "latest.pt") as tmp, open(tmp, "wb") as f:
+            torch.save(state, f)
+        self.saved = (st["iteration"],)
+
+
+def _lr(base: float, it: int, plan: Optional[int]) -> float:
+    """Linear warm-up over the first WARMUP of the plan, then cosine decay to zero at its end."""
+    if not plan:
+        return base * min(1.0, (it + 1) / 20)
+    warm = max(1, int(plan * WARMUP))
+    if it < warm:
+        return base * (it + 1) / warm
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (it - warm) / max(1, plan - warm))))
+
+
+def _training_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    from ..engine.device import cpu_has_native_bf16
+    from .step import autocast_dtype
+
+    if precision == "auto" and device.type == "cpu":
+        # measured: bf16 autocast trains a student 2.2x faster where the CPU has bf16 units (AVX-512 BF16, AMX);
+        # emulated elsewhere, where fp32 is faster
+        return torch.bfloat16 if cpu_has_native_bf16() else None
+    return autocast_dtype(precision, device)
+
+
+def _dtype_name(dtype: Optional[torch.dtype]) -> str:
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]

@@ -1,0 +1,88 @@
+"""The settings of a distillation run (`cyclebatch distill`), with the defaults measured to work on 2 CPU cores."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Optional
+
+from ..errors import CycleBatchError
+from .students import SIZES
+
+# Settings that do not change what is learned: a resumed run takes these from the new call.
+RUNTIME_FIELDS = ("photos", "val", "runs_dir", "device", "max_iterations", "resume", "progress")
+DEFAULT_MINUTES = 30.0
+
+
+@dataclass
+class DistillConfig:
+    teacher: str  # any model `run` loads: zoo name, file, folder, training run
+    photos: str  # unpaired photos of the teacher's input domain (the teacher's outputs are the targets)
+    name: str
+    runs_dir: str = "runs"
+    size: str = "small"  # SIZES: small (<= 1/10 of the teacher's cost), tiny (<= 1/25)
+    direction: str = "AtoB"  # of the teacher, where it is a run holding both
+    val: str = ""  # held-out photos; default: every tenth photo (at least one) is held out
+    minutes: Optional[float] = None  # the whole run's budget (teacher outputs, training, scoring)
+    iterations: Optional[int] = None  # instead of minutes: exactly this many training iterations
+    crops: int = 0  # teacher-labelled crops; 0: 48 per photo, 128 to 1024 (fewer when the budget says so)
+    crop_size: int = 256
+    batch_size: int = 8
+    lr: float = 2e-3  # Adam, cosine decay to 0 over the planned iterations after a short warm-up
+    evals: int = 12  # held-out scorings over the run (the best one is what `run` loads)
+    patience: int = 4  # stop early after this many scorings without a better one
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"  # training autocast: bf16 where the CPU has bf16 units or on CUDA, else fp32
+    max_iterations: Optional[int] = None  # stop (with a checkpoint) at this iteration; --resume continues
+    resume: bool = False
+    progress: bool = True
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    @property
+    def budget_seconds(self) -> Optional[float]:
+        if self.iterations is not None:
+            return None
+        return 60.0 * (self.minutes if self.minutes is not None else DEFAULT_MINUTES)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DistillConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def resumed_with(self, current: "DistillConfig") -> "DistillConfig":
+        return replace(self, **{k: getattr(current, k) for k in RUNTIME_FIELDS if getattr(current, k) != ""})
+
+    def validate(self) -> None:
+        def bad(msg: str) -> None:
+            raise CycleBatchError(f"distill: {msg}")
+
+        if not self.name or "/" in self.name or self.name in (".", ".."):
+            bad(f"--name must be a plain folder name, not '{self.name}'")
+        if self.size not in SIZES:
+            bad(f"--size must be {' or '.join(SIZES)}, not '{self.size}'")
+        if self.minutes is not None and self.iterations is not None:
+            bad("give --minutes or --iterations, not both")
+        if self.minutes is not None and not self.minutes > 0:
+            bad(f"--minutes must be positive, not {self.minutes}")
+        if self.iterations is not None and self.iterations < 1:
+            bad(f"--iterations must be at least 1, not {self.iterations}")
+        if self.crop_size < 32 or self.crop_size % 4:
+            bad(f"--crop-size must be a multiple of 4 and at least 32, not {self.crop_size}")
+        for name in ("batch_size", "evals", "patience"):
+            if getattr(self, name) < 1:
+                bad(f"{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
+        if self.crops < 0:
+            bad(f"--crops must be 0 (automatic) or more, not {self.crops}")
+        if not self.lr > 0:
+            bad(f"--lr must be positive, not {self.lr}")
+        if self.direction not in ("AtoB", "BtoA"):
+            bad(f"--direction must be AtoB or BtoA, not '{self.direction}'")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            bad(f"--precision must be auto, fp32, bf16 or fp16, not '{self.precision}'")
