@@ -31,7 +31,7 @@ def distill_cmd(
     crops: int = typer.Option(0, "--crops", help="Teacher-labelled crops (0: 48 per photo, 128 to 1024)."),
     crop_size: int = typer.Option(256, "--crop-size", help="Training crop size."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Crops per iteration."),
-    lr: float = typer.Option(2e-3, "--lr", help="Adam learning rate (cosine decay to 0)."),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (cosine decay to 0)."),
     seed: int = typer.Option(0, "--seed", help="Random seed: crops and batches."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CPUs with bf16 units and on CUDA, "

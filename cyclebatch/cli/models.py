@@ -76,9 +76,20 @@ def models_info(model: str = typer.Argument(..., help="Zoo name, run name, folde
     table.add_row("architecture", net.config.describe())
     table.add_row("parameters", f"{n:,} ({n / 1e6:.3f} M)")
     for k, v in sorted(net.metadata.items()):
-        if k not in ("architecture", "format", "format_version", "source"):
+        if k == "distilled" and isinstance(v, dict):
+            table.add_row("distilled", plain(distilled_line(v)))
+        elif k not in ("architecture", "format", "format_version", "source"):
             table.add_row(plain(k), plain(v))
     out.print(table)
+
+
+def distilled_line(d: dict) -> str:
+    """A student's provenance in one line: teacher, its sha256, the size and the fidelity measured."""
+    t, f = d.get("teacher", {}), d.get("fidelity", {})
+    return (f"{d.get('size', '?')} student of {t.get('model', '?')} (sha256 {str(t.get('sha256', '?'))[:16]}...): "
+            f"1/{d.get('macs_ratio', '?')} of its MACs, 1/{d.get('params_ratio', '?')} of its parameters; "
+            f"held-out PSNR {f.get('psnr_db', '?')} dB, SSIM {f.get('ssim', '?')} to it "
+            f"({d.get('held_out_photos', '?')} photos)")
 
 
 @models_app.command("convert")

@@ -28,7 +28,7 @@ class DistillConfig:
     crops: int = 0  # teacher-labelled crops; 0: 48 per photo, 128 to 1024 (fewer when the budget says so)
     crop_size: int = 256
     batch_size: int = 8
-    lr: float = 2e-3  # Adam, cosine decay to 0 over the planned iterations after a short warm-up
+    lr: float = 1e-3  # Adam, cosine decay to 0 over the planned iterations after a short warm-up
     evals: int = 12  # held-out scorings over the run (the best one is what `run` loads)
     patience: int = 4  # stop early after this many scorings without a better one
     seed: int = 0

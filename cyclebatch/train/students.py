@@ -47,17 +47,16 @@ def student_config(teacher: Generator, size: str) -> GeneratorConfig:
     s, tc = SIZES[size], teacher.config
     t_macs, t_params = macs(teacher, PROBE, PROBE), parameters(teacher)
     blocks = min(s.blocks, tc.n_blocks) if tc.family == "resnet" else s.blocks
-    ngf = max(4, round(tc.ngf * s.width / 2) * 2)
-    while True:
-        cfg = GeneratorConfig(in_channels=tc.in_channels, out_channels=tc.out_channels, ngf=ngf, n_blocks=blocks,
-                              affine_norm=True)
-        net = ResnetGenerator(cfg)
-        if macs(net, PROBE, PROBE) * s.limit <= t_macs and parameters(net) * s.limit <= t_params:
-            return cfg
-        if ngf <= 4:
-            raise CycleBatchError(f"this teacher ({tc.describe()}) is already too small for a '{size}' student "
-                                  f"(1/{s.limit} of its cost)")
-        ngf -= 2
+    widest = max(4, round(tc.ngf * s.width / 2) * 2)
+    for depth in range(blocks, 0, -1):  # narrower first, then shallower: width costs quadratically
+        for ngf in range(widest, 3, -2):
+            cfg = GeneratorConfig(in_channels=tc.in_channels, out_channels=tc.out_channels, ngf=ngf, n_blocks=depth,
+                                  affine_norm=True)
+            net = ResnetGenerator(cfg)
+            if macs(net, PROBE, PROBE) * s.limit <= t_macs and parameters(net) * s.limit <= t_params:
+                return cfg
+    raise CycleBatchError(f"this teacher ({tc.describe()}) is already too small for a '{size}' student "
+                          f"(1/{s.limit} of its cost)")
 
 
 def student_from(teacher: Generator, cfg: GeneratorConfig, calibration: Optional[torch.Tensor] = None,

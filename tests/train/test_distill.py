@@ -1,0 +1,261 @@
+"""`cyclebatch distill`: a student that reproduces its teacher, resumes exactly, and refuses bad folders in a line."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import PHOTOS, ROOT, run_cli, tiny_generator
+from cyclebatch.errors import CycleBatchError
+from cyclebatch.models.checkpoints import load_file, save_generator
+from cyclebatch.models.cost import macs, parameters
+from cyclebatch.models.networks import GeneratorConfig, ResnetGenerator, UnetGenerator, init_weights
+from cyclebatch.train.distill import distill
+from cyclebatch.train.distill_config import DistillConfig
+from cyclebatch.train.fidelity import psnr, ssim
+from cyclebatch.train.students import SIZES, student_config, student_from
+
+FAST = dict(crop_size=48, crops=24, batch_size=4, precision="fp32", progress=False)
+
+
+def photos(folder: Path, size: int = 80) -> Path:
+    """The example photos (real ones), small."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for p in sorted(PHOTOS.glob("*.*g")):
+        im = Image.open(p).convert("RGB")
+        im.thumbnail((size, size))
+        im.save(folder / f"{p.stem}.png")
+    return folder
+
+
+SEPIA = torch.tensor([[0.393, 0.769, 0.189], [0.349, 0.686, 0.168], [0.272, 0.534, 0.131]])
+
+
+def taught(net: torch.nn.Module, steps: int = 150) -> torch.nn.Module:
+    """`net` given a learned look (a sepia grade, in a few seconds): random weights make a texture no student of
+    1/10 the size can follow, which would test nothing."""
+    torch.manual_seed(0)
+    net.train()
+    imgs = torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("RGB").resize((96, 96)))
+                                      for p in sorted(PHOTOS.glob("*.*g"))])).permute(0, 3, 1, 2).float() / 255
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    for step in range(steps):
+        y0, x0 = np.random.default_rng(step).integers(0, 32, 2)
+        x = imgs[:, :, y0:y0 + 64, x0:x0 + 64]
+        target = torch.einsum("oc,nchw->nohw", SEPIA, x).clamp(0, 1) * 2 - 1
+        loss = (net(x * 2 - 1) - target).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+@pytest.fixture(scope="session")
+def learned(tmp_path_factory) -> Path:
+    net = taught(tiny_generator(ngf=32, n_blocks=3, affine_norm=True))
+    path = tmp_path_factory.mktemp("teacher") / "teacher.safetensors"
+    return save_generator(net, path, {"translates": "photo -> sepia"})
+
+
+def teacher_file(path: Path, net=None) -> Path:
+    net = net if net is not None else tiny_generator(ngf=32, n_blocks=3, affine_norm=True)
+    return save_generator(net, path, {"translates": "test -> teacher"})
+
+
+def mean_psnr(net, teacher: Path) -> float:
+    from cyclebatch.engine.translator import Translator
+
+    images = [np.asarray(Image.open(p).convert("RGB").resize((64, 48))) for p in sorted(PHOTOS.glob("*.*g"))]
+    t, s = Translator(load_file(teacher), device="cpu"), Translator(net, device="cpu")
+    return float(np.mean([psnr(s.translate(x), t.translate(x)) for x in images]))
+
+
+def config(tmp_path, teacher, **kw) -> DistillConfig:
+    return DistillConfig(teacher=str(teacher), photos=str(photos(tmp_path / "photos")), name=kw.pop("name", "s"),
+                         runs_dir=str(tmp_path / "runs"), **{**FAST, **kw})
+
+
+def test_fidelity_measures():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    assert psnr(a, a) == 100.0 and ssim(a, a) == pytest.approx(1.0)
+    b = a.astype(np.int16) + 1
+    b[b > 255] = 254
+    mse = np.mean((a.astype(float) - b) ** 2)
+    assert psnr(a, b.astype(np.uint8)) == pytest.approx(10 * np.log10(255 ** 2 / mse))
+    noisy = np.clip(a + rng.normal(0, 40, a.shape), 0, 255).astype(np.uint8)
+    assert ssim(a, noisy) < ssim(a, b.astype(np.uint8)) < 1.0
+
+
+def test_presets_stay_within_their_fraction_of_the_teacher():
+    teacher = ResnetGenerator(GeneratorConfig(ngf=64, n_blocks=9, affine_norm=True))  # the vintage/zoo layout
+    t_macs, t_params = macs(teacher, 256, 256), parameters(teacher)
+    seen = set()
+    for size, preset in SIZES.items():
+        cfg = student_config(teacher, size)
+        student = ResnetGenerator(cfg)
+        assert macs(student, 256, 256) * preset.limit <= t_macs, size
+        assert parameters(student) * preset.limit <= t_params, size
+        assert cfg.family == "resnet" and cfg.ngf < 64
+        seen.add((cfg.ngf, cfg.n_blocks))
+    assert len(seen) == 2  # tiny is not small
+    with pytest.raises(CycleBatchError, match="size"):
+        student_config(teacher, "huge")
+
+
+def test_macs_counts_a_known_network():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ConvTranspose2d(8, 4, 3, stride=2,
+                                                                                            padding=1, output_padding=1))
+    assert macs(net, 10, 12) == 10 * 12 * 8 * 27 + 10 * 12 * 8 * 4 * 9
+
+
+def test_the_teachers_weights_give_a_better_start_than_a_fresh_student():
+    teacher = tiny_generator(ngf=32, n_blocks=4, affine_norm=True)
+    cfg = student_config(teacher, "small")
+    x = torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("RGB").resize((64, 64)))
+                                   for p in sorted(PHOTOS.glob("*.*g"))])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        target = teacher(x)
+        fresh = ResnetGenerator(cfg).eval()(x)
+        started = student_from(teacher, cfg, x[:4]).eval()(x)
+    err = lambda y: float(((y - target) ** 2).mean())  # noqa: E731
+    assert err(started) < 0.5 * err(fresh)
+
+
+def test_a_tiny_teacher_is_distilled_in_seconds_and_run_loads_the_student(tmp_path, learned):
+    teacher = learned
+    t0 = time.perf_counter()
+    result = distill(config(tmp_path, teacher, iterations=80, evals=4, patience=10))
+    assert time.perf_counter() - t0 < 60
+    assert result.finished and result.iteration == 80
+    assert result.best["psnr"] > result.start["psnr"] + 1  # training improves on the teacher-made start
+    assert result.macs_ratio >= 10 and result.params_ratio >= 10
+    student = load_file(result.generator)
+    # against an untrained student of the same shape, on every example photo (held out or not): a wide margin
+    fresh = ResnetGenerator(student.config).eval()
+    assert mean_psnr(student, teacher) > mean_psnr(fresh, teacher) + 8
+    meta = student.metadata["distilled"]
+    assert meta["teacher"]["sha256"] == __import__("hashlib").sha256(teacher.read_bytes()).hexdigest()
+    assert meta["fidelity"]["psnr_db"] == result.best["psnr"] and meta["size"] == "small"
+    scores = (result.run_dir / "scores.csv").read_text().splitlines()
+    assert len(scores) >= 3 and (result.run_dir / "report.html").is_file()
+    # `run` loads it by name from the runs folder, as any model
+    (tmp_path / "in").mkdir()
+    Image.open(PHOTOS / "chelsea.png").convert("RGB").resize((64, 48)).save(tmp_path / "in" / "cat.png")
+    r = run_cli("run", tmp_path / "in", "-m", "s", "-o", tmp_path / "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert Image.open(tmp_path / "out" / "cat.png").size == (64, 48)
+    status = run_cli("runs", "status", "s", "--json", cwd=tmp_path)
+    assert json.loads(status.stdout)["state"] == "finished"
+
+
+@pytest.mark.parametrize("kind", ["unet", "batchnorm"])
+def test_any_teacher_distils_into_a_resnet_student(tmp_path, kind):
+    torch.manual_seed(1)
+    if kind == "unet":
+        net = init_weights(UnetGenerator(GeneratorConfig(family="unet", n_downs=5, ngf=32)))
+    else:  # BatchNorm: taught in train mode, so its running statistics are real ones
+        net = init_weights(ResnetGenerator(GeneratorConfig(ngf=32, n_blocks=3, norm="batch")))
+    teacher = save_generator(taught(net), tmp_path / f"{kind}.safetensors")
+    result = distill(config(tmp_path, teacher, iterations=60, evals=3, patience=10, crop_size=64))
+    student = load_file(result.generator)
+    assert isinstance(student, ResnetGenerator) and student.config.norm == "instance"
+    assert result.best["psnr"] > result.start["psnr"] + 1
+    assert mean_psnr(student, teacher) > mean_psnr(ResnetGenerator(student.config).eval(), teacher) + 6
+
+
+def state_of(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)
+
+
+def test_resume_is_exact(tmp_path):
+    teacher = teacher_file(tmp_path / "teacher.safetensors")
+    straight = distill(config(tmp_path, teacher, name="a", iterations=12, evals=3))
+    stopped = distill(config(tmp_path, teacher, name="b", iterations=12, evals=3, max_iterations=6))
+    assert not stopped.finished and stopped.iteration == 6
+    resumed = distill(DistillConfig(teacher="", photos="", name="b", runs_dir=str(tmp_path / "runs"), resume=True,
+                                    progress=False))
+    assert resumed.finished and resumed.iteration == 12
+    a, b = state_of(straight.run_dir), state_of(resumed.run_dir)
+    for k in a["student"]:
+        assert torch.equal(a["student"][k], b["student"][k]), k
+    assert a["best"] == b["best"]
+
+
+def test_resume_after_sigkill_is_exact(tmp_path):
+    teacher = teacher_file(tmp_path / "teacher.safetensors")
+    photos(tmp_path / "photos")
+    args = ["distill", teacher, tmp_path / "photos", "--iterations", "400", "--crops", "24", "--crop-size", "48",
+            "--batch-size", "4", "--precision", "fp32", "--runs-dir", tmp_path / "runs", "-q"]
+    env = {"PYTHONPATH": str(ROOT), "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+    import os
+
+    proc = subprocess.Popen([sys.executable, "-m", "cyclebatch", *map(str, args), "--name", "k"], cwd=tmp_path,
+                            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    latest = tmp_path / "runs" / "k" / "checkpoints" / "latest.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if latest.is_file() and torch.load(latest, weights_only=True)["iteration"] >= 66:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(latest, weights_only=True)["iteration"]
+    assert killed_at < 400
+    r = run_cli("distill", "--name", "k", "--resume", "--runs-dir", tmp_path / "runs", "-q", cwd=tmp_path,
+                env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    r = run_cli(*args, "--name", "ref", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    a, b = state_of(tmp_path / "runs" / "k"), state_of(tmp_path / "runs" / "ref")
+    assert a["iteration"] == b["iteration"] == 400
+    assert all(torch.equal(a["student"][k], b["student"][k]) for k in a["student"])
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "all bad", "a file"])
+def test_a_bad_photo_folder_is_one_line(tmp_path, case):
+    teacher = teacher_file(tmp_path / "teacher.safetensors")
+    folder = tmp_path / "photos"
+    if case == "empty":
+        folder.mkdir()
+    elif case == "all bad":
+        folder.mkdir()
+        (folder / "a.jpg").write_bytes(b"not a jpeg")
+        (folder / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    elif case == "a file":
+        folder = PHOTOS / "chelsea.png"
+    r = run_cli("distill", teacher, folder, "--name", "s", "--iterations", "5", cwd=tmp_path)
+    assert r.returncode == 1
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("Error: ") and "Traceback" not in r.stderr, r.stderr
+    assert str(folder.name) in lines[-1]
+    assert not (tmp_path / "runs" / "s" / "generator.safetensors").exists()
+
+
+def test_a_bad_photo_among_good_ones_is_skipped(tmp_path):
+    teacher = teacher_file(tmp_path / "teacher.safetensors")
+    cfg = config(tmp_path, teacher, iterations=4, evals=1)
+    (Path(cfg.photos) / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    warnings = []
+    result = distill(cfg, log=lambda m: None, warn=warnings.append)
+    assert result.finished and any("broken.jpg" in w for w in warnings)
+
+
+def test_an_existing_run_is_never_overwritten(tmp_path):
+    teacher = teacher_file(tmp_path / "teacher.safetensors")
+    first = distill(config(tmp_path, teacher, iterations=3, evals=1))
+    before = first.generator.read_bytes()
+    with pytest.raises(CycleBatchError, match="--resume"):
+        distill(config(tmp_path, teacher, iterations=3, evals=1))
+    assert first.generator.read_bytes() == before
+    r = run_cli("distill", teacher, tmp_path / "photos", "--name", "x", "--minutes", "1", "--iterations", "3",
+                cwd=tmp_path)
+    assert r.returncode == 1 and "not both" in r.stderr
