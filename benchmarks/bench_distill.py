@@ -121,6 +121,30 @@ def tflite_speed(teacher_net, student_net, rounds: int) -> dict:
     return {k: 1 / v for k, v in alternate(runs, rounds).items()}
 
 
+def figure(t_eng: Translator, s_eng: Translator, held: Path, out: Path) -> None:
+    """Photo | teacher | student for two held-out photos at 384 px, each with its PSNR to the teacher."""
+    from PIL import ImageDraw
+
+    rows = []
+    for name in ARGS.figure_photos.split(","):
+        x = np.asarray(Image.open(held / name).convert("RGB"))
+        f = 384 / max(x.shape[:2])
+        x = np.asarray(Image.fromarray(x).resize((round(x.shape[1] * f), round(x.shape[0] * f)), Image.Resampling.LANCZOS))
+        t, s = t_eng.translate(x), s_eng.translate(x)
+        panels = []
+        for img, label in ((x, "photo"), (t, "teacher (vintage)"), (s, f"student: {psnr(s, t):.1f} dB to the teacher")):
+            im = Image.fromarray(img)
+            d = ImageDraw.Draw(im)
+            d.rectangle((0, 0, 8 + 6 * len(label), 16), fill=(0, 0, 0))
+            d.text((4, 3), label, fill=(255, 255, 255))
+            panels.append(np.asarray(im))
+        rows.append(np.concatenate(panels, axis=1))
+    width = max(r.shape[1] for r in rows)
+    grid = np.concatenate([np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows])
+    Image.fromarray(grid).save(out, quality=90, subsampling=0)
+    print(f"figure: {out}")
+
+
 def teacher_of(name: str, folder: Path):
     if name != "zoo-random":
         return name, load_generator(name)
@@ -166,6 +190,8 @@ def main() -> None:
         print(f"held-out ({held}, {len(list(held.iterdir()))} photos) at {side} px: PSNR {p:.2f} dB, SSIM {s:.4f} "
               f"to the teacher ({t_eng.precision} engine)")
     images = photos(held, 512)
+    if ARGS.figure:
+        figure(t_eng, s_eng, held, Path(ARGS.figure))
     speed = alternate({"teacher": lambda: [t_eng.translate(x) for x in images],
                        "student": lambda: [s_eng.translate(x) for x in images]}, ARGS.rounds)
     print(f"run (engine, {len(images)} photos at 512 px, {t_eng.precision}): teacher "
@@ -198,6 +224,8 @@ if __name__ == "__main__":
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--no-video", dest="video", action="store_false")
     ap.add_argument("--no-tflite", dest="tflite", action="store_false")
+    ap.add_argument("--figure", default="", help="write photo | teacher | student of held-out photos here (JPEG)")
+    ap.add_argument("--figure-photos", default="chelsea.png,coffee.png")
     ARGS = ap.parse_args()
     torch.set_num_threads(2)
     main()

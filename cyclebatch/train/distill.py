@@ -25,9 +25,9 @@ import torch
 
 from ..errors import CycleBatchError
 from ..io.files import sweep_dead_temps
-from ..models.checkpoints import infer_config, save_generator
+from ..models.checkpoints import save_generator
 from ..models.cost import macs, parameters
-from ..models.networks import ResnetGenerator
+from ..models.networks import GeneratorConfig, ResnetGenerator
 from .crops import CropBank, build
 from .data import find_images, load_rgb8, usable_images
 from .distill_config import DistillConfig
@@ -177,7 +177,7 @@ class Distiller:
             student_cfg = student_config(self.teacher, c.size)
             student = student_from(self.teacher, student_cfg, calib.permute(0, 3, 1, 2).float() / 127.5 - 1, self.log)
         else:
-            student = ResnetGenerator(infer_config(s["student"]))
+            student = ResnetGenerator(GeneratorConfig(**s["student_config"]))
             student.load_state_dict(s["student"])
         t_macs, s_macs = macs(self.teacher, PROBE, PROBE), macs(student, PROBE, PROBE)
         self.ratios = (t_macs / s_macs, parameters(self.teacher) / parameters(student))
@@ -334,6 +334,7 @@ class Distiller:
     def _checkpoint(self, student, opt, scaler, st: dict) -> None:
         state = {"format": CHECKPOINT_FORMAT, "version": 1, "config": self.config.to_dict(),
                  "student": {k: v.detach().cpu() for k, v in student.state_dict().items()},
+                 "student_config": student.config.to_dict(),
                  "opt": opt.state_dict(), "scaler": scaler.state_dict(), **st}
         with writing(self.run_dir / "checkpoints" / "latest.pt") as tmp, open(tmp, "wb") as f:
             torch.save(state, f)

@@ -26,8 +26,8 @@ class DistillConfig:
     minutes: Optional[float] = None  # the whole run's budget (teacher outputs, training, scoring)
     iterations: Optional[int] = None  # instead of minutes: exactly this many training iterations
     crops: int = 0  # teacher-labelled crops; 0: 48 per photo, 128 to 1024 (fewer when the budget says so)
-    crop_size: int = 256
-    batch_size: int = 8
+    crop_size: int = 128  # measured: 128 px x 16 beat 256 px x 8 (same pixels a step) by 2.8 dB in 7 min
+    batch_size: int = 16
     lr: float = 1e-3  # Adam, cosine decay to 0 over the planned iterations after a short warm-up
     evals: int = 12  # held-out scorings over the run (the best one is what `run` loads)
     patience: int = 4  # stop early after this many scorings without a better one

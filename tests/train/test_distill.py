@@ -154,6 +154,10 @@ def test_a_tiny_teacher_is_distilled_in_seconds_and_run_loads_the_student(tmp_pa
     assert Image.open(tmp_path / "out" / "cat.png").size == (64, 48)
     status = run_cli("runs", "status", "s", "--json", cwd=tmp_path)
     assert json.loads(status.stdout)["state"] == "finished"
+    r = run_cli("export", "s", tmp_path / "s.pt", cwd=tmp_path)  # and export: verified against PyTorch there
+    assert r.returncode == 0 and (tmp_path / "s.pt").is_file(), r.stderr
+    info = run_cli("models", "info", "s", cwd=tmp_path)
+    assert "small student of" in info.stdout and meta["teacher"]["sha256"][:16] in info.stdout
 
 
 @pytest.mark.parametrize("kind", ["unet", "batchnorm"])
