@@ -29,8 +29,8 @@ def _gaussian(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
     """Structural similarity (Wang et al. 2004: 11 px Gaussian window, sigma 1.5, K1 0.01, K2 0.03), the mean
     over pixels and channels of two same-shape uint8 images."""
-    x = torch.from_numpy(np.ascontiguousarray(a)).double().permute(2, 0, 1).unsqueeze(1)
-    y = torch.from_numpy(np.ascontiguousarray(b)).double().permute(2, 0, 1).unsqueeze(1)
+    x = torch.from_numpy(np.array(a, dtype=np.float64)).permute(2, 0, 1).unsqueeze(1)  # copies: inputs may be read-only
+    y = torch.from_numpy(np.array(b, dtype=np.float64)).permute(2, 0, 1).unsqueeze(1)
     g = _gaussian()
     if min(x.shape[-2:]) < g.numel():
         return 1.0 if np.array_equal(a, b) else float("nan")
