@@ -35,7 +35,7 @@ class Size:
     blocks: int
 
 
-SIZES = {"small": Size("small", 10, 1 / 4, 6), "tiny": Size("tiny", 25, 3 / 16, 4)}
+SIZES = {"small": Size("small", 10, 1 / 4, 6), "tiny": Size("tiny", 25, 1 / 4, 4)}
 PROBE = 256  # px: the image size MACs are compared at (the ratio hardly moves with size)
 
 
