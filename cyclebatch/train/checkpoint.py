@@ -4,43 +4,52 @@ schedulers, grad scaler, image pools, RNG states and the position in the epoch).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import torch
 
 from ..errors import CycleBatchError
-from .config import TrainConfig
 from .failure import writing
 
 CHECKPOINT_FORMAT = "cyclebatch-training"
 
 
-def load_checkpoint(path: Path) -> dict:
-    """A full training checkpoint: tensors and plain containers only (weights_only=True)."""
+def load_checkpoint(path: Path, fmt: str = CHECKPOINT_FORMAT, what: str = "training") -> dict:
+    """A full checkpoint of format `fmt` (a training or a distillation run): tensors and plain containers
+    only (weights_only=True)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CycleBatchError(f"{path}: unreadable training checkpoint ({str(e).splitlines()[0][:160]})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CycleBatchError(f"{path}: not a cyclebatch training checkpoint")
+        raise CycleBatchError(f"{path}: unreadable {what} checkpoint ({str(e).splitlines()[0][:160]})") from None
+    if not isinstance(state, dict) or state.get("format") != fmt:
+        raise CycleBatchError(f"{path}: not a cyclebatch {what} checkpoint")
     return state
 
 
-def resume_point(config: TrainConfig) -> tuple[TrainConfig, Optional[dict]]:
-    """(the run's config, its checkpoint) for --resume: the stored settings with this call's runtime ones.
-    Without --resume, a folder that already holds a run is refused rather than overwritten."""
+def resume_point(config, fmt: str = CHECKPOINT_FORMAT, what: str = "training", *markers: str) -> tuple:
+    """(the run's config, its checkpoint) for --resume: the stored settings with this call's runtime ones
+    (`config` is a TrainConfig or a DistillConfig). Without --resume, a folder that already holds a run (its
+    latest.pt, or any of the `markers` files in it) is refused rather than overwritten."""
     ckpt_path = config.run_dir / "checkpoints" / "latest.pt"
     if config.resume:
         if not ckpt_path.is_file():
             raise CycleBatchError(f"{ckpt_path}: no checkpoint to resume from")
-        stored = load_checkpoint(ckpt_path)
-        config = TrainConfig.from_dict(stored["config"]).resumed_with(config)
+        stored = load_checkpoint(ckpt_path, fmt, what)
+        config = type(config).from_dict(stored["config"]).resumed_with(config)
         config.validate()
         return config, stored
-    if ckpt_path.exists():
-        raise CycleBatchError(f"{config.run_dir}: already holds a training run; pass --resume to continue "
+    if ckpt_path.exists() or any((config.run_dir / m).exists() for m in markers):
+        raise CycleBatchError(f"{config.run_dir}: already holds a {what} run; pass --resume to continue "
                               "it, or choose another --name")
     return config, None
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """Before any work: a run folder that could never be made (a file where a folder must be)."""
+    for p in [run_dir, *run_dir.parents]:
+        if p.is_dir():
+            return
+        if p.exists():
+            raise CycleBatchError(f"{run_dir}: cannot make the run folder: {p} is a file, not a folder")
 
 
 class Checkpointing:

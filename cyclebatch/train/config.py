@@ -17,8 +17,35 @@ RUNTIME_FIELDS = ("data_a", "data_b", "val_a", "val_b", "runs_dir", "device", "p
                   "resume", "progress")
 
 
+class RunConfig:
+    """What a training run's and a distillation run's settings share: the run folder, the JSON round trip and
+    the resume rule (a resumed run takes the RUNTIME fields from the new call, the rest from its checkpoint)."""
+
+    RUNTIME = RUNTIME_FIELDS
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def resumed_with(self, current):
+        """This (stored) config with the runtime settings of `current` (folders: where given)."""
+        return replace(self, **{k: getattr(current, k) for k in self.RUNTIME if getattr(current, k) != ""})
+
+    def check_name(self, bad) -> None:
+        if not self.name or "/" in self.name or self.name in (".", ".."):
+            bad(f"--name must be a plain folder name, not '{self.name}'")
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(RunConfig):
     data_a: str
     data_b: str
     name: str
@@ -61,31 +88,14 @@ class TrainConfig:
     progress: bool = True
 
     @property
-    def run_dir(self) -> Path:
-        return Path(self.runs_dir) / self.name
-
-    @property
     def total_epochs(self) -> int:
         return self.epochs + self.decay_epochs
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-    def resumed_with(self, current: "TrainConfig") -> "TrainConfig":
-        """This (stored) config with the runtime settings of `current` (data folders: where given)."""
-        return replace(self, **{k: getattr(current, k) for k in RUNTIME_FIELDS if getattr(current, k) != ""})
 
     def validate(self) -> None:
         def bad(msg: str) -> None:
             raise CycleBatchError(f"training config: {msg}")
 
-        if not self.name or "/" in self.name or self.name in (".", ".."):
-            bad(f"--name must be a plain folder name, not '{self.name}'")
+        self.check_name(bad)
         if self.preprocess not in PREPROCESS:
             bad(f"preprocess must be one of {', '.join(PREPROCESS)}, not '{self.preprocess}'")
         if self.precision not in PRECISIONS:

@@ -28,6 +28,7 @@ from ..io.files import sweep_dead_temps
 from ..models.checkpoints import save_generator
 from ..models.cost import macs, parameters
 from ..models.networks import GeneratorConfig, ResnetGenerator
+from .checkpoint import check_run_folder, resume_point
 from .crops import CropBank, build
 from .data import find_images, load_rgb8, usable_images
 from .distill_config import DistillConfig
@@ -73,26 +74,6 @@ def distill(config: DistillConfig, log=print, warn=None) -> DistillResult:
     return Distiller(config, log, warn or log).fit()
 
 
-def _resume_point(config: DistillConfig) -> tuple[DistillConfig, Optional[dict]]:
-    latest = config.run_dir / "checkpoints" / "latest.pt"
-    if config.resume:
-        if not latest.is_file():
-            raise CycleBatchError(f"{latest}: no checkpoint to resume from")
-        try:
-            state = torch.load(latest, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001
-            raise CycleBatchError(f"{latest}: unreadable checkpoint ({str(e).splitlines()[0][:160]})") from None
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise CycleBatchError(f"{latest}: not a cyclebatch distillation checkpoint")
-        config = DistillConfig.from_dict(state["config"]).resumed_with(config)
-        config.validate()
-        return config, state
-    if latest.exists() or (config.run_dir / "config.json").exists():
-        raise CycleBatchError(f"{config.run_dir}: already holds a run; pass --resume to continue it, or choose "
-                              "another --name")
-    return config, None
-
-
 def split_photos(files: list[Path], val: str, warn) -> tuple[list[Path], list[Path]]:
     """(training photos, held-out photos): the --val folder's, else every tenth photo (at least one)."""
     if val:
@@ -120,13 +101,13 @@ class Distiller:
         from ..engine.device import pick_device
         from ..models.download import sha256_of
         from ..models.registry import load_generator, resolve
-        from .trainer import _check_run_folder  # noqa: PLC2701 (same wing)
 
         self.started = time.perf_counter()
         self.log, self.warn = log, warn
         config.validate()
-        _check_run_folder(config.run_dir)
-        config, self.stored = _resume_point(config)
+        check_run_folder(config.run_dir)
+        # config.json marks a run whose first checkpoint is not written yet: it is not overwritten either
+        config, self.stored = resume_point(config, CHECKPOINT_FORMAT, "distillation", "config.json")
         self.config = c = config
         self.run_dir = c.run_dir
         # the photos first: a typo in a folder fails in a second, before the teacher loads
@@ -172,15 +153,15 @@ class Distiller:
         teacher = self._teacher_engine()
         bank, held = self._data(teacher)
         del teacher
+        t_cost = (macs(self.teacher, PROBE, PROBE), parameters(self.teacher))
         if s is None:
             calib = torch.from_numpy(bank.inputs[:: max(1, len(bank) // CALIBRATION)][:CALIBRATION])
-            student_cfg = student_config(self.teacher, c.size)
+            student_cfg = student_config(self.teacher, c.size, t_cost)
             student = student_from(self.teacher, student_cfg, calib.permute(0, 3, 1, 2).float() / 127.5 - 1, self.log)
         else:
             student = ResnetGenerator(GeneratorConfig(**s["student_config"]))
             student.load_state_dict(s["student"])
-        t_macs, s_macs = macs(self.teacher, PROBE, PROBE), macs(student, PROBE, PROBE)
-        self.ratios = (t_macs / s_macs, parameters(self.teacher) / parameters(student))
+        self.ratios = (t_cost[0] / macs(student, PROBE, PROBE), t_cost[1] / parameters(student))
         self.teacher = None  # its memory back: only the student trains from here
         student = student.to(self.device).train()
         opt = torch.optim.Adam(student.parameters(), lr=c.lr, betas=(0.9, 0.99))
@@ -242,7 +223,7 @@ class Distiller:
                     bar.plan(st["plan"])
                     self.log(f"plan: {st['plan']} iterations at {spi:.2f} s each, {c.evals} held-out scorings")
                 self.report.iteration(it, st["losses"][-1][1], lr, st["plan"])
-                bar.advance(st["losses"][-1][1], st["best"].get("psnr"))
+                bar.advance(st["losses"][-1][1])
                 plan = st["plan"] or 0
                 every = max(1, plan // c.evals) if plan else 0
                 last = plan and it >= plan
@@ -289,7 +270,7 @@ class Distiller:
             with self.report.progress(count, 0, what="teacher") as bar:
                 bank = build(self.train_files, count, c.crop_size, c.seed, teacher,
                              seconds=None if budget is None else budget * TEACHER_SHARE, warn=self.warn,
-                             advance=lambda n: bar.advance(None, None, n))
+                             advance=lambda n: bar.advance(None, n))
             bank.save(path)
         names, inputs, targets = [], [], []
         for f in self.held_files:

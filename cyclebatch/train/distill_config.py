@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Optional
 
 from ..errors import CycleBatchError
+from .config import RunConfig
 from .students import SIZES
 
 # Settings that do not change what is learned: a resumed run takes these from the new call.
@@ -15,7 +15,9 @@ DEFAULT_MINUTES = 30.0
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(RunConfig):
+    RUNTIME = RUNTIME_FIELDS
+
     teacher: str  # any model `run` loads: zoo name, file, folder, training run
     photos: str  # unpaired photos of the teacher's input domain (the teacher's outputs are the targets)
     name: str
@@ -39,32 +41,16 @@ class DistillConfig:
     progress: bool = True
 
     @property
-    def run_dir(self) -> Path:
-        return Path(self.runs_dir) / self.name
-
-    @property
     def budget_seconds(self) -> Optional[float]:
         if self.iterations is not None:
             return None
         return 60.0 * (self.minutes if self.minutes is not None else DEFAULT_MINUTES)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DistillConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-    def resumed_with(self, current: "DistillConfig") -> "DistillConfig":
-        return replace(self, **{k: getattr(current, k) for k in RUNTIME_FIELDS if getattr(current, k) != ""})
-
     def validate(self) -> None:
         def bad(msg: str) -> None:
             raise CycleBatchError(f"distill: {msg}")
 
-        if not self.name or "/" in self.name or self.name in (".", ".."):
-            bad(f"--name must be a plain folder name, not '{self.name}'")
+        self.check_name(bad)
         if self.size not in SIZES:
             bad(f"--size must be {' or '.join(SIZES)}, not '{self.size}'")
         if self.minutes is not None and self.iterations is not None:

@@ -29,6 +29,7 @@ class DistillReport:
         self.run_dir, self.config, self.teacher_info = run_dir, config, teacher_info
         self.status_writer: Optional[StatusWriter] = None
         self._plan: Optional[int] = None
+        self._iteration = 0
 
     # ------------------------------------------------------------ while it runs
 
@@ -42,25 +43,18 @@ class DistillReport:
         if self.status_writer is None or plan != self._plan:
             self._plan = plan
             self.status_writer = StatusWriter(self.run_dir, ("l1",), 1, plan or iteration, None)
+        self._iteration = iteration
         self.status_writer.iteration(0, iteration, iteration, [loss], lr)
 
     def status(self, state: str, message: str = "") -> None:
         if self.status_writer is None:
             return
         w = self.status_writer
+        it = self._iteration
         try:
-            it = self._last_iteration()
             w.write(state, 0 if state == "training" else 1, it if state == "training" else 0, it, 0.0, message)
         except OSError:  # a courtesy: a full disk is reported by what failed first
             pass
-
-    def _last_iteration(self) -> int:
-        import json
-
-        try:
-            return int(json.loads((self.run_dir / "status.json").read_text())["iteration"])
-        except (OSError, ValueError, KeyError):
-            return 0
 
     # ------------------------------------------------------------ files
 
@@ -158,7 +152,7 @@ class _Bar:
     def note(self, text: str) -> None:
         self._note = text
 
-    def advance(self, loss: Optional[float], best: Optional[float], n: int = 1) -> None:
+    def advance(self, loss: Optional[float], n: int = 1) -> None:
         if self.bar is None:
             return
         info = "" if loss is None else f"L1 {loss:.4f}"

@@ -39,13 +39,14 @@ SIZES = {"small": Size("small", 10, 1 / 4, 6), "tiny": Size("tiny", 25, 1 / 4, 4
 PROBE = 256  # px: the image size MACs are compared at (the ratio hardly moves with size)
 
 
-def student_config(teacher: Generator, size: str) -> GeneratorConfig:
+def student_config(teacher: Generator, size: str, cost: Optional[tuple[int, int]] = None) -> GeneratorConfig:
     """The student for `size`: the preset's width and depth, narrowed (ngf in steps of 2) until its MACs and
-    parameters are both within the preset's fraction of the teacher's."""
+    parameters are both within the preset's fraction of the teacher's (`cost`: the teacher's (MACs at PROBE px,
+    parameters), when the caller has them already)."""
     if size not in SIZES:
         raise CycleBatchError(f"unknown student size '{size}' (use {' or '.join(SIZES)})")
     s, tc = SIZES[size], teacher.config
-    t_macs, t_params = macs(teacher, PROBE, PROBE), parameters(teacher)
+    t_macs, t_params = cost or (macs(teacher, PROBE, PROBE), parameters(teacher))
     blocks = min(s.blocks, tc.n_blocks) if tc.family == "resnet" else s.blocks
     widest = max(4, round(tc.ngf * s.width / 2) * 2)
     for depth in range(blocks, 0, -1):  # narrower first, then shallower: width costs quadratically

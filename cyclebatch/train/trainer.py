@@ -20,7 +20,7 @@ from ..models.checkpoints import save_generator
 from ..errors import CycleBatchError
 from ..io.files import os_error_behind, sweep_dead_temps
 from ..models.networks import GeneratorConfig, PatchDiscriminator, ResnetGenerator, init_weights, make_generator
-from .checkpoint import Checkpointing, load_checkpoint, resume_point  # noqa: F401 (load_checkpoint: public here too)
+from .checkpoint import Checkpointing, check_run_folder, load_checkpoint, resume_point  # noqa: F401 (load_checkpoint: public here too)
 from .config import TrainConfig
 from .board import Board
 from .failure import note, resume_command, stop_line, writing
@@ -95,7 +95,7 @@ class Trainer(TrainStep, Checkpointing):
         self.warn = warn or self.log
         config.validate()
         self.run_dir = config.run_dir
-        _check_run_folder(self.run_dir)
+        check_run_folder(self.run_dir)
         config, stored = resume_point(config)
         self.config = c = config
 
@@ -393,15 +393,6 @@ def train(config: TrainConfig, log=print, warn=None) -> TrainResult:
 
 def _swap_channels(cfg: GeneratorConfig) -> GeneratorConfig:
     return GeneratorConfig(**{**cfg.to_dict(), "in_channels": cfg.out_channels, "out_channels": cfg.in_channels})
-
-
-def _check_run_folder(run_dir: Path) -> None:
-    """Before any work: a run folder that could never be made (a file where a folder must be)."""
-    for p in [run_dir, *run_dir.parents]:
-        if p.is_dir():
-            return
-        if p.exists():
-            raise CycleBatchError(f"{run_dir}: cannot make the run folder: {p} is a file, not a folder")
 
 
 def _domain_name(folder: str) -> str:
