@@ -70,6 +70,24 @@ def note(message: str) -> None:
     err.print(f"[yellow]note:[/] {escape(printable(message))}", highlight=False)
 
 
+def log_line(message: str) -> None:
+    """A long run's progress line (train, distill), on stderr."""
+    err.print(plain(message), highlight=False, soft_wrap=True)
+
+
+def warn_line(message: str) -> None:
+    err.print(f"[yellow]warning:[/] {plain(message)}", highlight=False, soft_wrap=True)
+
+
+def run_finished(summary: str, what: str, run_dir, runs_dir) -> None:
+    """The last line of train and distill: where the run is and the name `run -m` loads it by."""
+    from pathlib import Path
+
+    load_as = Path(run_dir).name if Path(runs_dir) == Path("runs") else run_dir
+    err.print(f"{plain(summary)}; {what} in {plain(run_dir)} (load with: {plain(load_as)})", highlight=False,
+              soft_wrap=True)
+
+
 def error_line(message: str) -> None:
     """One `error: ...` line: markup-free (brackets in names and install hints stay), one line."""
     err.print(f"[bold red]error:[/] {escape(printable(message))}", highlight=False, soft_wrap=True)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import err, fail, plain
+from .common import fail, log_line, run_finished, warn_line
 
 
 def distill_cmd(
@@ -52,10 +52,7 @@ def distill_cmd(
         direction=direction, val=str(val or ""), minutes=minutes, iterations=iterations, crops=crops,
         crop_size=crop_size, batch_size=batch_size, lr=lr, seed=seed, device=device, precision=precision,
         max_iterations=max_iters, resume=resume, progress=not quiet)
-    result = distill(config, log=lambda msg: err.print(plain(msg), highlight=False, soft_wrap=True),
-                     warn=lambda msg: err.print(f"[yellow]warning:[/] {plain(msg)}", highlight=False, soft_wrap=True))
-    load_as = result.run_dir.name if runs_dir == Path("runs") else result.run_dir
-    err.print(f"{plain(result.summary())}; student in {plain(result.run_dir)} (load with: {plain(load_as)})",
-              highlight=False, soft_wrap=True)
+    result = distill(config, log=log_line, warn=warn_line)
+    run_finished(result.summary(), "student", result.run_dir, runs_dir)
     if result.interrupted:
         raise typer.Exit(130)

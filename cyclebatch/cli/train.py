@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..errors import CycleBatchError
-from .common import err, fail, out, plain
+from .common import fail, log_line, out, plain, run_finished, warn_line
 
 
 runs_app = typer.Typer(help="Training runs: where one stands while it trains.", no_args_is_help=True)
@@ -65,11 +65,8 @@ def train_cmd(
         save_every=save_every, device=device, precision=precision, workers=workers, max_iterations=max_iters,
         resume=resume, progress=not quiet,
     )
-    result = train(config, log=lambda msg: err.print(plain(msg), highlight=False, soft_wrap=True),
-                   warn=lambda msg: err.print(f"[yellow]warning:[/] {plain(msg)}", highlight=False, soft_wrap=True))
-    load_as = result.run_dir.name if runs_dir == Path("runs") else result.run_dir
-    err.print(f"{plain(result.summary())}; generators in {plain(result.run_dir)} (load with: {plain(load_as)})",
-              highlight=False, soft_wrap=True)
+    result = train(config, log=log_line, warn=warn_line)
+    run_finished(result.summary(), "generators", result.run_dir, runs_dir)
     if result.interrupted:
         raise typer.Exit(130)
 
