@@ -96,6 +96,9 @@ class Translator:
             from .cpu.narrow_conv import use_narrow_conv
 
             use_narrow_conv(self.model)
+            from .cpu.norm_relu import use_norm_relu
+
+            use_norm_relu(self.model)
         self.channels_last = use_channels_last(self.device, compile)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

@@ -24,6 +24,7 @@ from .data import load_rgb8
 from .failure import writing
 
 SCALES = (1.0, 3.0)  # the shorter side, in crop sizes, that a photo is rescaled to before a crop is cut
+COLOUR_SHARE = 0.5  # of the crops, recoloured (hue, saturation, exposure, gamma) before the teacher sees them
 BATCH = 8  # crops per teacher pass
 
 
@@ -63,6 +64,24 @@ def cut(photo: np.ndarray, size: int, rnd: random.Random) -> np.ndarray:
     return np.ascontiguousarray(photo[y:y + size, x:x + size])
 
 
+def recolour(crop: np.ndarray, rnd: random.Random) -> np.ndarray:
+    """`crop` with its colours moved: hue turned about the grey axis, saturation and exposure scaled, a gamma.
+
+    A user's few photos cover a corner of colour space; `run` later meets the rest (foliage after street
+    scenes, skin after sky). The teacher labels the recoloured crop like any other, so the student learns the
+    teacher's mapping over colours its photos lack."""
+    x = crop.astype(np.float32) / 255.0
+    grey = x.mean(axis=2, keepdims=True)
+    a = rnd.uniform(-np.pi, np.pi)
+    u = np.full(3, 1 / np.sqrt(3.0), np.float32)  # rotation about the grey axis (Rodrigues)
+    k = np.array([[0, -u[2], u[1]], [u[2], 0, -u[0]], [-u[1], u[0], 0]], np.float32)
+    turn = np.eye(3, dtype=np.float32) + np.sin(a) * k + (1 - np.cos(a)) * (k @ k)
+    chroma = (x - grey) @ turn.T * np.exp(rnd.uniform(np.log(0.4), np.log(1.8)))
+    x = np.clip(grey + chroma, 0, 1) ** np.exp(rnd.uniform(np.log(0.6), np.log(1.6)))
+    x = np.clip(x * rnd.uniform(0.7, 1.25), 0, 1)
+    return np.ascontiguousarray((x * 255 + 0.5).astype(np.uint8))
+
+
 def build(files: Sequence[Path], count: int, size: int, seed: int, translator, *, seconds: Optional[float] = None,
           warn: Callable[[str], None] = print, advance: Callable[[int], None] = lambda n: None) -> CropBank:
     """`count` crops spread evenly over the photos, with the teacher's outputs. With `seconds`, fewer crops
@@ -82,6 +101,7 @@ def build(files: Sequence[Path], count: int, size: int, seed: int, translator, *
     started = time.perf_counter()
     while len(inputs) < count:
         batch = [cut(photos[(len(inputs) + k) % len(photos)], size, rnd) for k in range(min(BATCH, count - len(inputs)))]
+        batch = [recolour(b, rnd) if rnd.random() < COLOUR_SHARE else b for b in batch]
         targets += translator.translate_batch(batch)
         inputs += batch
         advance(len(batch))

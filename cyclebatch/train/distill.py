@@ -182,6 +182,7 @@ class Distiller:
             self.log(f"untrained student: held-out PSNR {st['start']['psnr']:.2f} dB")
 
         x_all, y_all = torch.from_numpy(bank.inputs), torch.from_numpy(bank.targets)
+        forward = _compiled(student) if _worth_compiling(c, st["plan"]) else student
         budget = c.budget_seconds
         interrupted = finished = False
         t_loop = time.perf_counter()
@@ -203,14 +204,17 @@ class Distiller:
                 x = x_all[idx].to(self.device).permute(0, 3, 1, 2).float().div_(127.5).sub_(1).contiguous()
                 y = y_all[idx].to(self.device).permute(0, 3, 1, 2).float().div_(127.5).sub_(1).contiguous()
                 t0 = time.perf_counter()
-                with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
-                    out = student(x)
-                loss = (out.float() - y).abs().mean()
+                try:
+                    loss = self._loss(forward, opt, x, y, scaler)
+                except Exception as e:  # noqa: BLE001 - a graph that does not compile here trains eagerly
+                    if forward is student:
+                        raise
+                    self.warn(f"torch.compile failed ({type(e).__name__}); training without it")
+                    forward = student
+                    loss = self._loss(forward, opt, x, y, scaler)
                 if not torch.isfinite(loss):
                     raise CycleBatchError(f"{self.run_dir}: non-finite loss at iteration {it + 1}; try a lower --lr "
                                           "or --precision fp32")
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
                 st["iteration"] = it = it + 1
@@ -259,6 +263,16 @@ class Distiller:
                              st["best"], st["start"], *self.ratios, time.perf_counter() - self.started)
 
     # ------------------------------------------------------------ pieces
+
+    def _loss(self, forward, opt, x: torch.Tensor, y: torch.Tensor, scaler) -> torch.Tensor:
+        """One forward and backward pass (gradients left in the student); the L1 loss to the teacher."""
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            out = forward(x)
+        loss = (out.float() - y).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        return loss
+
 
     def _data(self, teacher) -> tuple[CropBank, HeldOut]:
         c = self.config
@@ -320,6 +334,25 @@ class Distiller:
         with writing(self.run_dir / "checkpoints" / "latest.pt") as tmp, open(tmp, "wb") as f:
             torch.save(state, f)
         self.saved = (st["iteration"],)
+
+
+# torch.compile fuses the norms, activations and casts around each convolution: a training step of the small
+# student took 0.145 s against 0.226 s eager (bf16, 2-core Xeon with AMX), for about 30 s of compiling once.
+COMPILE_SECONDS = 240.0  # runs planned longer than this are compiled
+COMPILE_ITERATIONS = 1000
+
+
+def _worth_compiling(c: DistillConfig, plan: Optional[int]) -> bool:
+    if plan is not None:
+        return plan >= COMPILE_ITERATIONS
+    return c.budget_seconds is not None and c.budget_seconds >= COMPILE_SECONDS
+
+
+def _compiled(student: torch.nn.Module):
+    try:
+        return torch.compile(student, dynamic=False)
+    except Exception:  # noqa: BLE001 - no compiler backend here: train eagerly
+        return student
 
 
 def _lr(base: float, it: int, plan: Optional[int]) -> float:

@@ -264,3 +264,69 @@ def test_an_existing_run_is_never_overwritten(tmp_path):
     r = run_cli("distill", teacher, tmp_path / "photos", "--name", "x", "--minutes", "1", "--iterations", "3",
                 cwd=tmp_path)
     assert r.returncode == 1 and "not both" in r.stderr
+
+
+def test_recolouring_moves_hues_and_keeps_greys_grey():
+    import random
+
+    from cyclebatch.train.crops import recolour
+
+    rnd = random.Random(0)
+    green = np.zeros((8, 8, 3), np.uint8)
+    green[..., 1] = 180
+    green[..., 0] = 40
+    grey = np.full((8, 8, 3), 120, np.uint8)
+    hues = set()
+    for _ in range(40):
+        g = recolour(green, rnd).reshape(-1, 3)[0].astype(int)
+        hues.add(int(np.argmax(g)))  # which primary dominates after the turn
+        q = recolour(grey, rnd).reshape(-1, 3)[0].astype(int)
+        assert q.max() - q.min() <= 1, q  # a turn about the grey axis and a saturation scale leave grey grey
+    assert hues == {0, 1, 2}  # the green crop came back red-, green- and blue-dominant
+
+
+def test_the_crop_bank_recolours_its_share_of_crops(tmp_path, monkeypatch):
+    import cyclebatch.train.crops as crops
+
+    class Same:  # an identity "teacher": the bank's targets are its inputs
+        def translate_batch(self, batch):
+            return list(batch)
+
+    files = sorted(photos(tmp_path / "p").iterdir())
+    monkeypatch.setattr(crops, "COLOUR_SHARE", 0.0)
+    plain = crops.build(files, 40, 32, 0, Same())
+    monkeypatch.setattr(crops, "COLOUR_SHARE", 0.5)
+    mixed = crops.build(files, 40, 32, 0, Same())
+    assert np.array_equal(mixed.inputs, mixed.targets)  # the teacher labels the recoloured crop itself
+    # the cut is the same (the random stream for cutting is unchanged only for the first crop); compare colour
+    # spread instead: recoloured crops reach hues the photos never had
+    def hue_spread(bank):
+        x = bank.inputs.reshape(len(bank), -1, 3).astype(float).mean(1)
+        return np.std(x - x.mean(1, keepdims=True), axis=0).sum()
+    assert hue_spread(mixed) > 1.3 * hue_spread(plain)
+
+
+def test_long_runs_train_compiled_and_fall_back_when_compiling_fails(tmp_path, monkeypatch):
+    import cyclebatch.train.distill as d
+
+    teacher = teacher_file(tmp_path / "teacher.safetensors")
+    eager = distill(config(tmp_path, teacher, name="eager", iterations=6, evals=1))
+    monkeypatch.setattr(d, "COMPILE_ITERATIONS", 1)
+    compiled = distill(config(tmp_path, teacher, name="compiled", iterations=6, evals=1))
+    a, b = state_of(eager.run_dir)["losses"], state_of(compiled.run_dir)["losses"]
+    assert [x[0] for x in a] == [x[0] for x in b]
+    la, lb = np.array([x[1] for x in a]), np.array([x[1] for x in b])
+    assert np.abs(la - lb).max() < 0.15 * (la[0] - la[-1])  # the same training, fused (rounding apart)
+
+    def broken(model, **kw):
+        def forward(*args):
+            raise RuntimeError("no C++ compiler")
+        return forward
+
+    monkeypatch.setattr(torch, "compile", broken)
+    warnings = []
+    fallback = distill(config(tmp_path, teacher, name="fallback", iterations=6, evals=1), log=lambda m: None,
+                       warn=warnings.append)
+    assert fallback.finished and any("torch.compile failed" in w for w in warnings)
+    c = state_of(fallback.run_dir)["losses"]
+    assert np.allclose([x[1] for x in a], [x[1] for x in c], rtol=1e-6)

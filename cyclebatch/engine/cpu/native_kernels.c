@@ -15,11 +15,16 @@
    GEMM kernels nothing to vectorize). Here each output pixel is a dot product over taps and channels,
    vectorized over channels, two pixels at a time so every weight vector loaded serves both.
 
+   3. InstanceNorm + ReLU outside the residual blocks (norm_relu.py): the per-channel sums in one pass,
+   then scale, shift and ReLU in a second, where torch took a statistics-and-normalise pass and a ReLU pass
+   of its own (4.0 of the small distilled student's 40 ms at 384x512 went to the first full-size pair).
+
    Threads: OpenMP, linked against the libgomp.so.1 torch has already loaded, so these loops run on
    torch's own thread pool; the caller passes torch's thread count (it changes under load). Channels are processed VL at a time (C % VL == 0). */
 
 #include <omp.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* One vector register of fp32 lanes: 16 with AVX-512, else 8 (AVX2; two ymm per value would double the
@@ -273,3 +278,60 @@ OUTPUT(winograd_out2_bf16, uint16_t, bf16, 2, 4, at2)
 OUTPUT(winograd_out4_bf16, uint16_t, bf16, 4, 6, at4)
 NORM_ADD(norm_add_f32, float, f32)
 NORM_ADD(norm_add_bf16, uint16_t, bf16)
+
+/* Per-image, per-channel sums and sums of squares of contiguous NHWC x (n, hw, c) into sums (n, 2, c),
+   float64. Partial sums run in fp32 over SUM_RUN pixels (short: the error of an fp32 sum grows with its
+   length), one per run whatever the thread count, then add up in float64 in run order: the result is the
+   same bits with any number of threads (video and `run` must agree bit for bit at fp32). */
+#define SUM_RUN 256
+#define CHANNEL_SUMS(NAME, T, S)                                                                     \
+    void NAME(const T *x, double *sums, int n, long hw, int c, int threads) {                       \
+        long runs = (hw + SUM_RUN - 1) / SUM_RUN;                                                   \
+        float *part = malloc(sizeof(float) * runs * 2 * c);                                         \
+        for (int img = 0; img < n; img++) {                                                         \
+            const T *xi = x + (long)img * hw * c;                                                   \
+            _Pragma("omp parallel for schedule(static) num_threads(threads)")                       \
+            for (long r = 0; r < runs; r++) {                                                       \
+                vf s1[c / VL], s2[c / VL];                                                          \
+                long p1 = (r + 1) * SUM_RUN < hw ? (r + 1) * SUM_RUN : hw;                          \
+                for (int v = 0; v < c / VL; v++) s1[v] = s2[v] = (vf){0};                           \
+                for (long p = r * SUM_RUN; p < p1; p++)                                             \
+                    for (int v = 0; v < c / VL; v++) {                                              \
+                        vf a = load_##S(xi + p * c + v * VL);                                       \
+                        s1[v] += a;                                                                 \
+                        s2[v] += a * a;                                                             \
+                    }                                                                               \
+                for (int v = 0; v < c / VL; v++) {                                                  \
+                    store_f32(part + (r * 2) * c + v * VL, s1[v]);                                  \
+                    store_f32(part + (r * 2 + 1) * c + v * VL, s2[v]);                              \
+                }                                                                                   \
+            }                                                                                       \
+            double *si = sums + (long)img * 2 * c;                                                  \
+            for (int k = 0; k < 2 * c; k++) si[k] = 0;                                              \
+            for (long r = 0; r < runs; r++)                                                         \
+                for (int k = 0; k < 2 * c; k++) si[k] += part[r * 2 * c + k];                       \
+        }                                                                                           \
+        free(part);                                                                                 \
+    }
+
+/* out = max(x * scale + shift, 0) per image and channel (relu = 0: without the max), contiguous NHWC;
+   out may be x. */
+#define NORM_RELU(NAME, T, S)                                                                        \
+    void NAME(const T *x, T *out, const float *scale, const float *shift, int n, long hw, int c,    \
+              int relu, int threads) {                                                               \
+        _Pragma("omp parallel for schedule(static) num_threads(threads)")                           \
+        for (long q = 0; q < (long)n * hw; q++) {                                                   \
+            long img = q / hw;                                                                      \
+            for (int cb = 0; cb < c; cb += VL) {                                                    \
+                vf r = load_##S(x + q * c + cb) * load_f32(scale + img * c + cb)                    \
+                       + load_f32(shift + img * c + cb);                                            \
+                if (relu) r = (vf)((vu)r & ~(vu)(r < (vf){0})); /* NaN stays NaN */                 \
+                store_##S(out + q * c + cb, r);                                                     \
+            }                                                                                       \
+        }                                                                                           \
+    }
+
+CHANNEL_SUMS(channel_sums_f32, float, f32)
+CHANNEL_SUMS(channel_sums_bf16, uint16_t, bf16)
+NORM_RELU(norm_relu_f32, float, f32)
+NORM_RELU(norm_relu_bf16, uint16_t, bf16)
