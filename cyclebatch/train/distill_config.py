@@ -32,7 +32,7 @@ class DistillConfig(RunConfig):
     batch_size: int = 16
     lr: float = 1e-3  # Adam, cosine decay to 0 over the planned iterations after a short warm-up
     evals: int = 12  # held-out scorings over the run (the best one is what `run` loads)
-    patience: int = 4  # stop early after this many scorings without a better one
+    patience: int = 4  # stop early after this many scorings without a better one (in the plan's second half)
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # training autocast: bf16 where the CPU has bf16 units or on CUDA, else fp32

@@ -35,7 +35,9 @@ class Size:
     blocks: int
 
 
-SIZES = {"small": Size("small", 10, 1 / 4, 6), "tiny": Size("tiny", 25, 1 / 4, 4)}
+# small: 5 blocks, not 6 - measured (bf16, 384x512, 2-core Xeon with AMX): 6.6x the teacher's engine speed against
+# 6.1x, for 0.3 dB less at equal iterations (24.06 vs 24.34 dB after 1500) and about as much at equal time
+SIZES = {"small": Size("small", 10, 1 / 4, 5), "tiny": Size("tiny", 25, 1 / 4, 4)}
 PROBE = 256  # px: the image size MACs are compared at (the ratio hardly moves with size)
 
 

@@ -330,3 +330,10 @@ def test_long_runs_train_compiled_and_fall_back_when_compiling_fails(tmp_path, m
     assert fallback.finished and any("torch.compile failed" in w for w in warnings)
     c = state_of(fallback.run_dir)["losses"]
     assert np.allclose([x[1] for x in a], [x[1] for x in c], rtol=1e-6)
+
+
+def test_flat_scores_stop_a_run_only_in_its_second_half(tmp_path):
+    teacher = teacher_file(tmp_path / "teacher.safetensors")
+    # a learning rate too small to move the score: every scoring after the first is "no better"
+    result = distill(config(tmp_path, teacher, iterations=16, evals=8, patience=1, lr=1e-12))
+    assert result.finished and result.iteration == 8  # scorings at 2, 4, 6, 8: the first in the second half stops
