@@ -24,7 +24,7 @@ def distill_cmd(
     iterations: Optional[int] = typer.Option(None, "--iterations", help="Train exactly this many iterations "
                                              "instead of a time budget."),
     val: Optional[Path] = typer.Option(None, "--val", help="Held-out photos to score the student on (default: "
-                                       "every tenth photo is held out)."),
+                                       "every fifth photo is held out, at most 10)."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Parent folder of runs."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run NAME from its latest checkpoint."),
     direction: str = typer.Option("AtoB", "--direction", help="The teacher's direction, for a run holding both."),

@@ -2,7 +2,7 @@
 
 The run: photos -> held-out split -> teacher-labelled crops (crops.py, cached) -> the student, started from the
 teacher's own weights (students.py) -> a planned number of iterations (from --iterations, or from the time
---minutes leaves once the teacher is done and one iteration is timed) of an L1 loss to the teacher's outputs,
+--minutes leaves once the teacher is done and a few iterations are timed) of an L1 loss to the teacher's outputs,
 Adam with cosine decay -> held-out photos scored `evals` times (fidelity.py) -> the best student written as
 runs/NAME/generator.safetensors, which `run`, `video` and `export` load by NAME.
 
@@ -39,13 +39,19 @@ from .students import PROBE, student_config, student_from
 from .trainer import StopRequest
 
 CHECKPOINT_FORMAT = "cyclebatch-distill"
+HELD_OUT_MAX = 10
 HELD_OUT_LONGEST = 1024  # px: held-out photos are scored whole, at most this large (what `run` would see)
 CROPS_PER_PHOTO = 48
 CROPS_RANGE = (128, 1024)
 TEACHER_SHARE = 0.3  # of a --minutes budget, at most, for labelling crops with the teacher
 CALIBRATION = 8  # crops the student's least-squares start is fitted on
 WARMUP = 0.03  # of the iterations: linear learning-rate warm-up
-EARLY_STOP_FROM = 0.5  # of the plan: before this, flat scorings do not stop the run
+# iterations timed for the plan: after the first two (allocations, compiling); several, for a steady figure
+PLAN_AFTER = (2, 8)
+# Of the plan: flat scorings before this do not count towards an early stop. The learning rate is high there and
+# with few held-out photos the scores are noisy: two acceptance runs of issue 31 (10 photos, 1 held out) stopped
+# at 83% and 58% of their plans, the second on 4 scorings below a lucky early one.
+EARLY_STOP_FROM = 0.5
 
 
 @dataclass
@@ -76,14 +82,15 @@ def distill(config: DistillConfig, log=print, warn=None) -> DistillResult:
 
 
 def split_photos(files: list[Path], val: str, warn) -> tuple[list[Path], list[Path]]:
-    """(training photos, held-out photos): the --val folder's, else every tenth photo (at least one)."""
+    """(training photos, held-out photos): the --val folder's, else every fifth photo (at least one, at most
+    HELD_OUT_MAX): one photo's score picks the kept student by luck (a run of 10 photos kept an early one)."""
     if val:
         return files, find_images(val)
     if len(files) < 2:
         warn(f"only {len(files)} photo: it is scored as well as trained on (no held-out photo; give --val)")
         return files, files
-    step = min(10, len(files))
-    held = files[step // 2::step]
+    step = min(5, len(files))
+    held = files[step // 2::step][:HELD_OUT_MAX]
     return [f for f in files if f not in held], held
 
 
@@ -187,6 +194,7 @@ class Distiller:
         budget = c.budget_seconds
         interrupted = finished = False
         t_loop = time.perf_counter()
+        timed = None  # (iteration, time) the plan's timing starts at
         spent_before = st["seconds"]
         with self.report.progress(st["plan"], st["iteration"]) as bar:
             while True:
@@ -204,7 +212,8 @@ class Distiller:
                                                                                replace=len(bank) < c.batch_size))
                 x = x_all[idx].to(self.device).permute(0, 3, 1, 2).float().div_(127.5).sub_(1).contiguous()
                 y = y_all[idx].to(self.device).permute(0, 3, 1, 2).float().div_(127.5).sub_(1).contiguous()
-                t0 = time.perf_counter()
+                if st["plan"] is None and timed is None and it >= PLAN_AFTER[0]:
+                    timed = (it, time.perf_counter())
                 try:
                     loss = self._loss(forward, opt, x, y, scaler)
                 except Exception as e:  # noqa: BLE001 - a graph that does not compile here trains eagerly
@@ -220,8 +229,9 @@ class Distiller:
                 scaler.update()
                 st["iteration"] = it = it + 1
                 st["losses"].append((it, loss.item(), lr))
-                if st["plan"] is None and it == 3:  # one warm step timed: plan what the budget leaves
-                    spi = time.perf_counter() - t0
+                if st["plan"] is None and timed is not None and it - timed[0] >= PLAN_AFTER[1] - PLAN_AFTER[0]:
+                    # warm steps timed: plan what the budget leaves
+                    spi = (time.perf_counter() - timed[1]) / (it - timed[0])
                     left = budget - (time.perf_counter() - self.started) - spent_before
                     per_eval = self._last_eval_seconds
                     st["plan"] = max(it, int((left - c.evals * per_eval) / max(spi, 1e-6)))
@@ -241,17 +251,13 @@ class Distiller:
                         st["best_state"] = {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}
                         self._export(student, score)
                         self.report.samples(it, held, outputs)
-                    else:
+                    elif it >= EARLY_STOP_FROM * plan:  # flat scorings count in the plan's second half only
                         st["since_best"] += 1
                     self._checkpoint(student, opt, scaler, st)
                     self.report.write("distilling", st)
                     bar.note(f"held-out PSNR {score['psnr']:.2f} dB (best {st['best']['psnr']:.2f})")
                     over = budget is not None and time.perf_counter() - self.started > budget * 1.1
-                    # no early stop in the plan's first half: the learning rate is still high there, and
-                    # with few held-out photos a few flat scorings are noise (the acceptance run of issue 31
-                    # stopped at 83% of its plan on one photo's scores, before the low-rate end that scores best)
-                    stale = st["since_best"] >= c.patience and it >= EARLY_STOP_FROM * plan
-                    if stale or over:
+                    if st["since_best"] >= c.patience or over:
                         self.log(f"stopped early at iteration {it}: " + ("the time budget is spent" if over else
                                  f"no better held-out score in {c.patience} scorings"))
                         finished = True

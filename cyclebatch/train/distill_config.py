@@ -24,7 +24,7 @@ class DistillConfig(RunConfig):
     runs_dir: str = "runs"
     size: str = "small"  # SIZES: small (<= 1/10 of the teacher's cost), tiny (<= 1/25)
     direction: str = "AtoB"  # of the teacher, where it is a run holding both
-    val: str = ""  # held-out photos; default: every tenth photo (at least one) is held out
+    val: str = ""  # held-out photos; default: every fifth photo (at least one, at most 10) is held out
     minutes: Optional[float] = None  # the whole run's budget (teacher outputs, training, scoring)
     iterations: Optional[int] = None  # instead of minutes: exactly this many training iterations
     crops: int = 0  # teacher-labelled crops; 0: 48 per photo, 128 to 1024 (fewer when the budget says so)
