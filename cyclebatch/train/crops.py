@@ -65,7 +65,8 @@ def cut(photo: np.ndarray, size: int, rnd: random.Random) -> np.ndarray:
 
 
 def recolour(crop: np.ndarray, rnd: random.Random) -> np.ndarray:
-    """`crop` with its colours moved: hue turned about the grey axis, saturation and exposure scaled, a gamma.
+    """`crop` with its colours moved: hue turned about the grey axis, saturation, contrast and exposure scaled,
+    a gamma.
 
     A user's few photos cover a corner of colour space; `run` later meets the rest (foliage after street
     scenes, skin after sky). The teacher labels the recoloured crop like any other, so the student learns the
@@ -77,8 +78,12 @@ def recolour(crop: np.ndarray, rnd: random.Random) -> np.ndarray:
     k = np.array([[0, -u[2], u[1]], [u[2], 0, -u[0]], [-u[1], u[0], 0]], np.float32)
     turn = np.eye(3, dtype=np.float32) + np.sin(a) * k + (1 - np.cos(a)) * (k @ k)
     chroma = (x - grey) @ turn.T * np.exp(rnd.uniform(np.log(0.4), np.log(1.8)))
-    x = np.clip(grey + chroma, 0, 1) ** np.exp(rnd.uniform(np.log(0.6), np.log(1.6)))
-    x = np.clip(x * rnd.uniform(0.7, 1.25), 0, 1)
+    # wide ranges, measured: trained on 10 street frames and scored on 8 other photos (opencv-doc), gamma
+    # 0.5-2, contrast 0.6-1.4 and exposure 0.6-1.6 gave 23.96 dB against 23.08 for gamma 0.6-1.6 and exposure
+    # 0.7-1.25 without contrast (SSIM 0.768 against 0.789); what a student misses on new photos is mostly tone
+    x = np.clip(grey + chroma, 0, 1) ** np.exp(rnd.uniform(np.log(0.5), np.log(2.0)))
+    m = x.mean()
+    x = np.clip((m + (x - m) * rnd.uniform(0.6, 1.4)) * rnd.uniform(0.6, 1.6), 0, 1)
     return np.ascontiguousarray((x * 255 + 0.5).astype(np.uint8))
 
 
