@@ -316,7 +316,11 @@ def test_long_runs_train_compiled_and_fall_back_when_compiling_fails(tmp_path, m
     a, b = state_of(eager.run_dir)["losses"], state_of(compiled.run_dir)["losses"]
     assert [x[0] for x in a] == [x[0] for x in b]
     la, lb = np.array([x[1] for x in a]), np.array([x[1] for x in b])
-    assert np.abs(la - lb).max() < 0.15 * (la[0] - la[-1])  # the same training, fused (rounding apart)
+    # the same training, fused: equal to rounding (batches differ step to step, so compare step by step)
+    assert abs(la[0] - lb[0]) < 1e-4 * la[0] and np.abs(la - lb).max() < 0.01 * la.mean()
+    ea, eb = state_of(eager.run_dir)["student"], state_of(compiled.run_dir)["student"]
+    moved = max(float((ea[k].float() - eb[k].float()).abs().max()) for k in ea)
+    assert moved < 0.05  # the compiled run's weights are the eager run's, to rounding
 
     def broken(model, **kw):
         def forward(*args):
