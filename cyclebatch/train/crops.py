@@ -24,7 +24,7 @@ from .data import load_rgb8
 from .failure import writing
 
 SCALES = (1.0, 3.0)  # the shorter side, in crop sizes, that a photo is rescaled to before a crop is cut
-COLOUR_SHARE = 0.5  # of the crops, recoloured (hue, saturation, exposure, gamma) before the teacher sees them
+COLOUR_SHARE = 0.5  # of the crops, recoloured (recolour below) before the teacher sees them
 BATCH = 8  # crops per teacher pass
 
 

@@ -98,7 +98,7 @@ def kernels() -> Optional[ctypes.CDLL]:
         getattr(lib, f"norm_add_{dtype}").argtypes = [p, p, p, p, p, i, i, i, i, p, p, p, i]
     for dtype in ("f32", "bf16"):
         getattr(lib, f"channel_sums_{dtype}").argtypes = [p, p, i, l, i, i]
-        getattr(lib, f"norm_relu_{dtype}").argtypes = [p, p, p, p, i, l, i, i, i]
+        getattr(lib, f"norm_relu_{dtype}").argtypes = [p, p, p, p, i, l, i, i]
         for name in (f"channel_sums_{dtype}", f"norm_relu_{dtype}"):
             getattr(lib, name).restype = None
     for name in ("narrow_conv1_f32", "narrow_conv3_f32", "narrow_conv1_bf16", "narrow_conv3_bf16"):

@@ -314,18 +314,17 @@ NORM_ADD(norm_add_bf16, uint16_t, bf16)
         free(part);                                                                                 \
     }
 
-/* out = max(x * scale + shift, 0) per image and channel (relu = 0: without the max), contiguous NHWC;
-   out may be x. */
+/* out = max(x * scale + shift, 0) per image and channel, contiguous NHWC; out may be x. */
 #define NORM_RELU(NAME, T, S)                                                                        \
     void NAME(const T *x, T *out, const float *scale, const float *shift, int n, long hw, int c,    \
-              int relu, int threads) {                                                               \
+              int threads) {                                                                         \
         _Pragma("omp parallel for schedule(static) num_threads(threads)")                           \
         for (long q = 0; q < (long)n * hw; q++) {                                                   \
             long img = q / hw;                                                                      \
             for (int cb = 0; cb < c; cb += VL) {                                                    \
                 vf r = load_##S(x + q * c + cb) * load_f32(scale + img * c + cb)                    \
                        + load_f32(shift + img * c + cb);                                            \
-                if (relu) r = (vf)((vu)r & ~(vu)(r < (vf){0})); /* NaN stays NaN */                 \
+                r = (vf)((vu)r & ~(vu)(r < (vf){0})); /* ReLU; NaN stays NaN */                     \
                 store_##S(out + q * c + cb, r);                                                     \
             }                                                                                       \
         }                                                                                           \

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...models.networks import InstanceNorm, ResnetGenerator
+from .winograd import norm_scale_shift
 
 
 class NormReLU(InstanceNorm):
@@ -31,16 +32,15 @@ class NormReLU(InstanceNorm):
         if self.stats_hook is not None:
             mean, var = self.stats_hook(self, x)
             mean, var = mean.float().reshape(-1, c).expand(n, c), var.float().reshape(-1, c).expand(n, c)
+            scale, shift = (t.float().contiguous() for t in self.scale_shift(mean, var))
         else:
             sums = torch.zeros(n, 2, c, dtype=torch.float64)
             getattr(lib, f"channel_sums_{suffix}")(x.data_ptr(), sums.data_ptr(), n, h * w, c,
                                                     torch.get_num_threads())
-            mean = sums[:, 0] / (h * w)
-            var = (sums[:, 1] / (h * w) - mean * mean).clamp_min(0)
-        scale, shift = (t.float().contiguous() for t in self.scale_shift(mean, var))
+            scale, shift = norm_scale_shift(self, sums, h * w)
         out = torch.empty_like(x, memory_format=torch.channels_last)
         getattr(lib, f"norm_relu_{suffix}")(x.data_ptr(), out.data_ptr(), scale.data_ptr(), shift.data_ptr(), n,
-                                            h * w, c, 1, torch.get_num_threads())
+                                            h * w, c, torch.get_num_threads())
         return out
 
     def _native(self, x: torch.Tensor):

@@ -179,8 +179,8 @@ class WinogradResnetBlock(ResnetBlock):
         n, c, h, w = x.shape
         x = x.to(conv1.u.dtype).contiguous(memory_format=torch.channels_last)
         y1, s1 = conv1.fused(lib, x, None)
-        y2, s2 = conv2.fused(lib, y1, _scale_shift(norm1, s1, h * w))
-        scale, shift = _scale_shift(norm2, s2, h * w)
+        y2, s2 = conv2.fused(lib, y1, norm_scale_shift(norm1, s1, h * w))
+        scale, shift = norm_scale_shift(norm2, s2, h * w)
         out = torch.empty_like(x, memory_format=torch.channels_last)
         strides = [torch.tensor([t.stride(0), t.stride(2), t.stride(3)], dtype=torch.long) for t in (x, y2, out)]
         getattr(lib, f"norm_add_{'f32' if x.dtype == torch.float32 else 'bf16'}")(
@@ -205,7 +205,7 @@ class WinogradResnetBlock(ResnetBlock):
         return conv1._native(c, c) if conv2._native(c, c) is not None else None
 
 
-def _scale_shift(norm: InstanceNorm, sums: torch.Tensor, pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
+def norm_scale_shift(norm: InstanceNorm, sums: torch.Tensor, pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
     """InstanceNorm (and its affine) as a per-image, per-channel scale and shift, fp32 [n, C], from float64
     sums and sums of squares."""
     mean = sums[:, 0] / pixels
