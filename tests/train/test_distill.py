@@ -342,3 +342,15 @@ def test_flat_scores_stop_a_run_only_in_its_second_half(tmp_path):
     result = distill(config(tmp_path, teacher, iterations=16, evals=8, patience=2, lr=1e-12))
     # scorings at 2, 4, 6, ...: those at 8 and 10 are the first two flat ones in the second half
     assert result.finished and result.iteration == 10
+
+
+def test_every_fifth_photo_is_held_out_at_least_one_at_most_ten():
+    from cyclebatch.train.distill import split_photos
+
+    warnings = []
+    for n, held_count in ((2, 1), (10, 2), (23, 5), (80, 10)):
+        files = [Path(f"p{i:03d}.png") for i in range(n)]
+        train, held = split_photos(files, "", warnings.append)
+        assert len(held) == held_count and not set(train) & set(held) and len(train) + len(held) == n
+    one = [Path("only.png")]
+    assert split_photos(one, "", warnings.append) == (one, one) and "no held-out photo" in warnings[-1]
