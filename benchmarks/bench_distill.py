@@ -183,6 +183,10 @@ def main() -> None:
         f = meta.get("fidelity", {})
         print(f"distill's own held-out score: PSNR {f.get('psnr_db')} dB, SSIM {f.get('ssim')} at iteration "
               f"{f.get('iteration')}")
+    scores = run / "scores.csv"
+    if scores.is_file():  # the learning curve: where more minutes would go
+        rows = [line.split(",") for line in scores.read_text().splitlines()[1:]]
+        print("distill's held-out scorings (iteration: PSNR dB): " + ", ".join(f"{r[0]}: {float(r[1]):.2f}" for r in rows))
     t_eng, s_eng = Translator(teacher_net, device="cpu"), Translator(student_net, device="cpu")
     held = Path(ARGS.photos) / "held-out"
     for side in (256, 1024):
