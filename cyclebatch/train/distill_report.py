@@ -81,6 +81,8 @@ class DistillReport:
         _write_csv(self.run_dir / "scores.csv", ("iteration", "psnr_db", "ssim"),
                    [(s["iteration"], s["psnr"], s["ssim"]) for s in [st["start"], *st["scores"]] if s])
         c, best = self.config, st["best"]
+        if best and self.status_writer is not None:  # `runs status` shows it from the next write on
+            self.status_writer.extra["held_out"] = best
         page = Page(f"cyclebatch distillation {c.name}",
                     subtitle=f"{c.teacher} -> {c.size} student; iteration {st['iteration']} of {st['plan'] or '?'}; "
                              f"{state}, updated {time.strftime('%Y-%m-%d %H:%M:%S')}")

@@ -39,6 +39,7 @@ class StatusWriter:
         self._losses: dict = {}
         self._spi: Optional[float] = None
         self._last_write = 0.0
+        self.extra: dict = {}  # more fields for the file (a distillation's best held-out score)
 
     def iteration(self, epoch: int, step: int, iteration: int, losses, lr: float) -> None:
         """After each iteration: epoch (0-based, the one running), step within it, iterations in all."""
@@ -71,7 +72,7 @@ class StatusWriter:
             "losses": self._losses, "lr": lr,
             "seconds_per_iteration": None if spi is None else round(spi, 4),
             "eta_seconds": 0 if remaining == 0 else (None if spi is None else round(spi * remaining, 1)),
-            "started": self.started, "updated": time.time(),
+            "started": self.started, "updated": time.time(), **self.extra,
         }
         with writing(self.path) as tmp:
             tmp.write_text(json.dumps(doc, indent=1) + "\n")
@@ -138,9 +139,14 @@ def describe(doc: dict, now: Optional[float] = None) -> list[str]:
     elif state == "failed":
         state = f"failed: {doc.get('message', '')}"
     within = f" (iteration {doc['step']} of {doc['per_epoch']} in it)" if doc["state"] == "training" or doc["step"] else ""
-    lines = [f"state        {state}",
-             f"epoch        {doc['epoch']} / {doc['epochs']}{within}",
-             f"iteration    {doc['iteration']} / {doc['iterations']}"]
+    lines = [f"state        {state}"]
+    if doc["epochs"] > 1:  # one epoch (a distillation's single pass over its plan) says nothing the next line does not
+        lines.append(f"epoch        {doc['epoch']} / {doc['epochs']}{within}")
+    lines.append(f"iteration    {doc['iteration']} / {doc['iterations']}")
+    best = doc.get("held_out")
+    if best:
+        lines.append(f"held-out     PSNR {best['psnr']:.2f} dB, SSIM {best['ssim']:.4f} to the teacher "
+                     f"(best so far, iteration {best['iteration']})")
     if doc.get("losses"):
         lines.append("losses       " + "  ".join(f"{k} {v:.3f}" for k, v in doc["losses"].items()))
     spi = doc.get("seconds_per_iteration")

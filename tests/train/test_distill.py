@@ -153,7 +153,10 @@ def test_a_tiny_teacher_is_distilled_in_seconds_and_run_loads_the_student(tmp_pa
     assert r.returncode == 0, r.stderr
     assert Image.open(tmp_path / "out" / "cat.png").size == (64, 48)
     status = run_cli("runs", "status", "s", "--json", cwd=tmp_path)
-    assert json.loads(status.stdout)["state"] == "finished"
+    doc = json.loads(status.stdout)
+    assert doc["state"] == "finished" and doc["held_out"] == result.best
+    text = run_cli("runs", "status", "s", cwd=tmp_path).stdout
+    assert f"PSNR {result.best['psnr']:.2f} dB" in text and "epoch" not in text  # no "epoch 1 / 1"
     r = run_cli("export", "s", tmp_path / "s.pt", cwd=tmp_path)  # and export: verified against PyTorch there
     assert r.returncode == 0 and (tmp_path / "s.pt").is_file(), r.stderr
     info = run_cli("models", "info", "s", cwd=tmp_path)
