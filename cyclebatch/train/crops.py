@@ -25,6 +25,8 @@ from .failure import writing
 
 SCALES = (1.0, 3.0)  # the shorter side, in crop sizes, that a photo is rescaled to before a crop is cut
 COLOUR_SHARE = 0.5  # of the crops, recoloured (recolour below) before the teacher sees them
+TINT_SHARE = 0.5  # of the recoloured crops, given a smooth field of colour besides (grey and pale photos)
+TINT_MAX = 0.3  # the field's largest chroma, in [0, 1] units of the channels
 BATCH = 8  # crops per teacher pass
 
 
@@ -66,11 +68,12 @@ def cut(photo: np.ndarray, size: int, rnd: random.Random) -> np.ndarray:
 
 def recolour(crop: np.ndarray, rnd: random.Random) -> np.ndarray:
     """`crop` with its colours moved: hue turned about the grey axis, saturation, contrast and exposure scaled,
-    a gamma.
+    a gamma; in TINT_SHARE of the calls a smooth field of colour added too.
 
     A user's few photos cover a corner of colour space; `run` later meets the rest (foliage after street
     scenes, skin after sky). The teacher labels the recoloured crop like any other, so the student learns the
-    teacher's mapping over colours its photos lack."""
+    teacher's mapping over colours its photos lack. Turning and scaling leave a grey photo grey, hence the
+    field: a student trained on grey and pale photos turned a red brick house grey where its teacher warmed it."""
     x = crop.astype(np.float32) / 255.0
     grey = x.mean(axis=2, keepdims=True)
     a = rnd.uniform(-np.pi, np.pi)
@@ -78,6 +81,8 @@ def recolour(crop: np.ndarray, rnd: random.Random) -> np.ndarray:
     k = np.array([[0, -u[2], u[1]], [u[2], 0, -u[0]], [-u[1], u[0], 0]], np.float32)
     turn = np.eye(3, dtype=np.float32) + np.sin(a) * k + (1 - np.cos(a)) * (k @ k)
     chroma = (x - grey) @ turn.T * np.exp(rnd.uniform(np.log(0.4), np.log(1.8)))
+    if rnd.random() < TINT_SHARE:
+        chroma += colour_field(crop.shape[0], crop.shape[1], rnd)
     # wide ranges, measured: trained on 10 street frames and scored on 8 other photos (opencv-doc), gamma
     # 0.5-2, contrast 0.6-1.4 and exposure 0.6-1.6 gave 23.96 dB against 23.08 for gamma 0.6-1.6 and exposure
     # 0.7-1.25 without contrast (SSIM 0.768 against 0.789); what a student misses on new photos is mostly tone
@@ -85,6 +90,18 @@ def recolour(crop: np.ndarray, rnd: random.Random) -> np.ndarray:
     m = x.mean()
     x = np.clip((m + (x - m) * rnd.uniform(0.6, 1.4)) * rnd.uniform(0.6, 1.6), 0, 1)
     return np.ascontiguousarray((x * 255 + 0.5).astype(np.uint8))
+
+
+def colour_field(h: int, w: int, rnd: random.Random) -> np.ndarray:
+    """A smooth h x w x 3 field of chroma (each pixel's channels sum to zero: no change of brightness): random
+    colours on a 1x1 to 4x4 grid, interpolated; its largest value between 0.05 and TINT_MAX."""
+    import cv2
+
+    n = rnd.randint(1, 4)
+    cells = np.array([rnd.gauss(0.0, 1.0) for _ in range(n * n * 3)], np.float32).reshape(n, n, 3)
+    cells -= cells.mean(axis=2, keepdims=True)
+    cells *= rnd.uniform(0.05, TINT_MAX) / max(1e-6, float(np.abs(cells).max()))
+    return cv2.resize(cells, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def build(files: Sequence[Path], count: int, size: int, seed: int, translator, *, seconds: Optional[float] = None,

@@ -269,10 +269,13 @@ def test_an_existing_run_is_never_overwritten(tmp_path):
     assert r.returncode == 1 and "not both" in r.stderr
 
 
-def test_recolouring_moves_hues_and_keeps_greys_grey():
+def test_recolouring_moves_hues_and_gives_grey_colour_only_through_the_field(monkeypatch):
     import random
 
+    import cyclebatch.train.crops as crops
     from cyclebatch.train.crops import recolour
+
+    monkeypatch.setattr(crops, "TINT_SHARE", 0.0)
 
     rnd = random.Random(0)
     green = np.zeros((8, 8, 3), np.uint8)
@@ -286,6 +289,18 @@ def test_recolouring_moves_hues_and_keeps_greys_grey():
         q = recolour(grey, rnd).reshape(-1, 3)[0].astype(int)
         assert q.max() - q.min() <= 1, q  # a turn about the grey axis and a saturation scale leave grey grey
     assert hues == {0, 1, 2}  # the green crop came back red-, green- and blue-dominant
+    # with the field, a grey crop comes back coloured, in colours that vary across it when the grid has cells
+    monkeypatch.setattr(crops, "TINT_SHARE", 1.0)
+    grey = np.full((64, 64, 3), 120, np.uint8)
+    chroma, varied = [], 0
+    for _ in range(40):
+        q = recolour(grey, rnd).astype(int)
+        chroma.append((q.max(axis=2) - q.min(axis=2)).max())
+        varied += int(np.ptp(q[..., 0] - q[..., 1]) >= 8)  # red against green differs across the crop
+    assert min(chroma) >= 5 and np.median(chroma) >= 30 and varied >= 20
+    field = crops.colour_field(32, 48, random.Random(3))
+    assert field.shape == (32, 48, 3) and np.allclose(field.sum(axis=2), 0, atol=1e-5)
+    assert 0.05 - 1e-6 <= np.abs(field).max() <= crops.TINT_MAX + 1e-6
 
 
 def test_the_crop_bank_recolours_its_share_of_crops(tmp_path, monkeypatch):
