@@ -16,6 +16,7 @@ import contextlib
 import copy
 import logging
 import os
+import threading
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -68,6 +69,7 @@ class Translator:
         self.tile, self.context, self.max_memory, self.tile_stats = tile, context, max_memory, tile_stats
         self.notify = notify or log.warning
         self.last_plan = None  # the TilePlan the latest tiled image ran with (after any out-of-memory retry)
+        self._tiling = threading.Lock()
         self.device = pick_device(device)
         self.dtype = pick_precision(precision, self.device)
         self.tf32 = precision == "tf32"
@@ -400,7 +402,8 @@ class Translator:
                                   f"{estimate_bytes(self.model, h, w, self.dtype) / 2**20:.0f} MiB, over the "
                                   f"{self.plan_for(h, w).budget / 2**20:.0f} MiB budget")
         self.adapt_threads()
-        out, self.last_plan = translate_tiled(self, image, self.tile_plan(h, w))
+        with self._tiling:  # the tiler hooks the model's own norms: one tiled image at a time
+            out, self.last_plan = translate_tiled(self, image, self.tile_plan(h, w))
         self.plan_for(h, w).tile_plan = self.last_plan
         self.stats.tiled_images += 1
         self.stats.backends[f"{self.torch_backend.name} (tiled)"] += 1

@@ -2,7 +2,9 @@
 
 - decode (reader thread): FFmpeg decodes and converts (its own threads inside); frames are resized to
   the working size here, so the model's thread only runs the model;
-- model (the calling thread): batches through the engine (or the device path, colour on the GPU);
+- model (the calling thread): batches through the engine (or the device path, colour on the GPU). On a
+  CPU, two batches run at once, each on half the cores (`model_teams`), where nothing orders the frames'
+  passes (no shared statistics);
 - finish (its own thread, only when there is per-frame work after the model): the temporal stabiliser,
   the comparison panels and the upscale back to the input's size (video/finish.py). The input frames
   travel with their translations to it, so it never waits on the model and the model never on it;
@@ -17,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
 
 from .device import DevicePath
@@ -54,6 +58,22 @@ _END = object()
 
 def _is_compiled(translator) -> bool:
     return bool(getattr(translator, "compiled", False))  # a stand-in translator has no such attribute
+
+
+def model_teams(translator, sequential: bool) -> int:
+    """Batches the model runs at once: 2 on a CPU with 2 or more torch threads, each batch on its own half of
+    them; else 1. One team of 2 threads meets at a barrier in every layer, and when the stabiliser or the
+    encoder takes one of its cores the other spins there; two teams of 1 thread never wait for each other.
+    Measured at 640x480 on a 2-core Xeon (bf16, vtest.avi, `video` with the flow stabiliser): a distilled
+    student 10.7 -> 14.2 frames/s, the vintage teacher 2.38 -> 2.74; the student's model alone 53 -> 45 ms a
+    frame. `sequential`: the passes must run in order (shared statistics carry from frame to frame); a
+    compiled model, a GPU and tiled frames (the tiler hooks the model's norms) keep one queue."""
+    import torch
+
+    device = getattr(getattr(translator, "device", None), "type", None)
+    if sequential or device != "cpu" or _is_compiled(translator) or torch.get_num_threads() < 2:
+        return 1
+    return 2
 
 
 def run_pipeline(source, sinks: list, translator, *, shared_stats: bool = False,
@@ -132,6 +152,23 @@ def run_pipeline(source, sinks: list, translator, *, shared_stats: bool = False,
     done = 0
     if progress:
         progress(0, source.total)  # the length is known from the container before the first batch
+    pool, teams = None, 1
+    in_flight: "deque" = deque()  # (batch, its translations to come), in display order
+
+    def hand_on(wait_for: int) -> None:
+        """Pass the finished batches on, in order, until at most `wait_for` are in flight."""
+        nonlocal done
+        while len(in_flight) > wait_for:
+            batch, job = in_flight.popleft()
+            outs = job.result()
+            if not isinstance(job, _Frames):
+                outs = [Frame(o, f.pts, source=f.rgb if keep_input else None) for o, f in zip(outs, batch)]
+            _put(out_q, outs, stop)
+            raise_if_interrupted()
+            done += len(batch)
+            if progress:
+                progress(done, source.total)
+
     try:
         with (stable if stable is not None else contextlib.nullcontext()):
             batch_size, ended, device = None, False, None
@@ -144,6 +181,13 @@ def run_pipeline(source, sinks: list, translator, *, shared_stats: bool = False,
                         device = DevicePath(translator, source, isinstance(sinks[0], VideoSink))
                     size = device.size(first) if device is not None else first.size
                     batch_size = max(1, translator.auto_batch_size(*size))
+                    # tiled frames go one at a time: the tiler hooks the model's own norms
+                    teams = model_teams(translator, stable is not None) if device is None else 1
+                    if teams > 1 and translator.needs_tiling(*size):
+                        teams = 1
+                    if teams > 1:
+                        pool = ThreadPoolExecutor(teams, "cyclebatch-model", initializer=_set_threads,
+                                                  initargs=(max(1, _torch_threads() // teams),))
                 batch = [first]
                 while len(batch) < batch_size:
                     item = _get(frames_q, stop)
@@ -154,16 +198,19 @@ def run_pipeline(source, sinks: list, translator, *, shared_stats: bool = False,
                 run = batch + [batch[-1]] * (batch_size - len(batch)) if pad else batch
                 if device is not None:
                     outs = device(run, stable)[:len(batch)]
+                    in_flight.append((batch, _Frames(outs)))
+                    hand_on(0)
+                    continue
+                images = [f.rgb for f in run]
+                if pool is not None:
+                    in_flight.append((batch, pool.submit(translator.translate_batch, images)))
+                    hand_on(teams - 1)
                 else:
-                    images = [f.rgb for f in run]
                     results = (translator.translate_batch(images, listener=stable) if stable is not None
                                else translator.translate_batch(images))
-                    outs = [Frame(o, f.pts, source=f.rgb if keep_input else None) for o, f in zip(results, batch)]
-                _put(out_q, outs, stop)
-                raise_if_interrupted()
-                done += len(batch)
-                if progress:
-                    progress(done, source.total)
+                    in_flight.append((batch, _Done(results)))
+                    hand_on(0)
+            hand_on(0)
         _put(out_q, _END, stop)
         for t in threads:
             t.join()
@@ -175,7 +222,36 @@ def run_pipeline(source, sinks: list, translator, *, shared_stats: bool = False,
     except BaseException:
         _stop_all(stop, threads, sinks)
         raise
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     return done, (stable.n_cuts if stable is not None else 0)
+
+
+class _Done:
+    """A batch translated in this thread, in the place of a future."""
+
+    def __init__(self, results):
+        self._results = results
+
+    def result(self):
+        return self._results
+
+
+class _Frames(_Done):
+    """The device path's output: frames already."""
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)  # for this thread's OpenMP team only
 
 
 def _mark_failed_write(e: BaseException, sink) -> None:
