@@ -11,8 +11,10 @@ Distils TEACHER on PHOTOS/tune (or reuses --runs-dir/NAME) with the library call
 - PSNR and SSIM of the student's outputs to the teacher's on PHOTOS/held-out, the photos scaled to 256 and to
   1024 px on the longer side, both run by the engine as `run` runs them (goal: >= 32 dB at both);
 - the engine's images/s for teacher and student on the held-out photos at 512 px (`run`'s work minus the
-  file I/O), alternating rounds, median ratio (goal >= 6x); the same for `video` at 640x480 with the temporal
-  stabiliser on (goal >= 5x) and for the TFLite export in the LiteRT interpreter at 256x256 (goal >= 8x);
+  file I/O, two images at once on a CPU as `run` schedules them), alternating rounds, median ratio (goal >= 6x);
+  the same through `run`'s library call with JPEG files in and out; for `video` at 640x480 on real footage with
+  the temporal stabiliser on (goal >= 5x) and for the TFLite export in the LiteRT interpreter at 256x256
+  (goal >= 8x);
 - the training wall time, and the CPU's features beside every figure.
 --teacher zoo-random is the official zoo layout (resnet_9blocks, ngf 64, plain InstanceNorm) with random
 weights: a stand-in for a strong-texture zoo model, whose weights this machine cannot fetch; its figures show
@@ -36,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cyclebatch.engine.device import cpu_flags, cpu_model_name  # noqa: E402
+from cyclebatch.engine.teams import team_pool, teams  # noqa: E402
 from cyclebatch.engine.translator import Translator  # noqa: E402
 from cyclebatch.models.checkpoints import save_generator  # noqa: E402
 from cyclebatch.models.cost import macs, parameters  # noqa: E402
@@ -75,6 +78,31 @@ def alternate(runs: dict, rounds: int) -> dict:
             fn()
             times[k].append(time.perf_counter() - t)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def engine_pass(eng: Translator, images: list) -> None:
+    """The images through the engine as `run` schedules them: on a CPU two at once, each on half the threads."""
+    n = teams(eng)
+    if n == 1:
+        for x in images:
+            eng.translate(x)
+        return
+    with team_pool(n) as pool:
+        list(pool.map(eng.translate, images))
+
+
+def run_speed(t_eng: Translator, s_eng: Translator, images: list, rounds: int) -> dict:
+    """Seconds of `run`'s library call (translate_paths) on the images as JPEG files, output JPEG: decode, model,
+    encode and write, alternating rounds."""
+    from cyclebatch.run.pipeline import RunOptions, translate_paths
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_distill-run-"))
+    (tmp / "in").mkdir()
+    for i, x in enumerate(images):
+        Image.fromarray(x).save(tmp / "in" / f"{i:02d}.jpg", quality=95)
+    opts = RunOptions(overwrite=True)
+    return alternate({k: (lambda e=e, k=k: translate_paths([str(tmp / "in")], tmp / k, e, opts))
+                      for k, e in (("teacher", t_eng), ("student", s_eng))}, rounds)
 
 
 def video_speed(teacher_net, student_net, rounds: int) -> dict:
@@ -205,9 +233,13 @@ def main() -> None:
     images = photos(held, 512)
     if ARGS.figure:
         figure(t_eng, s_eng, held, Path(ARGS.figure))
-    speed = alternate({"teacher": lambda: [t_eng.translate(x) for x in images],
-                       "student": lambda: [s_eng.translate(x) for x in images]}, ARGS.rounds)
-    print(f"run (engine, {len(images)} photos at 512 px, {t_eng.precision}): teacher "
+    speed = alternate({"teacher": lambda: engine_pass(t_eng, images),
+                       "student": lambda: engine_pass(s_eng, images)}, ARGS.rounds)
+    print(f"run (engine, {len(images)} photos at 512 px, {t_eng.precision}, {teams(s_eng)} at once as `run` puts them "
+          f"through): teacher {len(images) / speed['teacher']:.2f} images/s, student "
+          f"{len(images) / speed['student']:.2f} images/s: {speed['teacher'] / speed['student']:.2f}x  [{cpu()}]")
+    speed = run_speed(t_eng, s_eng, images, ARGS.rounds)
+    print(f"run (translate_paths: JPEG in and out, {len(images)} photos at 512 px): teacher "
           f"{len(images) / speed['teacher']:.2f} images/s, student {len(images) / speed['student']:.2f} images/s: "
           f"{speed['teacher'] / speed['student']:.2f}x  [{cpu()}]")
     if ARGS.video:

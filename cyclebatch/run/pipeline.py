@@ -16,6 +16,7 @@ import numpy as np
 
 from ..io import storage
 from ..io.discover import Job, plan
+from ..engine.teams import fits, team_pool, teams
 from ..engine.translator import Pending, Translator
 from ..errors import CycleBatchError, first_line, raise_if_interrupted
 from ..io.files import location_problem, sweep_dead_temps
@@ -206,7 +207,8 @@ def prepare(inputs: Sequence[str], output: "str | Path", opts: RunOptions, repor
 
 class _Loop:
     """The producer/consumer core. Decodes run ahead by a bounded amount; writes drain behind; one batch
-    is on the device while the next is prepared (on a GPU the two overlap)."""
+    is on the device while the next is prepared (on a GPU the two overlap). On a CPU two batches run at once,
+    each on half the torch threads (engine/teams.py); tiled images run one at a time on all of them."""
 
     def __init__(self, translator: Translator, opts: RunOptions, reporter: Reporter, summary: Summary):
         self.t, self.opts, self.reporter, self.summary = translator, opts, reporter, summary
@@ -216,7 +218,10 @@ class _Loop:
         self.readahead = 2 * self.workers + 8  # grows with the batch size (see `batch_for`)
         self.writes: collections.deque[tuple[Job, Future, float]] = collections.deque()
         self.groups: dict[tuple, list[tuple[Job, Picture]]] = collections.OrderedDict()
-        self.inflight: Optional[tuple[tuple, list, Pending]] = None
+        # batches in the model, oldest first: (key, batch, Pending or Future of the outputs)
+        self.inflight: collections.deque[tuple[tuple, list, "Pending | Future"]] = collections.deque()
+        self.teams = teams(translator)
+        self.model_pool = team_pool(self.teams) if self.teams > 1 else None
 
     def fail(self, job: Job, reason: str) -> None:
         self.summary.failed += 1
@@ -257,13 +262,16 @@ class _Loop:
                     self.flush(max(self.groups, key=lambda k: len(self.groups[k])))
             for key in list(self.groups):
                 self.flush(key)
-            self.collect_batch()
+            while self.inflight:
+                self.collect_batch()
             while self.writes:
                 self.collect_write()
         finally:
             for _, fut in decoding:
                 fut.cancel()
             self.decoders.shutdown(wait=True, cancel_futures=True)
+            if self.model_pool is not None:
+                self.model_pool.shutdown(wait=True, cancel_futures=True)
             self.writers.shutdown(wait=True)  # in-flight writes finish or vanish: they are atomic
             while self.writes:
                 try:
@@ -275,11 +283,20 @@ class _Loop:
         return sum(len(g) for g in self.groups.values())
 
     def flush(self, key: tuple) -> None:
-        """Send a group to the device, then hand the previous batch's results to the writers."""
+        """Send a group to the model, then hand the oldest finished batch's results to the writers."""
         raise_if_interrupted()
         batch = self.groups.pop(key)
+        images = [pic.rgb for _, pic in batch]
+        h, w = images[0].shape[:2]
+        if self.model_pool is not None and fits(self.t, h, w, self.teams):
+            self.inflight.append((key, batch, self.model_pool.submit(self.t.translate_batch, images)))
+            while len(self.inflight) > self.teams:  # both teams busy and one batch queued behind them
+                self.collect_batch()
+            return
+        while self.model_pool is not None and self.inflight:  # a tiled or large image takes every thread
+            self.collect_batch()
         try:
-            pending = self.t.submit([pic.rgb for _, pic in batch])
+            pending = self.t.submit(images)
         except KeyboardInterrupt:
             raise
         except Exception as e:
@@ -287,13 +304,12 @@ class _Loop:
             self.one_by_one(key, batch, e)
             return
         self.collect_batch()
-        self.inflight = (key, batch, pending)
+        self.inflight.append((key, batch, pending))
 
     def collect_batch(self) -> None:
-        if self.inflight is None:
+        if not self.inflight:
             return
-        key, batch, pending = self.inflight
-        self.inflight = None
+        key, batch, pending = self.inflight.popleft()
         try:
             outs = pending.result()
         except KeyboardInterrupt:

@@ -3,8 +3,8 @@
 - decode (reader thread): FFmpeg decodes and converts (its own threads inside); frames are resized to
   the working size here, so the model's thread only runs the model;
 - model (the calling thread): batches through the engine (or the device path, colour on the GPU). On a
-  CPU, two batches run at once, each on half the cores (`model_teams`), where nothing orders the frames'
-  passes (no shared statistics);
+  CPU, two batches run at once, each on half the torch threads (engine/teams.py), where nothing orders
+  the frames' passes (no shared statistics) and frames are not tiled;
 - finish (its own thread, only when there is per-frame work after the model): the temporal stabiliser,
   the comparison panels and the upscale back to the input's size (video/finish.py). The input frames
   travel with their translations to it, so it never waits on the model and the model never on it;
@@ -20,10 +20,10 @@ import contextlib
 import queue
 import threading
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
 
 from .device import DevicePath
+from ..engine.teams import fits, team_pool, teams as model_teams
 from .sinks import VideoSink
 from .sources import Frame, VideoSource
 from ..errors import CycleBatchError, raise_if_interrupted
@@ -58,22 +58,6 @@ _END = object()
 
 def _is_compiled(translator) -> bool:
     return bool(getattr(translator, "compiled", False))  # a stand-in translator has no such attribute
-
-
-def model_teams(translator, sequential: bool) -> int:
-    """Batches the model runs at once: 2 on a CPU with 2 or more torch threads, each batch on its own half of
-    them; else 1. One team of 2 threads meets at a barrier in every layer, and when the stabiliser or the
-    encoder takes one of its cores the other spins there; two teams of 1 thread never wait for each other.
-    Measured at 640x480 on a 2-core Xeon (bf16, vtest.avi, `video` with the flow stabiliser): a distilled
-    student 10.7 -> 14.2 frames/s, the vintage teacher 2.38 -> 2.74; the student's model alone 53 -> 45 ms a
-    frame. `sequential`: the passes must run in order (shared statistics carry from frame to frame); a
-    compiled model, a GPU and tiled frames (the tiler hooks the model's norms) keep one queue."""
-    import torch
-
-    device = getattr(getattr(translator, "device", None), "type", None)
-    if sequential or device != "cpu" or _is_compiled(translator) or torch.get_num_threads() < 2:
-        return 1
-    return 2
 
 
 def run_pipeline(source, sinks: list, translator, *, shared_stats: bool = False,
@@ -181,13 +165,11 @@ def run_pipeline(source, sinks: list, translator, *, shared_stats: bool = False,
                         device = DevicePath(translator, source, isinstance(sinks[0], VideoSink))
                     size = device.size(first) if device is not None else first.size
                     batch_size = max(1, translator.auto_batch_size(*size))
-                    # tiled frames go one at a time: the tiler hooks the model's own norms
                     teams = model_teams(translator, stable is not None) if device is None else 1
-                    if teams > 1 and translator.needs_tiling(*size):
+                    if teams > 1 and not fits(translator, *size, teams):
                         teams = 1
                     if teams > 1:
-                        pool = ThreadPoolExecutor(teams, "cyclebatch-model", initializer=_set_threads,
-                                                  initargs=(max(1, _torch_threads() // teams),))
+                        pool = team_pool(teams)
                 batch = [first]
                 while len(batch) < batch_size:
                     item = _get(frames_q, stop)
@@ -240,18 +222,6 @@ class _Done:
 
 class _Frames(_Done):
     """The device path's output: frames already."""
-
-
-def _torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
-def _set_threads(n: int) -> None:
-    import torch
-
-    torch.set_num_threads(n)  # for this thread's OpenMP team only
 
 
 def _mark_failed_write(e: BaseException, sink) -> None:

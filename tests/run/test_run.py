@@ -104,7 +104,10 @@ def test_16bit_png_stays_16bit(tmp_path, translator):
     translate_paths([str(tmp_path / "deep.png")], tmp_path / "out", translator)
     out = cv2.imread(str(tmp_path / "out" / "deep.png"), cv2.IMREAD_UNCHANGED)[..., ::-1]
     assert out.dtype == np.uint16 and out.shape == (24, 32, 3)
-    assert np.array_equal(out, translator.translate(np.ascontiguousarray(rgb16)))
+    # `run` on a CPU puts two images through at once, one torch thread each: a convolution summed in another
+    # order than translate's two threads, a few 16-bit levels off (an 8-bit level is 257)
+    diff = np.abs(out.astype(np.int64) - translator.translate(np.ascontiguousarray(rgb16)))
+    assert diff.max() <= 4, diff.max()
     assert len(np.unique(out)) > 256  # not 8-bit values scaled up
 
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from cyclebatch.engine.passes import ShapePlan
 from cyclebatch.engine.translator import Translator
 from cyclebatch.video.api import translate_video
-from cyclebatch.video.pipeline import model_teams
+from cyclebatch.engine.teams import teams as model_teams
 from conftest import tiny_generator
 
 
@@ -47,8 +48,10 @@ class SlowCPU:
     def auto_batch_size(self, h, w):
         return 1
 
-    def needs_tiling(self, h, w):
-        return False
+    def plan_for(self, h, w):  # what engine.teams.fits reads: untiled, memory for any number of passes
+        return ShapePlan(batch=1, tiled=False, budget=1 << 40)
+
+    model, dtype = tiny_generator(), None
 
     def translate_batch(self, frames):
         with self.lock:
