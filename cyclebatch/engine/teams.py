@@ -10,6 +10,7 @@ student 10.7 -> 14.2 frames/s, teacher 2.38 -> 2.74.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -18,9 +19,15 @@ import torch
 def teams(translator, sequential: bool = False) -> int:
     """Passes to run at once: 2 on a CPU with 2 or more torch threads, else 1. `sequential`: the passes must
     run in order (shared statistics carry from frame to frame). A compiled model and a GPU keep one queue (the
-    GPU overlaps on its own)."""
+    GPU overlaps on its own), and so do other backends than torch (OpenVINO keeps one infer request per shape
+    and its own threads)."""
     device = getattr(getattr(translator, "device", None), "type", None)
     if sequential or device != "cpu" or getattr(translator, "compiled", False) or torch.get_num_threads() < 2:
+        return 1
+    from .backends import TorchBackend
+
+    backend = getattr(translator, "backend", None)
+    if backend is not None and not isinstance(backend, TorchBackend):
         return 1
     return 2
 
@@ -39,5 +46,18 @@ def fits(translator, height: int, width: int, n: int) -> bool:
 
 def team_pool(n: int, name: str = "cyclebatch-model") -> ThreadPoolExecutor:
     """n threads, each running torch on its share of the caller's torch threads."""
-    return ThreadPoolExecutor(n, name, initializer=torch.set_num_threads,
-                              initargs=(max(1, torch.get_num_threads() // n),))
+    return ThreadPoolExecutor(n, name, initializer=_join, initargs=(max(1, torch.get_num_threads() // n),))
+
+
+_local = threading.local()
+
+
+def in_team() -> bool:
+    """Whether this thread is one of a team pool's: its thread count is the team's share, which the thread
+    governor (engine/cpu/threads.py) must not raise again."""
+    return getattr(_local, "team", False)
+
+
+def _join(threads: int) -> None:
+    _local.team = True
+    torch.set_num_threads(threads)  # this thread's OpenMP team only

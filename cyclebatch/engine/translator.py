@@ -145,7 +145,9 @@ class Translator:
             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
     def adapt_threads(self) -> None:
-        if self.governor is not None:
+        from .teams import in_team
+
+        if self.governor is not None and not in_team():  # a team's share of the threads is fixed
             self.governor.adapt()
 
     def note_once(self, key: str, message: str) -> None:

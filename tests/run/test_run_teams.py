@@ -94,3 +94,14 @@ def test_tiled_and_large_images_take_every_thread(tmp_path, two_threads):
     plan = tight.plan_for(48, 64)
     plan.budget = int(1.5 * estimate_bytes(tight.model, 48, 64, tight.dtype))  # one pass fits, two do not
     assert not fits(tight, 48, 64, 2) and fits(tight, 48, 64, 1)
+
+
+def test_the_thread_governor_leaves_a_teams_share_alone(tmp_path, two_threads):
+    """`cyclebatch run` builds its engine with the governor on; in a team it must not put a thread back."""
+    images(tmp_path / "in", 6)
+    tr = Watched(tiny_generator(), device="cpu", precision="fp32", adapt_threads=True)
+    assert tr.governor is not None
+    tr.governor.threads = 1  # as if it had lowered the count while another process was busy: it would now raise it
+    tr.governor.others_busy = lambda: 0.0
+    translate_paths([str(tmp_path / "in")], tmp_path / "out", tr)
+    assert tr.most == 2 and tr.threads == {1}

@@ -115,6 +115,10 @@ def test_teams_only_where_frames_are_independent_on_a_cpu(two_threads):
     assert model_teams(OnGPU(), sequential=False) == 1
     assert model_teams(Compiled(), sequential=False) == 1
     assert model_teams(object(), sequential=False) == 1  # a stand-in without a device
+    real = Translator(tiny_generator(), device="cpu", precision="fp32")
+    assert model_teams(real, sequential=False) == 2
+    real.backend = object()  # OpenVINO, say: one infer request per shape, its own threads
+    assert model_teams(real, sequential=False) == 1
     torch.set_num_threads(1)
     assert model_teams(cpu, sequential=False) == 1
 
