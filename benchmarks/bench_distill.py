@@ -105,19 +105,16 @@ def run_speed(t_eng: Translator, s_eng: Translator, images: list, rounds: int) -
                       for k, e in (("teacher", t_eng), ("student", s_eng))}, rounds)
 
 
-def video_speed(teacher_net, student_net, rounds: int) -> dict:
-    """frames/s of translate_video (decode, model, flow stabiliser, H.264 encode) at 640x480, on 48 frames of real
-    footage without a cut (OpenCV's vtest.avi, people walking, 768x576 scaled to 640x480), so the stabiliser does
-    its whole work on every frame. (A clip of different photos in turn, as this bench used before, is a cut at
-    every frame: the stabiliser then restarts and skips its blend.)"""
+def video_clip(folder: Path) -> Path:
+    """48 frames of real footage without a cut (OpenCV's vtest.avi, people walking, 768x576 scaled to 640x480) as
+    H.264: the stabiliser does its whole work on every frame. (A clip of different photos in turn, as this bench
+    used before, is a cut at every frame: the stabiliser then restarts and skips its blend.)"""
     import av
     import cv2
 
     from bench_temporal import CORPUS, clip_path
-    from cyclebatch.video.api import translate_video
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench_distill-"))
-    src = tmp / "in.mp4"
+    src = folder / "vtest-640x480.mp4"
     spec = next(s for s in CORPUS if s.name == "vtest")
     with av.open(str(clip_path(spec))) as c, av.open(str(src), "w") as out:
         s = out.add_stream("libx264", rate=24)
@@ -130,6 +127,15 @@ def video_speed(teacher_net, student_net, rounds: int) -> dict:
                 out.mux(packet)
         for packet in s.encode():
             out.mux(packet)
+    return src
+
+
+def video_speed(teacher_net, student_net, rounds: int) -> dict:
+    """frames/s of translate_video (decode, model, flow stabiliser, H.264 encode) at 640x480 on `video_clip`."""
+    from cyclebatch.video.api import translate_video
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_distill-"))
+    src = video_clip(tmp)
     engines = {"teacher": Translator(teacher_net, device="cpu"), "student": Translator(student_net, device="cpu")}
     runs = {k: (lambda tr=tr, k=k: translate_video(src, tmp / f"{k}.mp4", tr, temporal="flow", overwrite=True))
             for k, tr in engines.items()}
