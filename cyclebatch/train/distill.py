@@ -181,6 +181,7 @@ class Distiller:
             if s.get("scaler"):
                 scaler.load_state_dict(s["scaler"])
             st.update({k: s[k] for k in st if k in s})
+            self.report.best = st["best"]  # `runs status` shows it before the resumed run's first scoring
         self.log(f"distilling {c.teacher} ({self.teacher_info['architecture']}) into a {c.size} student "
                  f"({student.config.describe()}): 1/{self.ratios[0]:.1f} of its MACs, 1/{self.ratios[1]:.1f} of its "
                  f"parameters; {len(bank)} crops of {len(self.train_files)} photos, {len(held)} held out, device "

@@ -30,6 +30,7 @@ class DistillReport:
         self.status_writer: Optional[StatusWriter] = None
         self._plan: Optional[int] = None
         self._iteration = 0
+        self.best: dict = {}  # the best held-out score so far (a resumed run sets it from its checkpoint)
 
     # ------------------------------------------------------------ while it runs
 
@@ -43,6 +44,8 @@ class DistillReport:
         if self.status_writer is None or plan != self._plan:
             self._plan = plan
             self.status_writer = StatusWriter(self.run_dir, ("l1",), 1, plan or iteration, None)
+            if self.best:  # a new writer (a resume, the plan made) keeps the score `runs status` shows
+                self.status_writer.extra["held_out"] = self.best
         self._iteration = iteration
         self.status_writer.iteration(0, iteration, iteration, [loss], lr)
 
@@ -81,6 +84,7 @@ class DistillReport:
         _write_csv(self.run_dir / "scores.csv", ("iteration", "psnr_db", "ssim"),
                    [(s["iteration"], s["psnr"], s["ssim"]) for s in [st["start"], *st["scores"]] if s])
         c, best = self.config, st["best"]
+        self.best = best or self.best
         if best and self.status_writer is not None:  # `runs status` shows it from the next write on
             self.status_writer.extra["held_out"] = best
         page = Page(f"cyclebatch distillation {c.name}",

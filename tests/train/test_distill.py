@@ -196,6 +196,25 @@ def test_resume_is_exact(tmp_path):
     assert a["best"] == b["best"]
 
 
+def test_a_resumed_distillation_shows_its_best_score_before_it_scores_again(tmp_path, monkeypatch):
+    from cyclebatch.train.distill_report import DistillReport
+
+    teacher = teacher_file(tmp_path / "teacher.safetensors")
+    stopped = distill(config(tmp_path, teacher, name="b", iterations=12, evals=3, max_iterations=6))
+    assert stopped.best and stopped.best["iteration"] == 4
+    seen = []
+    first = DistillReport.iteration
+
+    def spy(self, iteration, *a):
+        first(self, iteration, *a)
+        seen.append((iteration, json.loads((self.run_dir / "status.json").read_text()).get("held_out")))
+
+    monkeypatch.setattr(DistillReport, "iteration", spy)
+    distill(DistillConfig(teacher="", photos="", name="b", runs_dir=str(tmp_path / "runs"), resume=True,
+                          progress=False, max_iterations=7))
+    assert seen[0] == (7, stopped.best)  # the first resumed iteration's status, before the scoring at 8
+
+
 def test_resume_after_sigkill_is_exact(tmp_path):
     teacher = teacher_file(tmp_path / "teacher.safetensors")
     photos(tmp_path / "photos")
