@@ -24,6 +24,8 @@ def teams(translator, sequential: bool = False) -> int:
     device = getattr(getattr(translator, "device", None), "type", None)
     if sequential or device != "cpu" or getattr(translator, "compiled", False) or torch.get_num_threads() < 2:
         return 1
+    if not hasattr(translator, "plan_for"):  # a stand-in without the engine's plans: `fits` cannot tell
+        return 1
     from .backends import TorchBackend
 
     backend = getattr(translator, "backend", None)

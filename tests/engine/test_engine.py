@@ -12,6 +12,7 @@ from PIL import Image
 
 from conftest import PHOTOS, run_cli, tiny_generator
 from cyclebatch.engine import memory
+from cyclebatch.engine.passes import quantize
 from cyclebatch.models.checkpoints import save_generator
 from cyclebatch.engine.translator import Translator, device_free_bytes, use_channels_last
 from cyclebatch.run.pipeline import translate_paths
@@ -215,6 +216,21 @@ def test_sixteen_bit_pixels_travel_as_two_bytes_and_round_trip_exactly(monkeypat
     q, finite = tr.quantize(x, np.uint16)
     back = tr.host_pixels(q, np.uint16)[0]
     assert back.dtype == np.uint16 and np.array_equal(back, img) and bool(finite.all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_quantize_flags_each_image_with_a_nan_or_an_infinity(dtype):
+    y = torch.linspace(-1, 1, 4 * 3 * 6 * 5).reshape(4, 3, 6, 5).to(dtype)
+    y[1, 2, 3, 4] = float("nan")
+    y[2, 0, 0, 0] = float("inf")
+    y[3, 1, 5, 0], y[3, 1, 5, 1] = float("inf"), float("-inf")  # they would cancel in a careless sum
+    y = y.contiguous(memory_format=torch.channels_last)
+    q, finite = quantize(y)
+    assert finite.tolist() == [True, False, False, False]
+    assert q.dtype == torch.uint8 and q.shape == (4, 6, 5, 3)
+    want = np.clip(np.round((y[0].float().permute(1, 2, 0).numpy() + 1) * 127.5), 0, 255)  # [-1, 1] -> [0, 255]
+    assert np.array_equal(q[0].numpy(), want.astype(np.uint8)) and int(q[0].min()) == 0
+    assert bool(torch.isfinite(y[0]).all())  # the input is left as it was
 
 
 def test_layout_is_nchw_on_cuda_unless_compiled():
