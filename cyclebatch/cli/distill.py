@@ -28,7 +28,7 @@ def distill_cmd(
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Parent folder of runs."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run NAME from its latest checkpoint."),
     direction: str = typer.Option("AtoB", "--direction", help="The teacher's direction, for a run holding both."),
-    crops: int = typer.Option(0, "--crops", help="Teacher-labelled crops (0: 48 per photo, 128 to 1024)."),
+    crops: int = typer.Option(0, "--crops", help="Teacher-labelled crops (0: 48 per photo, more for long runs so that each is drawn at most ~20 times; 128 to 8192)."),
     crop_size: int = typer.Option(128, "--crop-size", help="Training crop size."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", help="Crops per iteration."),
     lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (cosine decay to 0)."),

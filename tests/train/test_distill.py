@@ -381,6 +381,22 @@ def test_flat_scores_stop_a_run_only_in_its_second_half(tmp_path):
     assert result.finished and result.iteration == 10
 
 
+def test_long_runs_label_more_crops_so_that_each_is_drawn_a_few_times():
+    from cyclebatch.train.distill import CROPS_RANGE, FASTEST_STEP, MAX_DRAWS, TEACHER_SHARE, crop_count
+
+    def cfg(**kw):
+        return DistillConfig(teacher="t", photos="p", name="n", **kw)
+
+    assert crop_count(cfg(iterations=100), 10) == 480  # a short run: 48 a photo
+    n12, n60 = crop_count(cfg(minutes=12), 10), crop_count(cfg(minutes=60), 10)
+    assert 480 < n12 < n60 <= CROPS_RANGE[1]
+    for minutes, n in ((12, n12), (60, n60)):  # what the fastest step would draw, spread over the bank
+        draws = 60 * minutes * (1 - TEACHER_SHARE) / FASTEST_STEP * 16 / n
+        assert draws <= MAX_DRAWS * 1.01 or n == CROPS_RANGE[1]
+    assert crop_count(cfg(iterations=10**7), 10) == CROPS_RANGE[1]  # never past the memory cap
+    assert crop_count(cfg(minutes=60, crops=24), 10) == 24  # --crops wins
+
+
 def test_every_fifth_photo_is_held_out_at_least_one_at_most_ten():
     from cyclebatch.train.distill import split_photos
 
