@@ -1,6 +1,8 @@
+import contextlib
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -58,3 +60,33 @@ def run_cli(*args, cwd=None, env=None, timeout=300):
                 **(env or {})}
     return subprocess.run([sys.executable, "-m", "cyclebatch", *map(str, args)], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+class Concurrency:
+    """How many calls run at once (`most`) and the torch threads each ran with: `with recorder.call(): ...`."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.running = self.most = 0
+        self.threads: set[int] = set()
+
+    @contextlib.contextmanager
+    def call(self):
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+            self.threads.add(torch.get_num_threads())
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+@pytest.fixture
+def two_threads():
+    """Two torch threads for the test (the pipelines split them into teams), the caller's count after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)

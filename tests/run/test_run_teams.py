@@ -2,14 +2,11 @@
 image still gets its own translation, a failing batch costs its own files only, and tiled or large images run
 one at a time on every thread."""
 
-import threading
-
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_generator
+from conftest import Concurrency, tiny_generator
 from cyclebatch.engine.memory import estimate_bytes
 from cyclebatch.engine.teams import fits
 from cyclebatch.engine.translator import Translator
@@ -21,31 +18,14 @@ class Watched(Translator):
 
     def __init__(self, *a, fail_on=None, **kw):
         super().__init__(*a, **kw)
-        self.lock = threading.Lock()
-        self.running = self.most = 0
-        self.threads: set[int] = set()
+        self.calls = Concurrency()
         self.fail_on = fail_on
 
     def submit(self, images, listener=None):  # both paths: translate_batch in a team, submit in the caller
-        with self.lock:
-            self.running += 1
-            self.most = max(self.most, self.running)
-            self.threads.add(torch.get_num_threads())
-        try:
+        with self.calls.call():
             if self.fail_on is not None and any(im[0, 0, 0] == self.fail_on for im in images):
                 raise RuntimeError("boom")
             return super().submit(images, listener)
-        finally:
-            with self.lock:
-                self.running -= 1
-
-
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
 
 
 def images(folder, n, size=(64, 48)):
@@ -66,7 +46,7 @@ def test_two_batches_at_once_each_image_its_own_translation(tmp_path, two_thread
     tr = Watched(tiny_generator(), device="cpu", precision="fp32")
     summary = translate_paths([str(tmp_path / "in")], tmp_path / "out", tr)
     assert summary.translated == 10 and summary.failed == 0
-    assert tr.most == 2 and tr.threads == {1}
+    assert tr.calls.most == 2 and tr.calls.threads == {1}
     for name, im in src.items():
         out = np.asarray(Image.open(tmp_path / "out" / name).convert("RGB"))
         # within a level of translate's own: one thread and two sum a convolution in different orders
@@ -88,7 +68,7 @@ def test_tiled_and_large_images_take_every_thread(tmp_path, two_threads):
     assert not fits(tiled, 48, 64, 2)
     images(tmp_path / "in", 4)
     translate_paths([str(tmp_path / "in")], tmp_path / "out", tiled)
-    assert tiled.most == 1 and tiled.threads == {2}
+    assert tiled.calls.most == 1 and tiled.calls.threads == {2}
     # an image that fits the memory budget once but not twice runs alone
     tight = Translator(tiny_generator(), device="cpu", precision="fp32")
     plan = tight.plan_for(48, 64)
@@ -104,4 +84,4 @@ def test_the_thread_governor_leaves_a_teams_share_alone(tmp_path, two_threads):
     tr.governor.threads = 1  # as if it had lowered the count while another process was busy: it would now raise it
     tr.governor.others_busy = lambda: 0.0
     translate_paths([str(tmp_path / "in")], tmp_path / "out", tr)
-    assert tr.most == 2 and tr.threads == {1}
+    assert tr.calls.most == 2 and tr.calls.threads == {1}

@@ -13,7 +13,7 @@ from cyclebatch.engine.passes import ShapePlan
 from cyclebatch.engine.translator import Translator
 from cyclebatch.video.api import translate_video
 from cyclebatch.engine.teams import teams as model_teams
-from conftest import tiny_generator
+from conftest import Concurrency, tiny_generator
 
 
 def write_frames(folder, n, h=48, w=64):
@@ -40,10 +40,7 @@ class SlowCPU:
     device = torch.device("cpu")
 
     def __init__(self, fail_at=None):
-        self.lock = threading.Lock()
-        self.running = self.most = self.calls = 0
-        self.threads = set()
-        self.fail_at = fail_at
+        self.calls, self.count, self.fail_at = Concurrency(), 0, fail_at
 
     def auto_batch_size(self, h, w):
         return 1
@@ -54,28 +51,14 @@ class SlowCPU:
     model, dtype = tiny_generator(), None
 
     def translate_batch(self, frames):
-        with self.lock:
-            self.calls += 1
-            call = self.calls
-            self.running += 1
-            self.most = max(self.most, self.running)
-            self.threads.add(torch.get_num_threads())
-        try:
+        with self.calls.call():
+            with self.calls.lock:
+                self.count += 1
+                call = self.count
             time.sleep(0.03 if call % 2 else 0.005)  # odd calls slow: the next one finishes first
             if call == self.fail_at:
                 raise RuntimeError("boom")
             return [255 - f for f in frames]
-        finally:
-            with self.lock:
-                self.running -= 1
-
-
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_two_batches_at_once_frames_in_order_each_on_half_the_threads(tmp_path, two_threads):
@@ -83,8 +66,8 @@ def test_two_batches_at_once_frames_in_order_each_on_half_the_threads(tmp_path, 
     tr = SlowCPU()
     res = translate_video(tmp_path / "in", tmp_path / "out", tr, temporal="off", fps=10)
     assert res.frames == 12
-    assert tr.most == 2  # two batches were in the model at once
-    assert tr.threads == {1}  # each on one of the two threads
+    assert tr.calls.most == 2  # two batches were in the model at once
+    assert tr.calls.threads == {1}  # each on one of the two threads
     out = read_frames(tmp_path / "out")
     assert len(out) == 12
     for i, (f, o) in enumerate(zip(frames, out)):
