@@ -28,6 +28,7 @@ from .device import pick_device, pick_precision, use_channels_last
 from .memory import device_free_bytes, estimate_bytes, memory_budget  # noqa: F401 (device_free_bytes: for tests)
 from .passes import (ChunkListener, EngineStats, NonFiniteOutput, Pending, ShapePlan, host_pixels,  # noqa: F401
                      quantize, to_pixels)
+from .teams import in_team
 
 MAX_GPU_BATCH = 32  # past this, batching a CycleGAN buys no throughput and only costs memory
 
@@ -145,8 +146,6 @@ class Translator:
             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
     def adapt_threads(self) -> None:
-        from .teams import in_team
-
         if self.governor is not None and not in_team():  # a team's share of the threads is fixed
             self.governor.adapt()
 

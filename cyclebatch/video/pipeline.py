@@ -137,21 +137,24 @@ def run_pipeline(source, sinks: list, translator, *, shared_stats: bool = False,
     if progress:
         progress(0, source.total)  # the length is known from the container before the first batch
     pool, teams = None, 1
-    in_flight: "deque" = deque()  # (batch, its translations to come), in display order
+    in_flight: "deque" = deque()  # with teams: (frame count, future of the translated frames), in display order
+
+    def framed(results, batch: list) -> list:
+        return [Frame(o, f.pts, source=f.rgb if keep_input else None) for o, f in zip(results, batch)]
+
+    def deliver(n: int, outs: list) -> None:
+        nonlocal done
+        _put(out_q, outs, stop)
+        raise_if_interrupted()
+        done += n
+        if progress:
+            progress(done, source.total)
 
     def hand_on(wait_for: int) -> None:
-        """Pass the finished batches on, in order, until at most `wait_for` are in flight."""
-        nonlocal done
+        """Pass the teams' finished batches on, in order, until at most `wait_for` are in flight."""
         while len(in_flight) > wait_for:
-            batch, job = in_flight.popleft()
-            outs = job.result()
-            if not isinstance(job, _Frames):
-                outs = [Frame(o, f.pts, source=f.rgb if keep_input else None) for o, f in zip(outs, batch)]
-            _put(out_q, outs, stop)
-            raise_if_interrupted()
-            done += len(batch)
-            if progress:
-                progress(done, source.total)
+            n, job = in_flight.popleft()
+            deliver(n, job.result())
 
     try:
         with (stable if stable is not None else contextlib.nullcontext()):
@@ -179,19 +182,17 @@ def run_pipeline(source, sinks: list, translator, *, shared_stats: bool = False,
                     batch.append(item)
                 run = batch + [batch[-1]] * (batch_size - len(batch)) if pad else batch
                 if device is not None:
-                    outs = device(run, stable)[:len(batch)]
-                    in_flight.append((batch, _Frames(outs)))
-                    hand_on(0)
+                    deliver(len(batch), device(run, stable)[:len(batch)])
                     continue
                 images = [f.rgb for f in run]
                 if pool is not None:
-                    in_flight.append((batch, pool.submit(translator.translate_batch, images)))
+                    in_flight.append((len(batch), pool.submit(
+                        lambda images=images, batch=batch: framed(translator.translate_batch(images), batch))))
                     hand_on(teams - 1)
                 else:
                     results = (translator.translate_batch(images, listener=stable) if stable is not None
                                else translator.translate_batch(images))
-                    in_flight.append((batch, _Done(results)))
-                    hand_on(0)
+                    deliver(len(batch), framed(results, batch))
             hand_on(0)
         _put(out_q, _END, stop)
         for t in threads:
@@ -208,20 +209,6 @@ def run_pipeline(source, sinks: list, translator, *, shared_stats: bool = False,
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
     return done, (stable.n_cuts if stable is not None else 0)
-
-
-class _Done:
-    """A batch translated in this thread, in the place of a future."""
-
-    def __init__(self, results):
-        self._results = results
-
-    def result(self):
-        return self._results
-
-
-class _Frames(_Done):
-    """The device path's output: frames already."""
 
 
 def _mark_failed_write(e: BaseException, sink) -> None:

@@ -160,8 +160,8 @@ class FlowStabilizer:
         flow forward, which only checks it (Ruder's forward-backward test) and so goes without the
         variational refinement: it then costs about half as much (5.7 against 10.4 ms of one core at 640x480),
         measured (benchmarks/bench_temporal.py, all 11 clips) to change E_warp of R by at most 0.01x and the
-        worst seams by at most 0.01% of the pixels. Solving the check at half the flow size instead saved more, but let tree's seams through
-        (0.09% -> 0.13%)."""
+        worst seams by at most 0.01% of the pixels. Solving the check at half the flow size instead saved
+        more, but let tree's seams through (0.09% -> 0.13%)."""
         pair = []
         for refine in (5, 0):
             dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
