@@ -29,7 +29,7 @@ from ..models.checkpoints import save_generator
 from ..models.cost import macs, parameters
 from ..models.networks import GeneratorConfig, ResnetGenerator
 from .checkpoint import check_run_folder, resume_point
-from .crops import CropBank, build
+from .crops import TEACHER_SHARE, CropBank, build, crop_count
 from .data import find_images, load_rgb8, usable_images
 from .distill_config import DistillConfig
 from .distill_report import DistillReport
@@ -41,15 +41,6 @@ from .trainer import StopRequest
 CHECKPOINT_FORMAT = "cyclebatch-distill"
 HELD_OUT_MAX = 10
 HELD_OUT_LONGEST = 1024  # px: held-out photos are scored whole, at most this large (what `run` would see)
-CROPS_PER_PHOTO = 48
-# More crops where a run draws many samples: the 60-minute student (24k iterations of 16 over 1024 crops, each crop
-# drawn ~375 times) scored 29.9 dB to the teacher on its own crops and 26.1 dB on fresh crops of the same photos,
-# so the bank, not the photos, bounded it. Measured at 3000 iterations of 16 on 10 photos, scored on 8 others:
-# 160 crops (each drawn 300 times) 22.92 dB, 1600 (30) 25.50 dB; 480 (100) 24.93 dB, 4800 (10) 25.48 dB.
-MAX_DRAWS = 20  # a run draws each crop about this often at most
-FASTEST_STEP = 0.15  # s an iteration at best (`small`, compiled, bf16 on AMX): bounds the samples a budget draws
-CROPS_RANGE = (128, 8192)  # 8192 crops of 128 px and their targets: 0.8 GB, in memory and in cache/crops.npz
-TEACHER_SHARE = 0.3  # of a --minutes budget, at most, for labelling crops with the teacher
 CALIBRATION = 8  # crops the student's least-squares start is fitted on
 WARMUP = 0.03  # of the iterations: linear learning-rate warm-up
 # iterations timed for the plan: after the first two (allocations, compiling); several, for a steady figure
@@ -98,16 +89,6 @@ def split_photos(files: list[Path], val: str, warn) -> tuple[list[Path], list[Pa
     step = min(5, len(files))
     held = files[step // 2::step][:HELD_OUT_MAX]
     return [f for f in files if f not in held], held
-
-
-def crop_count(c: DistillConfig, photos: int) -> int:
-    """Teacher-labelled crops for a run: 48 a photo, and more where the run will draw more than MAX_DRAWS samples
-    of each (its iterations x batch; for a time budget, what the fastest measured step would draw in the time
-    the teacher leaves); --crops overrides. The teacher's share of a budget (TEACHER_SHARE) still caps them."""
-    if c.crops:
-        return c.crops
-    steps = c.iterations if c.iterations is not None else c.budget_seconds * (1 - TEACHER_SHARE) / FASTEST_STEP
-    return int(np.clip(max(CROPS_PER_PHOTO * photos, steps * c.batch_size / MAX_DRAWS), *CROPS_RANGE))
 
 
 def _fit_long_side(rgb: np.ndarray, longest: int) -> np.ndarray:

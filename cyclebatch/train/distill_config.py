@@ -27,7 +27,7 @@ class DistillConfig(RunConfig):
     val: str = ""  # held-out photos; default: every fifth photo (at least one, at most 10) is held out
     minutes: Optional[float] = None  # the whole run's budget (teacher outputs, training, scoring)
     iterations: Optional[int] = None  # instead of minutes: exactly this many training iterations
-    crops: int = 0  # teacher-labelled crops; 0: distill.crop_count (48 a photo, more for long runs; fewer when the budget says so)
+    crops: int = 0  # teacher-labelled crops; 0: crops.crop_count (48 a photo, more for long runs; fewer when the budget says so)
     crop_size: int = 128  # measured: 128 px x 16 beat 256 px x 8 (same pixels a step) by 2.8 dB in 7 min
     batch_size: int = 16
     lr: float = 1e-3  # Adam, cosine decay to 0 over the planned iterations after a short warm-up

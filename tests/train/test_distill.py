@@ -382,7 +382,7 @@ def test_flat_scores_stop_a_run_only_in_its_second_half(tmp_path):
 
 
 def test_long_runs_label_more_crops_so_that_each_is_drawn_a_few_times():
-    from cyclebatch.train.distill import CROPS_RANGE, FASTEST_STEP, MAX_DRAWS, TEACHER_SHARE, crop_count
+    from cyclebatch.train.crops import CROPS_RANGE, FASTEST_STEP, MAX_DRAWS, TEACHER_SHARE, crop_count
 
     def cfg(**kw):
         return DistillConfig(teacher="t", photos="p", name="n", **kw)
