@@ -9,7 +9,8 @@
 Distils TEACHER on PHOTOS/tune (or reuses --runs-dir/NAME) with the library call `distill` runs, then prints:
 - MACs (at 256x256) and parameters of student and teacher, and their ratio (goals: small <= 1/10, tiny <= 1/25);
 - PSNR and SSIM of the student's outputs to the teacher's on PHOTOS/held-out, the photos scaled to 256 and to
-  1024 px on the longer side, both run by the engine as `run` runs them (goal: >= 32 dB at both);
+  1024 px on the longer side, both run by the engine as `run` runs them (goal: >= 32 dB at both), and the PSNR
+  once each image's mean colour error is taken out (the share of the gap that is overall tone, not detail);
 - the engine's images/s for teacher and student on the held-out photos at 512 px (`run`'s work minus the
   file I/O, two images at once on a CPU as `run` schedules them), alternating rounds, median ratio (goal >= 6x);
   the same through `run`'s library call with JPEG files in and out; for `video` at 640x480 on real footage with
@@ -62,9 +63,17 @@ def photos(folder: Path, longest: int) -> list[np.ndarray]:
     return out
 
 
-def fidelity(teacher: Translator, student: Translator, images: list[np.ndarray]) -> tuple[float, float]:
+def fidelity(teacher: Translator, student: Translator, images: list[np.ndarray]) -> tuple[float, float, float]:
+    """Mean PSNR and SSIM of the student's outputs to the teacher's; and the PSNR once each image's overall colour
+    error (the mean difference per channel) is taken out: how much of the gap is the image's tone, not its detail."""
     pairs = [(teacher.translate(x), student.translate(x)) for x in images]
-    return float(np.mean([psnr(s, t) for t, s in pairs])), float(np.mean([ssim(s, t) for t, s in pairs]))
+    toned = []
+    for t, s in pairs:
+        d = s.astype(np.float64) - t
+        d -= d.reshape(-1, 3).mean(axis=0)
+        toned.append(10 * np.log10(255.0 ** 2 / max(float(np.mean(d ** 2)), 1e-10)))
+    return (float(np.mean([psnr(s, t) for t, s in pairs])), float(np.mean([ssim(s, t) for t, s in pairs])),
+            float(np.mean(toned)))
 
 
 def alternate(runs: dict, rounds: int) -> dict:
@@ -233,9 +242,9 @@ def main() -> None:
     t_eng, s_eng = Translator(teacher_net, device="cpu"), Translator(student_net, device="cpu")
     held = Path(ARGS.photos) / "held-out"
     for side in (256, 1024):
-        p, s = fidelity(t_eng, s_eng, photos(held, side))
+        p, s, toned = fidelity(t_eng, s_eng, photos(held, side))
         print(f"held-out ({held}, {len(list(held.iterdir()))} photos) at {side} px: PSNR {p:.2f} dB, SSIM {s:.4f} "
-              f"to the teacher ({t_eng.precision} engine)")
+              f"to the teacher ({t_eng.precision} engine); {toned:.2f} dB with each image's mean colour error removed")
     images = photos(held, 512)
     if ARGS.figure:
         figure(t_eng, s_eng, held, Path(ARGS.figure))

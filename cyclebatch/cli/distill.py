@@ -16,8 +16,9 @@ def distill_cmd(
                                             "recursively); the teacher's outputs for them are the targets."),
     name: str = typer.Option(..., "--name", "-n", help="Run name: the student goes to RUNS_DIR/NAME/ and loads "
                              "as NAME in run, video and export."),
-    size: str = typer.Option("small", "--size", help="small (<= 1/10 of the teacher's MACs and parameters) or "
-                             "tiny (<= 1/25)."),
+    size: str = typer.Option("small", "--size", help="small (<= 1/10 of the teacher's MACs and parameters), "
+                             "tiny (<= 1/25), or a shape NGFxBLOCKS such as 24x6 (width of the first layer, "
+                             "residual blocks)."),
     minutes: Optional[float] = typer.Option(None, "--minutes", help="Time budget of the whole run (teacher "
                                             "outputs, training, scoring); the best held-out student is kept. "
                                             "Default 30, unless --iterations is given."),

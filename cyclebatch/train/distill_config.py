@@ -7,7 +7,7 @@ from typing import Optional
 
 from ..errors import CycleBatchError
 from .config import RunConfig
-from .students import SIZES
+from .students import SIZES, custom_size
 
 # Settings that do not change what is learned: a resumed run takes these from the new call.
 RUNTIME_FIELDS = ("photos", "val", "runs_dir", "device", "max_iterations", "resume", "progress")
@@ -22,7 +22,7 @@ class DistillConfig(RunConfig):
     photos: str  # unpaired photos of the teacher's input domain (the teacher's outputs are the targets)
     name: str
     runs_dir: str = "runs"
-    size: str = "small"  # SIZES: small (<= 1/10 of the teacher's cost), tiny (<= 1/25)
+    size: str = "small"  # SIZES: small (<= 1/10 of the teacher's cost), tiny (<= 1/25); or NGFxBLOCKS ("24x6")
     direction: str = "AtoB"  # of the teacher, where it is a run holding both
     val: str = ""  # held-out photos; default: every fifth photo (at least one, at most 10) is held out
     minutes: Optional[float] = None  # the whole run's budget (teacher outputs, training, scoring)
@@ -51,8 +51,8 @@ class DistillConfig(RunConfig):
             raise CycleBatchError(f"distill: {msg}")
 
         self.check_name(bad)
-        if self.size not in SIZES:
-            bad(f"--size must be {' or '.join(SIZES)}, not '{self.size}'")
+        if self.size not in SIZES and not custom_size(self.size):
+            bad(f"--size must be {' or '.join(SIZES)} or NGFxBLOCKS (such as 24x6), not '{self.size}'")
         if self.minutes is not None and self.iterations is not None:
             bad("give --minutes or --iterations, not both")
         if self.minutes is not None and not self.minutes > 0:

@@ -41,13 +41,28 @@ SIZES = {"small": Size("small", 10, 1 / 4, 5), "tiny": Size("tiny", 25, 1 / 4, 4
 PROBE = 256  # px: the image size MACs are compared at (the ratio hardly moves with size)
 
 
+def custom_size(size: str) -> Optional[tuple[int, int]]:
+    """(ngf, blocks) of a size given as NGFxBLOCKS ("24x6"), else None: a student of exactly that shape, for a
+    trade-off of fidelity against speed the presets do not make (benchmarks/bench_student_sizes.py measures it)."""
+    ngf, x, blocks = size.partition("x")
+    if x and ngf.isdigit() and blocks.isdigit() and int(ngf) >= 2 and int(blocks) >= 1:
+        return int(ngf), int(blocks)
+    return None
+
+
 def student_config(teacher: Generator, size: str, cost: Optional[tuple[int, int]] = None) -> GeneratorConfig:
     """The student for `size`: the preset's width and depth, narrowed (ngf in steps of 2) until its MACs and
     parameters are both within the preset's fraction of the teacher's (`cost`: the teacher's (MACs at PROBE px,
-    parameters), when the caller has them already)."""
+    parameters), when the caller has them already); or exactly NGFxBLOCKS."""
+    tc = teacher.config
+    shape = custom_size(size)
+    if shape:
+        ngf, blocks = shape
+        return GeneratorConfig(in_channels=tc.in_channels, out_channels=tc.out_channels, ngf=ngf, n_blocks=blocks,
+                               affine_norm=True)
     if size not in SIZES:
-        raise CycleBatchError(f"unknown student size '{size}' (use {' or '.join(SIZES)})")
-    s, tc = SIZES[size], teacher.config
+        raise CycleBatchError(f"unknown student size '{size}' (use {' or '.join(SIZES)}, or NGFxBLOCKS such as 24x6)")
+    s = SIZES[size]
     t_macs, t_params = cost or (macs(teacher, PROBE, PROBE), parameters(teacher))
     blocks = min(s.blocks, tc.n_blocks) if tc.family == "resnet" else s.blocks
     widest = max(4, round(tc.ngf * s.width / 2) * 2)
@@ -65,10 +80,12 @@ def student_config(teacher: Generator, size: str, cost: Optional[tuple[int, int]
 def student_from(teacher: Generator, cfg: GeneratorConfig, calibration: Optional[torch.Tensor] = None,
                  log: Callable[[str], None] = lambda msg: None) -> ResnetGenerator:
     """A trainable student: the teacher cut down and re-fitted (a ResNet teacher with `calibration` crops,
-    N x C x H x W in [-1, 1]), or freshly initialised (any other teacher)."""
+    N x C x H x W in [-1, 1]), or freshly initialised (any other teacher, or a student wider or deeper than it)."""
     torch.manual_seed(0)
     student = ResnetGenerator(cfg)
-    if isinstance(teacher, ResnetGenerator) and teacher.config.norm == "instance" and not teacher.config.dropout:
+    tc = teacher.config
+    if isinstance(teacher, ResnetGenerator) and tc.norm == "instance" and not tc.dropout \
+            and cfg.ngf <= tc.ngf and cfg.n_blocks <= tc.n_blocks:
         teacher = teacher.float().eval()
         pairs = _slim(teacher, student, calibration)
         if calibration is not None:

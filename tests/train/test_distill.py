@@ -110,6 +110,19 @@ def test_presets_stay_within_their_fraction_of_the_teacher():
         student_config(teacher, "huge")
 
 
+def test_a_size_given_as_a_shape_gives_exactly_that_student():
+    teacher = tiny_generator(ngf=16, n_blocks=3, affine_norm=True)
+    cfg = student_config(teacher, "6x2")
+    assert (cfg.family, cfg.ngf, cfg.n_blocks, cfg.affine_norm) == ("resnet", 6, 2, True)
+    DistillConfig(teacher="t", photos="p", name="n", size="6x2").validate()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    wide = student_from(teacher, student_config(teacher, "24x4"), x)  # wider and deeper than its teacher
+    assert (wide.config.ngf, wide.config.n_blocks) == (24, 4) and wide(x).shape == x.shape  # fresh, not sliced
+    for bad in ("6x", "x2", "0x2", "6x0", "6*2", "big"):
+        with pytest.raises(CycleBatchError, match="size"):
+            DistillConfig(teacher="t", photos="p", name="n", size=bad).validate()
+
+
 def test_macs_counts_a_known_network():
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ConvTranspose2d(8, 4, 3, stride=2,
                                                                                             padding=1, output_padding=1))
