@@ -57,8 +57,10 @@ def main(args) -> None:
                                   runs_dir=str(runs), size=size, iterations=args.iterations, val=val,
                                   patience=args.iterations, progress=False),
                     log=lambda m, s=size: print(f"  [{s}] {m}", flush=True))
+        if not (run / "generator.safetensors").is_file():
+            sys.exit(f"{run}: the distillation stopped before its first scoring; run this again")
         bank = bank or run / "cache" / "crops.npz"
-        status = json.loads((run / "status.json").read_text())
+        status = json.loads((run / "status.json").read_text()) if (run / "status.json").is_file() else {}
         net = load_generator(str(run / "generator.safetensors"))
         rows[size] = {"net": net, "step": status.get("seconds_per_iteration")}
     t_eng = Translator(teacher, device="cpu")

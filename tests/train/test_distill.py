@@ -390,8 +390,28 @@ def test_flat_scores_stop_a_run_only_in_its_second_half(tmp_path):
     teacher = teacher_file(tmp_path / "teacher.safetensors")
     # a learning rate too small to move the score: every scoring after the first is "no better"
     result = distill(config(tmp_path, teacher, iterations=16, evals=8, patience=2, lr=1e-12))
-    # scorings at 2, 4, 6, ...: those at 8 and 10 are the first two flat ones in the second half
-    assert result.finished and result.iteration == 10
+    # scorings at 2, 4, 6, ...: the one at 8 opens the second half and replaces the first half's best; those at 10
+    # and 12 are the first two flat ones after it
+    assert result.finished and result.iteration == 12
+
+
+def test_a_lucky_score_in_the_first_half_is_not_the_student_kept(tmp_path, monkeypatch):
+    from cyclebatch.train.distill import Distiller
+
+    teacher = teacher_file(tmp_path / "teacher.safetensors")
+    scripted = {0: 10.0, 2: 30.0, 4: 20.0, 6: 21.0, 8: 22.0, 10: 24.0, 12: 23.0, 14: 23.5, 16: 23.0}
+    real = Distiller._score
+
+    def score(self, student, held, iteration):
+        s, outputs = real(self, student, held, iteration)
+        return {**s, "psnr": scripted[iteration]}, outputs
+
+    monkeypatch.setattr(Distiller, "_score", score)
+    result = distill(config(tmp_path, teacher, iterations=16, evals=8, patience=4))
+    # 30 dB at iteration 2 (high learning rate, few held-out photos) is provisional: the best of the second half is kept
+    assert result.finished and result.iteration == 16  # three flat scorings after 10: no early stop
+    assert result.best["iteration"] == 10 and result.best["psnr"] == 24.0
+    assert load_file(result.generator).metadata["distilled"]["fidelity"]["iteration"] == 10  # the file `run` loads
 
 
 def test_long_runs_label_more_crops_so_that_each_is_drawn_a_few_times():
