@@ -4,6 +4,10 @@ reaches and what speed it leaves, in one run. The frontier the `small` preset si
     python benchmarks/photos.py /tmp/corpus
     python benchmarks/bench_student_sizes.py --photos /tmp/corpus --iterations 1500
     python benchmarks/bench_student_sizes.py --photos /tmp/corpus --sizes tiny,small,22x6,32x9 --iterations 3000
+    python benchmarks/bench_student_sizes.py --photos /tmp/corpus --sizes small,16x7,24x3,32x2 --iterations 0
+
+--iterations 0 trains nothing: untrained students of each shape, for their speed only (it does not depend on
+the weights).
 
 Each size (a preset or NGFxBLOCKS) is distilled from the vintage teacher on PHOTOS/TRAIN with the library call
 `cyclebatch distill` makes (--iterations, one crop bank labelled once and shared); then, per size:
@@ -32,7 +36,9 @@ from bench_distill import alternate, cpu, engine_pass, fidelity, photos  # noqa:
 
 from cyclebatch.engine.translator import Translator  # noqa: E402
 from cyclebatch.models.cost import macs, parameters  # noqa: E402
+from cyclebatch.models.networks import ResnetGenerator  # noqa: E402
 from cyclebatch.models.registry import load_generator  # noqa: E402
+from cyclebatch.train.students import student_config  # noqa: E402
 
 
 def main(args) -> None:
@@ -46,6 +52,9 @@ def main(args) -> None:
     bank = None
     rows = {}
     for size in args.sizes.split(","):
+        if not args.iterations:
+            rows[size] = {"net": ResnetGenerator(student_config(teacher, size)), "step": None}
+            continue
         run = runs / f"size-{size}"
         if not (run / "generator.safetensors").is_file():
             shutil.rmtree(run, ignore_errors=True)
@@ -77,7 +86,7 @@ def main(args) -> None:
     print("size  | shape          | MACs     | params   | s/step | PSNR dB | tone removed | SSIM   | engine vs teacher")
     for size, r in rows.items():
         net = r["net"]
-        p, s, toned = fidelity(t_eng, engines[size], images256)
+        p, s, toned = fidelity(t_eng, engines[size], images256) if args.iterations else (float("nan"),) * 3
         print(f"{size:5s} | ngf {net.config.ngf:3d}, {net.config.n_blocks} bl | 1/{t_macs / macs(net):<6.1f} | "
               f"1/{t_params / parameters(net):<6.1f} | {r['step'] or float('nan'):.3f}  | {p:7.2f} | {toned:12.2f} | "
               f"{s:.4f} | {speed['teacher'] / speed[size]:.2f}x  [{cpu()}]")
