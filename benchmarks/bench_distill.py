@@ -67,11 +67,7 @@ def fidelity(teacher: Translator, student: Translator, images: list[np.ndarray])
     """Mean PSNR and SSIM of the student's outputs to the teacher's; and the PSNR once each image's overall colour
     error (the mean difference per channel) is taken out: how much of the gap is the image's tone, not its detail."""
     pairs = [(teacher.translate(x), student.translate(x)) for x in images]
-    toned = []
-    for t, s in pairs:
-        d = s.astype(np.float64) - t
-        d -= d.reshape(-1, 3).mean(axis=0)
-        toned.append(10 * np.log10(255.0 ** 2 / max(float(np.mean(d ** 2)), 1e-10)))
+    toned = [psnr(s - (s.astype(np.float64) - t).reshape(-1, 3).mean(axis=0), t) for t, s in pairs]
     return (float(np.mean([psnr(s, t) for t, s in pairs])), float(np.mean([ssim(s, t) for t, s in pairs])),
             float(np.mean(toned)))
 

@@ -83,10 +83,20 @@ class Concurrency:
                 self.running -= 1
 
 
+@contextlib.contextmanager
+def torch_threads(n=None):
+    """torch's thread count set to n (if given) inside, and the caller's count back after, however it ends."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture
 def two_threads():
     """Two torch threads for the test (the pipelines split them into teams), the caller's count after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(2):
+        yield

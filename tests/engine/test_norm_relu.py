@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import torch_threads
 from cyclebatch.engine.cpu.norm_relu import NormReLU, use_norm_relu
 from cyclebatch.engine.translator import Translator
 from cyclebatch.models.networks import GeneratorConfig, InstanceNorm, ResnetGenerator, init_weights
@@ -112,13 +113,8 @@ def test_the_same_bits_with_any_number_of_threads():
     norm = _norm(16, True)
     norm.__class__ = NormReLU
     x = (torch.randn(1, 16, 64, 90) * 5 + 3).contiguous(memory_format=torch.channels_last)
-    before = torch.get_num_threads()
     outs = []
-    try:
-        for threads in (1, 2, 3):  # video and `run` must agree bit for bit, whatever the thread governor picks
-            torch.set_num_threads(threads)
-            with torch.inference_mode():
-                outs.append(norm(x))
-    finally:
-        torch.set_num_threads(before)
+    for threads in (1, 2, 3):  # video and `run` must agree bit for bit, whatever the thread governor picks
+        with torch_threads(threads), torch.inference_mode():
+            outs.append(norm(x))
     assert all(torch.equal(outs[0], o) for o in outs[1:])

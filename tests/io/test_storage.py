@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli, tiny_generator
+from conftest import run_cli, tiny_generator, torch_threads
 from cyclebatch.io import storage
 from cyclebatch.engine.translator import Translator
 from cyclebatch.errors import CycleBatchError
@@ -33,12 +33,8 @@ def fs(endpoint, monkeypatch):
 @pytest.fixture
 def one_thread():
     """Tiny images, batch 1: torch's threads only add synchronisation (a lot of it on a loaded machine)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 def png_bytes(seed: int, size=(32, 32)) -> bytes:

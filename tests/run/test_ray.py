@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli, tiny_generator
+from conftest import run_cli, tiny_generator, torch_threads
 from cyclebatch.engine.translator import Translator
 from cyclebatch.errors import CycleBatchError
 from cyclebatch.io.files import TMP_MARK
@@ -30,9 +30,8 @@ def local_translator() -> Translator:
 
 @pytest.fixture(autouse=True)
 def _threads_restored():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+    with torch_threads():
+        yield
 
 
 @pytest.fixture(scope="module")
