@@ -101,15 +101,18 @@ def main(out: Path) -> None:
     deb = archive_path("opencv-doc")
     tar = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], check=True, capture_output=True).stdout
     (out / "tune").mkdir(parents=True, exist_ok=True)
-    accept2 = ACCEPT2_TRAIN + ACCEPT2_CHECK
+    # (half, its archive members, whether a smaller photo is brought up to SIDE): accept3 keeps its photos' sizes
+    archived = (("accept2-train", ACCEPT2_TRAIN, True), ("accept2-check", ACCEPT2_CHECK, True),
+                ("accept3-train", ACCEPT3_TRAIN, False), ("accept3-check", ACCEPT3_CHECK, False))
+    members = [m for _, half, _ in archived for m in half]
     with tarfile.open(fileobj=io.BytesIO(tar)) as t:  # one pass over the large tar for every member it gives
         for member in TUNE:
             data = t.extractfile(OCV + member).read()
             Image.open(io.BytesIO(data)).convert("RGB").save(out / "tune" / (member.replace("/", "_").rsplit(".", 1)[0] + ".png"))
-        files = {(key, m): t.extractfile(m).read() for key, m in accept2 if key == "opencv-doc"}
-    for key in {key for key, _ in accept2} - {"opencv-doc"}:
+        files = {(key, m): t.extractfile(m).read() for key, m in members if key == "opencv-doc"}
+    for key in {key for key, _ in members} - {"opencv-doc"}:  # each archive opened once
         with zipfile.ZipFile(archive_path(key)) as z:
-            files.update({(k, m): z.read(m) for k, m in accept2 if k == key})
+            files.update({(k, m): z.read(m) for k, m in members if k == key})
     held = out / "held-out"
     held.mkdir(exist_ok=True)
     for p in sorted((ROOT / "examples" / "photos").glob("*.*g")):
@@ -125,17 +128,11 @@ def main(out: Path) -> None:
     with zipfile.ZipFile(archive_path("kivy")) as z:
         fit(Image.open(io.BytesIO(z.read(KIVY + "faust_github.jpg"))).convert("RGB")).save(check / "faust.png")
     fit(grace_hopper()).save(check / "grace_hopper.png")
-    for half, members in (("accept2-train", ACCEPT2_TRAIN), ("accept2-check", ACCEPT2_CHECK)):
+    for half, chosen, grow in archived:
         (out / half).mkdir(exist_ok=True)
-        for key, member in members:
+        for key, member in chosen:
             image = Image.open(io.BytesIO(files[key, member])).convert("RGB")
-            fit(image).save(out / half / f"{key}-{Path(member).stem}.png")
-    for half, members in (("accept3-train", ACCEPT3_TRAIN), ("accept3-check", ACCEPT3_CHECK)):
-        (out / half).mkdir(exist_ok=True)
-        for key, member in members:
-            with zipfile.ZipFile(archive_path(key)) as z:
-                image = Image.open(io.BytesIO(z.read(member))).convert("RGB")
-            fit(image, grow=False).save(out / half / f"{key}-{Path(member).stem}.png")
+            fit(image, grow=grow).save(out / half / f"{key}-{Path(member).stem}.png")
     for half in ("tune", "held-out", "accept-train", "accept-check", "accept2-train", "accept2-check",
                  "accept3-train", "accept3-check"):
         sizes = [Image.open(p).size for p in sorted((out / half).iterdir())]
