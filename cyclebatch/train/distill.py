@@ -195,7 +195,10 @@ class Distiller:
         budget = c.budget_seconds
         interrupted = finished = False
         t_loop = time.perf_counter()
-        timed = None  # (iteration, time) the plan's timing starts at
+        timed = None  # (iteration, time, seconds scoring by then): where the pace is measured from
+        scoring = 0.0  # seconds this process spent scoring held-out photos and writing checkpoints
+        replan = budget is not None and c.iterations is None
+        first = st["iteration"]
         spent_before = st["seconds"]
         with self.report.progress(st["plan"], st["iteration"]) as bar:
             while True:
@@ -213,8 +216,8 @@ class Distiller:
                                                                                replace=len(bank) < c.batch_size))
                 x = x_all[idx].to(self.device).permute(0, 3, 1, 2).float().div_(127.5).sub_(1).contiguous()
                 y = y_all[idx].to(self.device).permute(0, 3, 1, 2).float().div_(127.5).sub_(1).contiguous()
-                if st["plan"] is None and timed is None and it >= PLAN_AFTER[0]:
-                    timed = (it, time.perf_counter())
+                if replan and timed is None and it >= first + PLAN_AFTER[0]:
+                    timed = (it, time.perf_counter(), scoring)
                 try:
                     loss = self._loss(forward, opt, x, y, scaler)
                 except Exception as e:  # noqa: BLE001 - a graph that does not compile here trains eagerly
@@ -232,10 +235,7 @@ class Distiller:
                 st["losses"].append((it, loss.item(), lr))
                 if st["plan"] is None and timed is not None and it - timed[0] >= PLAN_AFTER[1] - PLAN_AFTER[0]:
                     # warm steps timed: plan what the budget leaves
-                    spi = (time.perf_counter() - timed[1]) / (it - timed[0])
-                    left = budget - (time.perf_counter() - self.started) - spent_before
-                    per_eval = self._last_eval_seconds
-                    st["plan"] = max(it, int((left - c.evals * per_eval) / max(spi, 1e-6)))
+                    st["plan"], spi = self._planned(it, timed, scoring, spent_before, budget, c.evals)
                     bar.plan(st["plan"])
                     self.log(f"plan: {st['plan']} iterations at {spi:.2f} s each, {c.evals} held-out scorings")
                 self.report.iteration(it, st["losses"][-1][1], lr, st["plan"])
@@ -244,7 +244,8 @@ class Distiller:
                 every = max(1, plan // c.evals) if plan else 0
                 last = plan and it >= plan
                 if (every and it % every == 0) or last:
-                    st["seconds"] = spent_before + time.perf_counter() - t_loop
+                    t_score = time.perf_counter()
+                    st["seconds"] = spent_before + t_score - t_loop
                     score, outputs = self._score(student, held, it)
                     st["scores"].append(score)
                     settled = it >= EARLY_STOP_FROM * plan
@@ -259,6 +260,19 @@ class Distiller:
                     self._checkpoint(student, opt, scaler, st)
                     self.report.write("distilling", st)
                     bar.note(f"held-out PSNR {score['psnr']:.2f} dB (best {st['best']['psnr']:.2f})")
+                    scoring += time.perf_counter() - t_score
+                    if replan and timed is not None and it > timed[0] and it < EARLY_STOP_FROM * plan:
+                        # the pace of the first few steps can be a busy moment or a slow start: until the plan's
+                        # second half (the schedule settles from there) the plan follows the pace since the last
+                        # scoring, a twelfth of the plan
+                        new, spi = self._planned(it, timed, scoring, spent_before, budget,
+                                                 max(1, c.evals - len(st["scores"])))
+                        timed = (it, time.perf_counter(), scoring)
+                        if abs(new - plan) > 0.05 * plan:
+                            st["plan"] = new
+                            bar.plan(new)
+                            self.log(f"re-planned: {new} iterations at {spi:.2f} s each (the pace since the last "
+                                     f"scoring; was {plan})")
                     over = budget is not None and time.perf_counter() - self.started > budget * 1.1
                     if st["since_best"] >= c.patience or over:
                         self.log(f"stopped early at iteration {it}: " + ("the time budget is spent" if over else
@@ -277,6 +291,15 @@ class Distiller:
                              st["best"], st["start"], *self.ratios, time.perf_counter() - self.started)
 
     # ------------------------------------------------------------ pieces
+
+    def _planned(self, it: int, timed: tuple, scoring: float, spent_before: float, budget: float,
+                 evals: int) -> tuple[int, float]:
+        """(the plan, seconds an iteration): the iterations the budget leaves, after `evals` more scorings, at the
+        pace measured since `timed` (scorings excluded)."""
+        now = time.perf_counter()
+        spi = max(1e-6, (now - timed[1] - (scoring - timed[2])) / (it - timed[0]))
+        left = budget - (now - self.started) - spent_before
+        return max(it, it + int((left - evals * self._last_eval_seconds) / spi)), spi
 
     def _loss(self, forward, opt, x: torch.Tensor, y: torch.Tensor, scaler) -> torch.Tensor:
         """One forward and backward pass (gradients left in the student); the L1 loss to the teacher."""

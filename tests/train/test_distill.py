@@ -210,6 +210,33 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     assert all(torch.equal(a["student"][k], b["student"][k]) for k in a["student"])
 
 
+def test_a_slow_start_does_not_cut_the_time_budget_short(tmp_path, monkeypatch):
+    """The plan is first made from a few steps' pace; a busy moment then (another process, a slow first compile)
+    once planned a 60-minute run at 0.96 s a step when the rest ran at 0.33 s: it stopped after 20 minutes.
+    The run's clock is made to pass 5 s for each of those steps and 1 s for every later one."""
+    from types import SimpleNamespace
+
+    import cyclebatch.train.distill as module
+
+    fast, steps, ahead = module.Distiller._loss, [], [0.0]
+
+    def slow_then_fast(self, *a):
+        steps.append(1)
+        ahead[0] += 5.0 if len(steps) <= module.PLAN_AFTER[1] + 1 else 1.0
+        return fast(self, *a)
+
+    monkeypatch.setattr(module.Distiller, "_loss", slow_then_fast)
+    monkeypatch.setattr(module, "time", SimpleNamespace(perf_counter=lambda: time.perf_counter() + ahead[0]))
+    lines, t0 = [], time.perf_counter()
+    result = distill(config(tmp_path, teacher_file(tmp_path / "t.safetensors"), minutes=3, evals=6, patience=100),
+                     log=lines.append)
+    clock = ahead[0] + time.perf_counter() - t0
+    first_plan = int(next(m for m in lines if m.startswith("plan:")).split()[1])
+    assert first_plan < 40 and any(m.startswith("re-planned:") for m in lines), lines
+    assert result.iteration >= 3 * first_plan  # the pace since the first steps, not theirs, fills the budget
+    assert 0.8 * 180 < clock < 1.1 * 180  # and the budget is used, not overrun (on the run's clock)
+
+
 @pytest.mark.parametrize("case", ["missing", "empty", "all bad", "a file"])
 def test_a_bad_photo_folder_is_one_line(tmp_path, case):
     teacher = teacher_file(tmp_path / "teacher.safetensors")
