@@ -5,9 +5,11 @@ reaches and what speed it leaves, in one run. The frontier the `small` preset si
     python benchmarks/bench_student_sizes.py --photos /tmp/corpus --iterations 1500
     python benchmarks/bench_student_sizes.py --photos /tmp/corpus --sizes tiny,small,22x6,32x9 --iterations 3000
     python benchmarks/bench_student_sizes.py --photos /tmp/corpus --sizes small,16x7,24x3,32x2 --iterations 0
+    python benchmarks/bench_student_sizes.py --photos /tmp/corpus --sizes small,tiny --iterations 0 --isa avx2
 
 --iterations 0 trains nothing: untrained students of each shape, for their speed only (it does not depend on
-the weights).
+the weights). --isa avx2 times them with ATen, oneDNN and MKL held to AVX2 kernels and fp32 (benchmarks/isa.py):
+an AVX2-only CPU's code on this CPU's cores.
 
 Each size (a preset or NGFxBLOCKS) is distilled from the vintage teacher on PHOTOS/TRAIN with the library call
 `cyclebatch distill` makes (--iterations, one crop bank labelled once and shared); then, per size:
@@ -27,10 +29,15 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+
+import isa  # noqa: E402
+
+if __name__ == "__main__":
+    isa.rerun_if_asked()
+
+import torch  # noqa: E402
 
 from bench_distill import alternate, cpu, engine_pass, fidelity, photos  # noqa: E402
 
@@ -72,13 +79,13 @@ def main(args) -> None:
         status = json.loads((run / "status.json").read_text()) if (run / "status.json").is_file() else {}
         net = load_generator(str(run / "generator.safetensors"))
         rows[size] = {"net": net, "step": status.get("seconds_per_iteration")}
-    t_eng = Translator(teacher, device="cpu")
-    engines = {size: Translator(r["net"], device="cpu") for size, r in rows.items()}
+    t_eng = Translator(teacher, device="cpu", precision=args.precision)
+    engines = {size: Translator(r["net"], device="cpu", precision=args.precision) for size, r in rows.items()}
     images256, images512 = photos(held, 256), photos(held, 512)
     speed = alternate({"teacher": lambda: engine_pass(t_eng, images512),
                        **{size: (lambda e=e: engine_pass(e, images512)) for size, e in engines.items()}}, args.rounds)
     t_macs, t_params = macs(teacher), parameters(teacher)
-    print(f"\nCPU: {cpu()}; torch {torch.__version__}")
+    print(f"\nCPU: {cpu()}; torch {torch.__version__}, ATen kernels {torch.backends.cpu.get_cpu_capability()}{isa.held()}")
     print(f"teacher {args.teacher} ({teacher.config.describe()}): {len(images512) / speed['teacher']:.2f} images/s "
           f"at 512 px (engine, {t_eng.precision})")
     print(f"{args.iterations} iterations each on {Path(args.photos) / args.train}; scored on {held} "
@@ -102,5 +109,7 @@ if __name__ == "__main__":
     ap.add_argument("--iterations", type=int, default=1500)
     ap.add_argument("--runs-dir", default="runs-bench-sizes")
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--precision", default="auto", help="the engines' precision (auto: bf16 where the CPU has it)")
+    ap.add_argument("--isa", choices=["avx2"], help="hold ATen, oneDNN and MKL to AVX2 kernels (see above)")
     torch.set_num_threads(2)
     main(ap.parse_args())

@@ -23,23 +23,19 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
-AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-if __name__ == "__main__" and "--isa" in sys.argv and not os.environ.get("CYCLEBATCH_BENCH_ISA"):
-    # The ISA caps are read when torch loads: run again in a process that has them from the start.
-    args = [a for i, a in enumerate(sys.argv) if a != "--isa" and (i == 0 or sys.argv[i - 1] != "--isa")]
-    env = {**os.environ, **AVX2_ENV, "CYCLEBATCH_BENCH_ISA": "avx2"}
-    sys.exit(subprocess.call([sys.executable, *args, "--precision", "fp32"], env=env))
+from isa import held, rerun_if_asked  # noqa: E402
+
+if __name__ == "__main__":
+    rerun_if_asked()
 
 import torch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_export import cpu_description  # noqa: E402
 from bench_peers import PHOTO, conv_flops, limit_ms, matmul_peak, photo, to_pm1  # noqa: E402
@@ -118,10 +114,8 @@ def main() -> None:
     net, name = model_or_random(args.model)
     t = Translator(net, device="cpu", precision=args.precision, backend="torch", adapt_threads=False)
     prec = "bf16" if t.dtype == torch.bfloat16 else "fp32"
-    isa = os.environ.get("CYCLEBATCH_BENCH_ISA")
     print(f"CPU: {cpu_description()}")
-    print(f"kernels: ATen {torch.backends.cpu.get_cpu_capability()}"
-          f"{' (held to AVX2: ' + ', '.join(f'{k}={v}' for k, v in AVX2_ENV.items()) + ')' if isa else ''}; "
+    print(f"kernels: ATen {torch.backends.cpu.get_cpu_capability()}{held()}; "
           f"native transforms: {'built' if kernels() is not None else 'unavailable'}; load {os.getloadavg()[0]:.1f}")
     peak = matmul_peak(torch.bfloat16 if prec == "bf16" else torch.float32)
     print(f"model {name}, {prec}, Winograd F({t.winograd},3) trunk, {args.threads} threads; "

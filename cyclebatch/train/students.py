@@ -35,9 +35,11 @@ class Size:
     blocks: int
 
 
-# small: 5 blocks, not 6 - measured (bf16, 384x512, 2-core Xeon with AMX): 6.6x the teacher's engine speed against
-# 6.1x, for 0.3 dB less at equal iterations (24.06 vs 24.34 dB after 1500) and about as much at equal time
-SIZES = {"small": Size("small", 10, 1 / 4, 5), "tiny": Size("tiny", 25, 1 / 4, 4)}
+# small: wide and shallow (ngf 32, 1 block from the 64 x 9 teacher), not narrow and deep (ngf 16, 5 blocks, the
+# preset until 2026-12-07). Measured (bf16, 2 cores, benchmarks/bench_student_sizes.py): +1.4 dB at 1000 iterations
+# and faster on a Xeon with AMX (6.8-7.8x the teacher's engine speed against 6.1-6.5x), where a deep narrow net is
+# bound by per-layer overheads; 8.4x against 11.1x on an AVX-512 EPYC without AMX, where speed follows MACs.
+SIZES = {"small": Size("small", 10, 1 / 2, 1), "tiny": Size("tiny", 25, 1 / 4, 4)}
 PROBE = 256  # px: the image size MACs are compared at (the ratio hardly moves with size)
 
 

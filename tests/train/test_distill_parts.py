@@ -26,6 +26,9 @@ def test_presets_stay_within_their_fraction_of_the_teacher():
         assert cfg.family == "resnet" and cfg.ngf < 64
         seen.add((cfg.ngf, cfg.n_blocks))
     assert len(seen) == 2  # tiny is not small
+    # the shapes measured for the vintage/zoo layout (docs/performance.md): small wide and shallow, tiny narrow
+    assert (student_config(teacher, "small").ngf, student_config(teacher, "small").n_blocks) == (32, 1)
+    assert (student_config(teacher, "tiny").ngf, student_config(teacher, "tiny").n_blocks) == (16, 4)
     with pytest.raises(CycleBatchError, match="size"):
         student_config(teacher, "huge")
 
