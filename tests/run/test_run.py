@@ -90,7 +90,10 @@ def test_gray_palette_and_cmyk_inputs_become_rgb_translations(tmp_path, translat
     assert s.translated == 3 and s.failed == 0
     gray = np.asarray(base.convert("L"))
     expected = translator.translate(np.repeat(gray[..., None], 3, axis=2))
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "gray.png").convert("RGB")), expected)
+    out = np.asarray(Image.open(tmp_path / "out" / "gray.png").convert("RGB")).astype(int)
+    # within one level: three images run two at once on one thread each, and the thread count moves fp32 sums
+    # (one pixel of 720 one level off on an AVX-512 EPYC); a grey photo read wrong would be far off
+    assert np.abs(out - expected).max() <= 1
     for name in ("pal.png", "cmyk.jpg"):
         with Image.open(tmp_path / "out" / name) as im:
             assert im.size == (36, 20) and im.mode == "RGB"
