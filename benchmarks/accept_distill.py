@@ -28,7 +28,7 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_distill import alternate, cpu, engine_pass  # noqa: E402
+from bench_distill import alternate, cpu, engine_pass, toned_psnr  # noqa: E402
 
 from cyclebatch.engine.translator import Translator  # noqa: E402
 from cyclebatch.models.cost import macs, parameters  # noqa: E402
@@ -66,7 +66,7 @@ def main(args) -> None:
         if not all(o.is_file() for o in outs):
             outs = [next((work / f"out-{who}").glob(path.stem + ".*")) for who in ("teacher", "student")]
         t, s = (rgb(o) for o in outs)
-        toned = psnr(np.clip(s - (s.astype(np.float64) - t).reshape(-1, 3).mean(axis=0), 0, 255), t)
+        toned = toned_psnr(s, t)
         rows.append((psnr(s, t), ssim(s, t), toned))
         print(f"{path.name:28s} {t.shape[1]}x{t.shape[0]}  PSNR {rows[-1][0]:6.2f} dB  SSIM {rows[-1][1]:.4f}  "
               f"mean colour error removed {toned:6.2f} dB  teacher mean RGB {t.reshape(-1, 3).mean(0).round()}  "

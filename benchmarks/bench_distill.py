@@ -67,9 +67,13 @@ def fidelity(teacher: Translator, student: Translator, images: list[np.ndarray])
     """Mean PSNR and SSIM of the student's outputs to the teacher's; and the PSNR once each image's overall colour
     error (the mean difference per channel) is taken out: how much of the gap is the image's tone, not its detail."""
     pairs = [(teacher.translate(x), student.translate(x)) for x in images]
-    toned = [psnr(s - (s.astype(np.float64) - t).reshape(-1, 3).mean(axis=0), t) for t, s in pairs]
     return (float(np.mean([psnr(s, t) for t, s in pairs])), float(np.mean([ssim(s, t) for t, s in pairs])),
-            float(np.mean(toned)))
+            float(np.mean([toned_psnr(s, t) for t, s in pairs])))
+
+
+def toned_psnr(student: np.ndarray, teacher: np.ndarray) -> float:
+    """PSNR of `student` to `teacher` once its overall colour error (the mean difference per channel) is removed."""
+    return psnr(student - (student.astype(np.float64) - teacher).reshape(-1, 3).mean(axis=0), teacher)
 
 
 def alternate(runs: dict, rounds: int) -> dict:
