@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from .crops import TEACHER_SHARE, CropBank, build, crop_count
 from .data import find_images, load_rgb8, usable_images
 from .distill_config import DistillConfig
 from .distill_report import DistillReport
+from .distill_step import compiled, dtype_name, lr_at, training_dtype, worth_compiling
 from .failure import resume_command, stop_line, writing
 from .fidelity import HeldOut
 from .students import PROBE, student_config, student_from
@@ -42,7 +42,6 @@ CHECKPOINT_FORMAT = "cyclebatch-distill"
 HELD_OUT_MAX = 10
 HELD_OUT_LONGEST = 1024  # px: held-out photos are scored whole, at most this large (what `run` would see)
 CALIBRATION = 8  # crops the student's least-squares start is fitted on
-WARMUP = 0.03  # of the iterations: linear learning-rate warm-up
 # iterations timed for the plan: after the first two (allocations, compiling); several, for a steady figure
 PLAN_AFTER = (2, 8)
 # Of the plan: scorings before this are provisional. The learning rate is high there and with few held-out photos
@@ -127,7 +126,7 @@ class Distiller:
         self.teacher_info = {"model": c.teacher, "file": str(teacher_file), "sha256": sha256_of(teacher_file),
                              "architecture": self.teacher.config.describe(),
                              "translates": self.teacher.metadata.get("translates", "")}
-        self.dtype = _training_dtype(c.precision, self.device)
+        self.dtype = training_dtype(c.precision, self.device)
         self.report = DistillReport(self.run_dir, c, self.teacher_info)
         self.saved: Optional[tuple] = None
 
@@ -185,13 +184,13 @@ class Distiller:
         self.log(f"distilling {c.teacher} ({self.teacher_info['architecture']}) into a {c.size} student "
                  f"({student.config.describe()}): 1/{self.ratios[0]:.1f} of its MACs, 1/{self.ratios[1]:.1f} of its "
                  f"parameters; {len(bank)} crops of {len(self.train_files)} photos, {len(held)} held out, device "
-                 f"{self.device}, precision {_dtype_name(self.dtype)}")
+                 f"{self.device}, precision {dtype_name(self.dtype)}")
         if not st["start"]:
             st["start"] = self._score(student, held, 0)[0]
             self.log(f"untrained student: held-out PSNR {st['start']['psnr']:.2f} dB")
 
         x_all, y_all = torch.from_numpy(bank.inputs), torch.from_numpy(bank.targets)
-        forward = _compiled(student) if _worth_compiling(c, st["plan"]) else student
+        forward = compiled(student) if worth_compiling(c, st["plan"]) else student
         budget = c.budget_seconds
         interrupted = finished = False
         t_loop = time.perf_counter()
@@ -209,7 +208,7 @@ class Distiller:
                 if stop.signal is not None or (c.max_iterations is not None and it >= c.max_iterations):
                     interrupted = True
                     break
-                lr = _lr(c.lr, it, st["plan"])
+                lr = lr_at(c.lr, it, st["plan"])
                 for g in opt.param_groups:
                     g["lr"] = lr
                 idx = torch.from_numpy(np.random.default_rng([c.seed, it]).choice(len(bank), c.batch_size,
@@ -310,7 +309,6 @@ class Distiller:
         scaler.scale(loss).backward()
         return loss
 
-
     def _data(self, teacher) -> tuple[CropBank, HeldOut]:
         c = self.config
         path = self.run_dir / "cache" / "crops.npz"
@@ -371,47 +369,3 @@ class Distiller:
         with writing(self.run_dir / "checkpoints" / "latest.pt") as tmp, open(tmp, "wb") as f:
             torch.save(state, f)
         self.saved = (st["iteration"],)
-
-
-# torch.compile fuses the norms, activations and casts around each convolution: a training step of the small
-# student took 0.145 s against 0.226 s eager (bf16, 2-core Xeon with AMX), for about 30 s of compiling once.
-COMPILE_SECONDS = 240.0  # runs planned longer than this are compiled
-COMPILE_ITERATIONS = 1000
-
-
-def _worth_compiling(c: DistillConfig, plan: Optional[int]) -> bool:
-    if plan is not None:
-        return plan >= COMPILE_ITERATIONS
-    return c.budget_seconds is not None and c.budget_seconds >= COMPILE_SECONDS
-
-
-def _compiled(student: torch.nn.Module):
-    try:
-        return torch.compile(student, dynamic=False)
-    except Exception:  # noqa: BLE001 - no compiler backend here: train eagerly
-        return student
-
-
-def _lr(base: float, it: int, plan: Optional[int]) -> float:
-    """Linear warm-up over the first WARMUP of the plan, then cosine decay to zero at its end."""
-    if not plan:
-        return base * min(1.0, (it + 1) / 20)
-    warm = max(1, int(plan * WARMUP))
-    if it < warm:
-        return base * (it + 1) / warm
-    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (it - warm) / max(1, plan - warm))))
-
-
-def _training_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
-    from ..engine.device import cpu_has_native_bf16
-    from .step import autocast_dtype
-
-    if precision == "auto" and device.type == "cpu":
-        # measured: bf16 autocast trains a student 2.2x faster where the CPU has bf16 units (AVX-512 BF16, AMX);
-        # emulated elsewhere, where fp32 is faster
-        return torch.bfloat16 if cpu_has_native_bf16() else None
-    return autocast_dtype(precision, device)
-
-
-def _dtype_name(dtype: Optional[torch.dtype]) -> str:
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]

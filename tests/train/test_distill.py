@@ -334,7 +334,7 @@ def test_the_crop_bank_recolours_its_share_of_crops(tmp_path, monkeypatch):
 
 
 def test_long_runs_train_compiled_and_fall_back_when_compiling_fails(tmp_path, monkeypatch):
-    import cyclebatch.train.distill as d
+    import cyclebatch.train.distill_step as d
 
     teacher = teacher_file(tmp_path / "teacher.safetensors")
     eager = distill(config(tmp_path, teacher, name="eager", iterations=6, evals=1))
