@@ -125,11 +125,12 @@ def crop_count(c: DistillConfig, photos: int) -> int:
 
 
 def build(files: Sequence[Path], count: int, size: int, seed: int, translator, *, seconds: Optional[float] = None,
-          warn: Callable[[str], None] = print, advance: Callable[[int], None] = lambda n: None) -> CropBank:
+          warn: Callable[[str], None] = print, advance: Callable[[int], None] = lambda n: None,
+          stopped: Callable[[], bool] = lambda: False) -> Optional[CropBank]:
     """`count` crops spread evenly over the photos, with the teacher's outputs. With `seconds`, fewer when the
     teacher is slower than that allows: the count follows the pace after the first batch (which pays for the
     engine's warm-up), so a slow start does not cut it for good; at least one batch is kept. Photos that fail to
-    decode are skipped with a warning."""
+    decode are skipped with a warning. None when `stopped()` turns true (Ctrl-C): after the batch in hand."""
     rnd = random.Random(seed)
     photos: list[np.ndarray] = []
     for path in files:
@@ -149,6 +150,8 @@ def build(files: Sequence[Path], count: int, size: int, seed: int, translator, *
         targets += translator.translate_batch(batch)
         inputs += batch
         advance(len(batch))
+        if stopped():
+            return None
         if seconds is not None:
             # a 60-minute run's bank was cut from 8192 to 5383 crops by the pace of its first batches, and
             # labelled them in 5 of its 18 minutes: the estimate now follows the pace since the first batch

@@ -93,6 +93,23 @@ def split_photos(files: list[Path], val: str, warn) -> tuple[list[Path], list[Pa
     return [f for f in files if f not in held], held
 
 
+def _resume_point(config: DistillConfig) -> tuple[DistillConfig, Optional[dict]]:
+    """(the run's config, its checkpoint or None). config.json marks a run whose first checkpoint is not written
+    yet (stopped or killed while the teacher labelled crops, or before the first scoring): it is not overwritten
+    without --resume, and --resume starts it again from its settings (and its crops, where they were cached)."""
+    started = config.run_dir / "config.json"
+    if config.resume and not (config.run_dir / "checkpoints" / "latest.pt").is_file() and started.is_file():
+        try:
+            stored = DistillConfig.from_dict(json.loads(started.read_text()))
+        except (OSError, ValueError, TypeError) as e:
+            raise CycleBatchError(f"{started}: unreadable ({type(e).__name__}); start the run again under another "
+                                  "--name") from None
+        config = stored.resumed_with(config)
+        config.validate()
+        return config, None
+    return resume_point(config, CHECKPOINT_FORMAT, "distillation", "config.json")
+
+
 def _fit_long_side(rgb: np.ndarray, longest: int) -> np.ndarray:
     from ..io.images import resize_to
 
@@ -113,8 +130,7 @@ class Distiller:
         self.log, self.warn = log, warn
         config.validate()
         check_run_folder(config.run_dir)
-        # config.json marks a run whose first checkpoint is not written yet: it is not overwritten either
-        config, self.stored = resume_point(config, CHECKPOINT_FORMAT, "distillation", "config.json")
+        config, self.stored = _resume_point(config)
         self.config = c = config
         self.run_dir = c.run_dir
         # the photos first: a typo in a folder fails in a second, before the teacher loads
@@ -158,9 +174,18 @@ class Distiller:
         with writing(self.run_dir / "config.json") as tmp:
             tmp.write_text(json.dumps({**c.to_dict(), "teacher_info": self.teacher_info}, indent=1, default=str) + "\n")
         teacher = self._teacher_engine()
-        bank, held = self._data(teacher)
+        data = self._data(teacher, stop)
         del teacher
         t_cost = (macs(self.teacher, PROBE, PROBE), parameters(self.teacher))
+        if data is None:  # Ctrl-C or SIGTERM while the teacher labelled crops: nothing to keep yet
+            cfg = student_config(self.teacher, c.size, t_cost)
+            net = ResnetGenerator(cfg)
+            self.log("stopped while the teacher labelled crops; --resume starts the run again")
+            self.report.status("stopped")
+            return DistillResult(self.run_dir, None, 0, c.iterations or 0, False, True, {}, {},
+                                 t_cost[0] / macs(net, PROBE, PROBE), t_cost[1] / parameters(net),
+                                 time.perf_counter() - self.started)
+        bank, held = data
         if s is None:
             calib = torch.from_numpy(bank.inputs[:: max(1, len(bank) // CALIBRATION)][:CALIBRATION])
             student_cfg = student_config(self.teacher, c.size, t_cost)
@@ -309,7 +334,7 @@ class Distiller:
         scaler.scale(loss).backward()
         return loss
 
-    def _data(self, teacher) -> tuple[CropBank, HeldOut]:
+    def _data(self, teacher, stop: StopRequest) -> Optional[tuple[CropBank, HeldOut]]:
         c = self.config
         path = self.run_dir / "cache" / "crops.npz"
         bank = CropBank.load(path) if path.is_file() else None
@@ -319,7 +344,9 @@ class Distiller:
             with self.report.progress(count, 0, what="teacher") as bar:
                 bank = build(self.train_files, count, c.crop_size, c.seed, teacher,
                              seconds=None if budget is None else budget * TEACHER_SHARE, warn=self.warn,
-                             advance=lambda n: bar.advance(None, n))
+                             advance=lambda n: bar.advance(None, n), stopped=lambda: stop.signal is not None)
+            if bank is None:
+                return None
             bank.save(path)
         names, inputs, targets = [], [], []
         for f in self.held_files:

@@ -46,7 +46,8 @@ def writing(path: Path) -> Iterator[Path]:
 
 
 def stop_line(e: BaseException, run_dir: Path, saved: Optional[tuple], resume_command: str) -> Optional[str]:
-    """The one line for a write error no retry would escape; None for any other error."""
+    """The one line for a write error no retry would escape; None for any other error. `saved`: what
+    checkpoints/latest.pt holds, (epoch, step, iteration) for `train`, (iteration,) for `distill`."""
     err = os_error_behind(e)
     if err is None or err.errno not in LOCATION_ERRORS:
         return None
@@ -61,9 +62,8 @@ def stop_line(e: BaseException, run_dir: Path, saved: Optional[tuple], resume_co
     fix = "make room" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "make it writable"
     latest = run_dir / "checkpoints" / "latest.pt"
     if saved is not None and latest.is_file():
-        epoch, _, iteration = saved
-        then = (f"{latest} (epoch {epoch}, iteration {iteration}) is intact: {fix}, then continue from it with "
-                f"`{resume_command}`")
+        at = f"epoch {saved[0]}, iteration {saved[-1]}" if len(saved) == 3 else f"iteration {saved[-1]}"
+        then = f"{latest} ({at}) is intact: {fix}, then continue from it with `{resume_command}`"
     else:
         then = f"no checkpoint had been written yet: {fix}, then start the run again"
     return f"cannot write {target}: {what} ({err.strerror}){room}. Training stopped; {then}"

@@ -401,3 +401,57 @@ def test_every_fifth_photo_is_held_out_at_least_one_at_most_ten():
         assert len(held) == held_count and not set(train) & set(held) and len(train) + len(held) == n
     one = [Path("only.png")]
     assert split_photos(one, "", warnings.append) == (one, one) and "no held-out photo" in warnings[-1]
+
+
+def test_ctrl_c_while_the_teacher_labels_stops_at_once_and_resume_starts_the_run_again(tmp_path, monkeypatch):
+    """The teacher can take minutes (a third of a budget): Ctrl-C then stops after the batch in hand, not after
+    the last crop, and --resume, with no checkpoint written yet, starts the run again from its settings."""
+    import os
+
+    from cyclebatch.engine.translator import Translator
+
+    teacher = teacher_file(tmp_path / "teacher.safetensors")
+    real, batches = Translator.translate_batch, []
+
+    def labelling(self, images, *a, **kw):
+        if len(images) > 1:  # the crops' batches (held-out photos go one at a time)
+            batches.append(len(images))
+            if len(batches) == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+        return real(self, images, *a, **kw)
+
+    monkeypatch.setattr(Translator, "translate_batch", labelling)
+    lines = []
+    stopped = distill(config(tmp_path, teacher, name="c", iterations=8, evals=2, crops=400), log=lines.append)
+    assert stopped.interrupted and stopped.iteration == 0 and stopped.generator is None
+    assert len(batches) == 2  # of 50
+    assert any("--resume" in m for m in lines), lines
+    with pytest.raises(CycleBatchError, match="already holds"):  # not overwritten without --resume
+        distill(config(tmp_path, teacher, name="c", iterations=8, evals=2, crops=400))
+    monkeypatch.setattr(Translator, "translate_batch", real)
+    resumed = distill(DistillConfig(teacher="", photos="", name="c", runs_dir=str(tmp_path / "runs"), resume=True,
+                                    progress=False))
+    assert resumed.finished and resumed.iteration == 8 and resumed.generator is not None
+    assert len(np.load(stopped.run_dir / "cache" / "crops.npz")["inputs"]) == 400  # its own settings, whole
+
+
+def test_a_full_disk_after_a_checkpoint_names_it_in_one_line(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    teacher = teacher_file(tmp_path / "teacher.safetensors")
+    real, calls = torch.save, []
+
+    def save(obj, f, *args, **kw):
+        calls.append(1)
+        if len(calls) >= 2:  # the first checkpoint fits, the second finds the disk full
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(obj, f, *args, **kw)
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(CycleBatchError) as e:
+        distill(config(tmp_path, teacher, name="full", iterations=12, evals=3))
+    msg = str(e.value)
+    assert "latest.pt (iteration 4) is intact" in msg and "distill --name full --resume" in msg, msg
+    assert "\n" not in msg and os.strerror(errno.ENOSPC) in msg
