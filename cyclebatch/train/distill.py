@@ -352,14 +352,16 @@ class Distiller:
         for f in self.held_files:
             try:
                 rgb = _fit_long_side(load_rgb8(f), HELD_OUT_LONGEST)
-            except Exception as e:  # noqa: BLE001 - one unreadable held-out photo is skipped
-                self.warn(f"held-out photo skipped: {e}")
+                target = teacher.translate(rgb)  # a photo too small for the model fails here
+            except Exception as e:  # noqa: BLE001 - one unusable held-out photo is skipped, named
+                why = str(e) if isinstance(e, CycleBatchError) else f"{type(e).__name__}: {e}"
+                self.warn(f"held-out photo skipped: {why if str(f) in why else f'{f}: {why}'}")
                 continue
             names.append(f.name)
             inputs.append(rgb)
-            targets.append(teacher.translate(rgb))
+            targets.append(target)
         if not inputs:
-            raise CycleBatchError(f"{self.held_files[0].parent}: none of the held-out photos can be decoded")
+            raise CycleBatchError(f"{self.held_files[0].parent}: none of the held-out photos can be used")
         return bank, HeldOut(names, inputs, targets)
 
     _last_eval_seconds = 0.0

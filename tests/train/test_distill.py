@@ -455,3 +455,21 @@ def test_a_full_disk_after_a_checkpoint_names_it_in_one_line(tmp_path, monkeypat
     msg = str(e.value)
     assert "latest.pt (iteration 4) is intact" in msg and "distill --name full --resume" in msg, msg
     assert "\n" not in msg and os.strerror(errno.ENOSPC) in msg
+
+
+def test_a_held_out_photo_too_small_for_the_model_is_skipped_by_name(tmp_path):
+    teacher = teacher_file(tmp_path / "teacher.safetensors")
+    cfg = config(tmp_path, teacher, iterations=4, evals=1)
+    Image.new("RGB", (3, 3), (200, 10, 10)).save(Path(cfg.photos) / "tiny.png")
+    held = tmp_path / "held"
+    photos(held)
+    Image.new("RGB", (3, 3), (200, 10, 10)).save(held / "a-tiny.png")
+    warnings = []
+    result = distill(DistillConfig(**{**cfg.to_dict(), "val": str(held)}), warn=warnings.append)
+    assert result.finished and result.generator is not None  # the tiny training photo is only upscaled in crops
+    assert [w for w in warnings if "a-tiny.png" in w and "too small" in w], warnings
+    only_tiny = tmp_path / "only-tiny"
+    only_tiny.mkdir()
+    Image.new("RGB", (3, 3), (200, 10, 10)).save(only_tiny / "t.png")
+    with pytest.raises(CycleBatchError, match="none of the held-out photos can be used"):
+        distill(DistillConfig(**{**cfg.to_dict(), "name": "t", "val": str(only_tiny)}), warn=warnings.append)
