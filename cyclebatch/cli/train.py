@@ -65,6 +65,10 @@ def train_cmd(
         save_every=save_every, device=device, precision=precision, workers=workers, max_iterations=max_iters,
         resume=resume, progress=not quiet,
     )
+    try:  # a mistake in the flags is a usage error (exit 2), found before any folder or model is read
+        config.validate()
+    except CycleBatchError as e:
+        fail(str(e), 2)
     result = train(config, log=log_line, warn=warn_line)
     run_finished(result.summary(), "generators", result.run_dir, runs_dir)
     if result.interrupted:

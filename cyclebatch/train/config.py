@@ -111,5 +111,5 @@ class TrainConfig(RunConfig):
             bad("give both held-out folders (--val-a and --val-b), or neither")
         if self.epochs < 0 or self.decay_epochs < 0 or self.total_epochs < 1:
             bad("epochs + decay epochs must be at least 1")
-        if self.lr <= 0 or self.lambda_cycle < 0 or self.lambda_identity < 0 or self.pool_size < 0:
+        if not 0 < self.lr < float("inf") or self.lambda_cycle < 0 or self.lambda_identity < 0 or self.pool_size < 0:
             bad("lr must be positive; lambdas and pool size non-negative")

@@ -55,8 +55,8 @@ class DistillConfig(RunConfig):
             bad(f"--size must be {' or '.join(SIZES)} or NGFxBLOCKS (such as 24x6), not '{self.size}'")
         if self.minutes is not None and self.iterations is not None:
             bad("give --minutes or --iterations, not both")
-        if self.minutes is not None and not self.minutes > 0:
-            bad(f"--minutes must be positive, not {self.minutes}")
+        if self.minutes is not None and not 0 < self.minutes < float("inf"):
+            bad(f"--minutes must be a positive number, not {self.minutes}")
         if self.iterations is not None and self.iterations < 1:
             bad(f"--iterations must be at least 1, not {self.iterations}")
         if self.crop_size < 32 or self.crop_size % 4:
@@ -66,8 +66,8 @@ class DistillConfig(RunConfig):
                 bad(f"{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
         if self.crops < 0:
             bad(f"--crops must be 0 (automatic) or more, not {self.crops}")
-        if not self.lr > 0:
-            bad(f"--lr must be positive, not {self.lr}")
+        if not 0 < self.lr < float("inf"):
+            bad(f"--lr must be a positive number, not {self.lr}")
         if self.direction not in ("AtoB", "BtoA"):
             bad(f"--direction must be AtoB or BtoA, not '{self.direction}'")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):

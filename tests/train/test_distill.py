@@ -473,3 +473,14 @@ def test_a_held_out_photo_too_small_for_the_model_is_skipped_by_name(tmp_path):
     Image.new("RGB", (3, 3), (200, 10, 10)).save(only_tiny / "t.png")
     with pytest.raises(CycleBatchError, match="none of the held-out photos can be used"):
         distill(DistillConfig(**{**cfg.to_dict(), "name": "t", "val": str(only_tiny)}), warn=warnings.append)
+
+
+@pytest.mark.parametrize("flags", [("--minutes", "inf"), ("--minutes", "0"), ("--lr", "nan"), ("--lr", "inf"),
+                                   ("--size", "0x0"), ("--crop-size", "30"), ("--batch-size", "0"),
+                                   ("--minutes", "5", "--iterations", "9")])
+def test_nonsense_settings_are_usage_errors_before_any_work(tmp_path, flags):
+    # --minutes inf once ended in "unexpected OverflowError"; every settings error was exit 1, not the usage code
+    r = run_cli("distill", tmp_path / "no-teacher.pth", tmp_path / "no-photos", "--name", "s", *flags,
+                "--runs-dir", tmp_path / "runs")
+    assert r.returncode == 2 and r.stderr.startswith("error: distill: ") and r.stderr.count("\n") == 1, r.stderr
+    assert not (tmp_path / "runs").exists()

@@ -245,6 +245,10 @@ def test_bad_data_folders(tmp_path):
     assert r.returncode == 1 and f"error: {tmp_path / 'missing'}: no such folder" in r.stderr, r.stderr
     r = run_cli("train", "--name", "x")
     assert r.returncode == 2 and "give both data folders" in r.stderr
+    for flags in (("--lr", "nan"), ("--lr", "inf"), ("--crop-size", "30"), ("--precision", "fp8")):
+        r = run_cli("train", a, b, "--name", "x", *flags)  # a mistake in the flags: the usage code, no run folder
+        assert r.returncode == 2 and r.stderr.startswith("error: training config: "), (flags, r.stderr)
+        assert not Path("runs").exists()
 
 
 def test_corrupt_images_are_skipped_counted_and_never_crash(tmp_path):
