@@ -223,7 +223,7 @@ def test_held_out_folders_come_in_pairs_and_must_hold_images(tmp_path):
         train(config(a, b, val_a=str(tmp_path / "nope"), val_b=str(b)), log=quiet)
     assert not Path("runs").exists()
     r = run_cli("train", a, b, "--name", "x", "--val-b", b, *TINY_CLI)
-    assert r.returncode == 1 and "give both held-out folders" in r.stderr
+    assert r.returncode == 2 and "give both held-out folders" in r.stderr
 
 
 def test_resume_purges_the_killed_attempts_tail_from_tensorboard_and_survives_a_lost_held_out_folder(tmp_path):
