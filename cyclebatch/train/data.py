@@ -29,7 +29,7 @@ def find_images(folder: str | Path) -> list[Path]:
     if not folder.exists():
         raise CycleBatchError(f"{folder}: no such folder")
     if not folder.is_dir():
-        raise CycleBatchError(f"{folder}: is a file; training takes a folder of images per domain")
+        raise CycleBatchError(f"{folder}: is a file, not a folder of images")
     found = sorted(
         (p for p in folder.rglob("*")
          if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and not is_temp(p) and p.is_file()),
