@@ -98,6 +98,15 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def check_settings(config) -> None:
+    """A run's config (train, distill) validated before any folder or model is read: a mistake in the flags is
+    a usage error, exit 2."""
+    try:
+        config.validate()
+    except CycleBatchError as e:
+        fail(str(e), 2)
+
+
 def check_output_file(dst: Path, overwrite: bool) -> None:
     """Before any work: an output file that exists (without --overwrite), is a folder, or whose place is
     under a file or not writable is refused in one line."""

@@ -7,8 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..errors import CycleBatchError
-from .common import fail, log_line, run_finished, warn_line
+from .common import check_settings, fail, log_line, run_finished, warn_line
 
 
 def distill_cmd(
@@ -54,10 +53,7 @@ def distill_cmd(
         direction=direction, val=str(val or ""), minutes=minutes, iterations=iterations, crops=crops,
         crop_size=crop_size, batch_size=batch_size, lr=lr, seed=seed, device=device, precision=precision,
         max_iterations=max_iters, resume=resume, progress=not quiet)
-    try:  # a mistake in the flags is a usage error (exit 2), found before any folder or model is read
-        config.validate()
-    except CycleBatchError as e:
-        fail(str(e), 2)
+    check_settings(config)
     result = distill(config, log=log_line, warn=warn_line)
     run_finished(result.summary(), "student", result.run_dir, runs_dir)
     if result.interrupted:

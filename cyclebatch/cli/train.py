@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..errors import CycleBatchError
-from .common import fail, log_line, out, plain, run_finished, warn_line
+from .common import check_settings, fail, log_line, out, plain, run_finished, warn_line
 
 
 runs_app = typer.Typer(help="Training runs: where one stands while it trains.", no_args_is_help=True)
@@ -65,10 +65,7 @@ def train_cmd(
         save_every=save_every, device=device, precision=precision, workers=workers, max_iterations=max_iters,
         resume=resume, progress=not quiet,
     )
-    try:  # a mistake in the flags is a usage error (exit 2), found before any folder or model is read
-        config.validate()
-    except CycleBatchError as e:
-        fail(str(e), 2)
+    check_settings(config)
     result = train(config, log=log_line, warn=warn_line)
     run_finished(result.summary(), "generators", result.run_dir, runs_dir)
     if result.interrupted:

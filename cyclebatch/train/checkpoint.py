@@ -3,6 +3,7 @@ schedulers, grad scaler, image pools, RNG states and the position in the epoch).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -25,19 +26,30 @@ def load_checkpoint(path: Path, fmt: str = CHECKPOINT_FORMAT, what: str = "train
     return state
 
 
-def resume_point(config, fmt: str = CHECKPOINT_FORMAT, what: str = "training", *markers: str) -> tuple:
-    """(the run's config, its checkpoint) for --resume: the stored settings with this call's runtime ones
-    (`config` is a TrainConfig or a DistillConfig). Without --resume, a folder that already holds a run (its
-    latest.pt, or any of the `markers` files in it) is refused rather than overwritten."""
+def resume_point(config, fmt: str = CHECKPOINT_FORMAT, what: str = "training", settings: str = "") -> tuple:
+    """(the run's config, its checkpoint or None) for --resume: the stored settings with this call's runtime ones
+    (`config` is a TrainConfig or a DistillConfig). `settings`: the file (JSON of the config) a run writes before
+    its first checkpoint. Without --resume, a folder that already holds a run (its latest.pt or that file) is
+    refused rather than overwritten; with --resume, a run stopped or killed before its first checkpoint starts
+    again from that file."""
     ckpt_path = config.run_dir / "checkpoints" / "latest.pt"
+    started = config.run_dir / settings if settings else None
     if config.resume:
+        if not ckpt_path.is_file() and started is not None and started.is_file():
+            try:
+                config = type(config).from_dict(json.loads(started.read_text())).resumed_with(config)
+            except (OSError, ValueError, TypeError) as e:
+                raise CycleBatchError(f"{started}: unreadable ({type(e).__name__}); start the run again under "
+                                      "another --name") from None
+            config.validate()
+            return config, None
         if not ckpt_path.is_file():
             raise CycleBatchError(f"{ckpt_path}: no checkpoint to resume from")
         stored = load_checkpoint(ckpt_path, fmt, what)
         config = type(config).from_dict(stored["config"]).resumed_with(config)
         config.validate()
         return config, stored
-    if ckpt_path.exists() or any((config.run_dir / m).exists() for m in markers):
+    if ckpt_path.exists() or (started is not None and started.exists()):
         raise CycleBatchError(f"{config.run_dir}: already holds a {what} run; pass --resume to continue "
                               "it, or choose another --name")
     return config, None

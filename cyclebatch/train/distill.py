@@ -93,21 +93,9 @@ def split_photos(files: list[Path], val: str, warn) -> tuple[list[Path], list[Pa
     return [f for f in files if f not in held], held
 
 
-def _resume_point(config: DistillConfig) -> tuple[DistillConfig, Optional[dict]]:
-    """(the run's config, its checkpoint or None). config.json marks a run whose first checkpoint is not written
-    yet (stopped or killed while the teacher labelled crops, or before the first scoring): it is not overwritten
-    without --resume, and --resume starts it again from its settings (and its crops, where they were cached)."""
-    started = config.run_dir / "config.json"
-    if config.resume and not (config.run_dir / "checkpoints" / "latest.pt").is_file() and started.is_file():
-        try:
-            stored = DistillConfig.from_dict(json.loads(started.read_text()))
-        except (OSError, ValueError, TypeError) as e:
-            raise CycleBatchError(f"{started}: unreadable ({type(e).__name__}); start the run again under another "
-                                  "--name") from None
-        config = stored.resumed_with(config)
-        config.validate()
-        return config, None
-    return resume_point(config, CHECKPOINT_FORMAT, "distillation", "config.json")
+def _ratios(teacher_cost: tuple[int, int], student) -> tuple[float, float]:
+    """How many times the student's MACs (at PROBE px) and parameters go into the teacher's."""
+    return teacher_cost[0] / macs(student, PROBE, PROBE), teacher_cost[1] / parameters(student)
 
 
 def _fit_long_side(rgb: np.ndarray, longest: int) -> np.ndarray:
@@ -130,7 +118,8 @@ class Distiller:
         self.log, self.warn = log, warn
         config.validate()
         check_run_folder(config.run_dir)
-        config, self.stored = _resume_point(config)
+        # config.json marks a run whose first checkpoint is not written yet: --resume starts it again
+        config, self.stored = resume_point(config, CHECKPOINT_FORMAT, "distillation", "config.json")
         self.config = c = config
         self.run_dir = c.run_dir
         # the photos first: a typo in a folder fails in a second, before the teacher loads
@@ -178,12 +167,10 @@ class Distiller:
         del teacher
         t_cost = (macs(self.teacher, PROBE, PROBE), parameters(self.teacher))
         if data is None:  # Ctrl-C or SIGTERM while the teacher labelled crops: nothing to keep yet
-            cfg = student_config(self.teacher, c.size, t_cost)
-            net = ResnetGenerator(cfg)
             self.log("stopped while the teacher labelled crops; --resume starts the run again")
             self.report.status("stopped")
             return DistillResult(self.run_dir, None, 0, c.iterations or 0, False, True, {}, {},
-                                 t_cost[0] / macs(net, PROBE, PROBE), t_cost[1] / parameters(net),
+                                 *_ratios(t_cost, ResnetGenerator(student_config(self.teacher, c.size, t_cost))),
                                  time.perf_counter() - self.started)
         bank, held = data
         if s is None:
@@ -193,7 +180,7 @@ class Distiller:
         else:
             student = ResnetGenerator(GeneratorConfig(**s["student_config"]))
             student.load_state_dict(s["student"])
-        self.ratios = (t_cost[0] / macs(student, PROBE, PROBE), t_cost[1] / parameters(student))
+        self.ratios = _ratios(t_cost, student)
         self.teacher = None  # its memory back: only the student trains from here
         student = student.to(self.device).train()
         opt = torch.optim.Adam(student.parameters(), lr=c.lr, betas=(0.9, 0.99))
