@@ -37,6 +37,7 @@ sys.path.insert(0, str(HERE))
 
 from bench_distill import cpu  # noqa: E402
 
+from cyclebatch.engine.passes import to_pixels  # noqa: E402
 from cyclebatch.io.images import resize_to  # noqa: E402
 from cyclebatch.models.registry import load_generator  # noqa: E402
 from cyclebatch.train.crops import COLOUR_SHARE, CropBank, cut, recolour  # noqa: E402
@@ -48,6 +49,11 @@ from cyclebatch.train.fidelity import psnr  # noqa: E402
 SHORT = 256  # px: whole photos are scored at this shorter side
 
 
+def as_input(images) -> torch.Tensor:
+    """uint8 HxWx3 images (a list or an N x H x W x 3 array) -> the network's NCHW floats in [-1, 1]."""
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
 def outputs(net, images: list[np.ndarray], batch: int = 32) -> list[np.ndarray]:
     """The network's uint8 outputs, in batches of same-sized images (one at a time otherwise)."""
     net.eval()
@@ -55,10 +61,8 @@ def outputs(net, images: list[np.ndarray], batch: int = 32) -> list[np.ndarray]:
     same = len({x.shape for x in images}) == 1
     step = batch if same else 1
     for i in range(0, len(images), step):
-        x = torch.from_numpy(np.stack(images[i:i + step])).permute(0, 3, 1, 2).float() / 127.5 - 1
         with torch.no_grad():
-            y = net(x)
-        out += list(((y.permute(0, 2, 3, 1).numpy() + 1) * 127.5).clip(0, 255).round().astype(np.uint8))
+            out += to_pixels(net(as_input(images[i:i + step])))
     return out
 
 
@@ -77,10 +81,11 @@ def whole(files: list[Path], short: int = SHORT) -> list[np.ndarray]:
     return images
 
 
-def context(teacher, images: list[np.ndarray], size: int, rnd: random.Random) -> float:
-    """Mean PSNR between the teacher's output for crops and the same regions of its output for the whole photo."""
+def context(teacher, images: list[np.ndarray], fulls: list[np.ndarray], size: int, rnd: random.Random) -> float:
+    """Mean PSNR between the teacher's output for crops and the same regions of its output for the whole photo
+    (`fulls`: its outputs for `images`)."""
     scores = []
-    for full, img in zip(outputs(teacher, images), images):
+    for full, img in zip(fulls, images):
         for _ in range(3):
             y, x = rnd.randint(0, img.shape[0] - size), rnd.randint(0, img.shape[1] - size)
             alone = outputs(teacher, [img[y:y + size, x:x + size]])[0]
@@ -93,8 +98,7 @@ def ceiling(student, inputs: np.ndarray, targets: np.ndarray, iterations: int, b
     net = copy.deepcopy(student).train().requires_grad_(True)
     dtype = training_dtype("auto", torch.device("cpu"))
     opt = torch.optim.Adam(net.parameters(), lr=3e-4, betas=(0.9, 0.99))
-    x_all = torch.from_numpy(inputs).permute(0, 3, 1, 2).float() / 127.5 - 1
-    y_all = torch.from_numpy(targets).permute(0, 3, 1, 2).float() / 127.5 - 1
+    x_all, y_all = as_input(inputs), as_input(targets)
     forward = torch.compile(net, dynamic=False)
     rng = np.random.default_rng(seed)
     started = time.perf_counter()
@@ -146,12 +150,14 @@ def main() -> None:
     print(f"CROPS  fresh crops of the same photos ({len(fresh)}): "
           f"{mean_psnr(outputs(student, fresh), outputs(teacher, fresh)):.2f} dB")
     held = whole(find_images(args.held))
-    for name, images in (("its training photos", whole(trained)), ("the photos it was scored on while training",
-                         whole(scored)), ("--held photos", held)):
+    sets = {"its training photos": whole(trained), "the photos it was scored on while training": whole(scored),
+            "--held photos": held}
+    targets = {name: outputs(teacher, images) for name, images in sets.items()}
+    for name, images in sets.items():
         print(f"WHOLE  {name} ({len(images)}, {SHORT} px): "
-              f"{mean_psnr(outputs(student, images), outputs(teacher, images)):.2f} dB")
+              f"{mean_psnr(outputs(student, images), targets[name]):.2f} dB")
     print(f"CONTEXT teacher on {size} px crops alone against the same regions in the whole held-out photos: "
-          f"{context(teacher, held, size, rnd):.2f} dB")
+          f"{context(teacher, held, targets['--held photos'], size, rnd):.2f} dB")
     if args.iterations:
         mem = rng.choice(len(bank), min(args.memorise, len(bank)), replace=False)
         for it, secs, score in ceiling(student, bank.inputs[mem], bank.targets[mem], args.iterations, 16, args.seed):
